@@ -1,0 +1,1 @@
+"""Benchmarks of pina-tff (results are committed in benchmarks/results.md)."""

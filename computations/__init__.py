@@ -1,0 +1,1 @@
+"""TFF computations of pina-tff: the only package that imports tensorflow_federated."""

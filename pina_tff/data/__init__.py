@@ -1,0 +1,1 @@
+"""pina_tff.data."""

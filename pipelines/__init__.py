@@ -1,0 +1,1 @@
+"""absl entry points: read flags, build the library pieces, run them."""
