@@ -1,0 +1,256 @@
+"""Shard-vectorized client work: cluster choice, local training, clipping, C-slot update.
+
+One call processes a *shard* of S simulated clients in a single TensorFlow graph. Every
+simulated client keeps its own parameters (a leading axis S), its own data, its own
+cluster choice, its own clipping and, for IFCA+LDP, its own local noise. So running a
+cohort as one shard of M clients or as M shards of one client computes the same sum
+(up to float summation order); tests check this.
+
+Shard layout (all padded to fixed N examples per client, mask marks real examples):
+  features: model.feature_keys, each [S, N, ...]
+  'label' int32 [S, N], 'mask' float32 [S, N], 'client_mask' float32 [S] (0 = padding
+  client), 'true_cluster' int32 [S] (-1 unknown; simulation diagnostics only),
+  'seed' int32 [S, 2] (stateless RNG seed of each simulated client, so a client's
+  randomness does not depend on which shard carries it).
+
+Privacy: this module only clips (per simulated client, to `clip_norm` in L2) and, for
+IFCA+LDP, adds local Gaussian noise to every coordinate of every slot. Stage-2 noise
+for the other methods is added by the aggregator (`computations/aggregators.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import tensorflow as tf
+
+from pina_tff.training import models as tm
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSpec:
+  """What one simulated client does in a round.
+
+  Attributes:
+    num_clusters: C, number of cluster models broadcast (1 for FedAvg-type methods).
+    local_epochs: E, passes over the client's training examples.
+    batch_size: examples per local step.
+    learning_rate: client SGD step size.
+    clip_norm: L2 bound of each client's update vector (inf: no clipping).
+    train_keys: parameters that train locally.
+    send_keys: parameters whose change is sent (stage 1: LoRA only; stage 2: all).
+    choose_cluster: pick c* = argmin training loss over the C models (IFCA-style).
+    fedprox_mu: FedProx proximal weight mu (0: plain local SGD).
+    normalize_by_steps: FedNova: divide the update by the client's local step count
+      before clipping (the server multiplies by the expected step count).
+    shuffle: reshuffle each client's examples every epoch (stateless, seeded).
+    ldp_noise_stddev: IFCA+LDP: std of Gaussian noise added by each client to every
+      coordinate of every slot of its clipped update (absolute units, = z * clip).
+    num_true_clusters: size of the simulation-only confusion matrix's second axis.
+  """
+  num_clusters: int = 1
+  local_epochs: int = 1
+  batch_size: int = 16
+  learning_rate: float = 0.1
+  clip_norm: float = math.inf
+  train_keys: tuple[str, ...] = tm.LORA_KEYS + tm.HEAD_KEYS
+  send_keys: tuple[str, ...] = tm.LORA_KEYS + tm.HEAD_KEYS
+  choose_cluster: bool = False
+  fedprox_mu: float = 0.0
+  normalize_by_steps: bool = False
+  shuffle: bool = True
+  ldp_noise_stddev: float = 0.0
+  num_true_clusters: int = 1
+
+
+def _per_client_ce(logits, labels, mask):
+  """Masked mean cross-entropy per client [S] (0 for a client with no examples)."""
+  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+  count = tf.reduce_sum(mask, axis=-1)
+  return tf.reduce_sum(ce * mask, axis=-1) / tf.maximum(count, 1.0), count
+
+
+def cluster_losses(model, cluster_params, features, labels, mask) -> tf.Tensor:
+  """Training loss of every client under every cluster model: [S, C]."""
+  num_clusters = int(cluster_params[model.param_keys[0]].shape[0])
+  losses = []
+  for c in range(num_clusters):
+    params_c = {k: v[c] for k, v in cluster_params.items()}
+    loss, _ = _per_client_ce(model.logits(params_c, features), labels, mask)
+    losses.append(loss)
+  return tf.stack(losses, axis=-1)
+
+
+def per_client_uniform(seeds, shape, salt):
+  """Uniform [S, *shape] with client s drawn from its own stateless seed seeds[s]."""
+  return tf.map_fn(
+      lambda sd: tf.random.stateless_uniform(shape, seed=sd + tf.constant([0, salt])),
+      seeds, fn_output_signature=tf.float32)
+
+
+def per_client_normal(seeds, shape, salt, stddev):
+  """Gaussian N(0, stddev^2) [S, *shape], client s drawn from its own seed seeds[s]."""
+  return tf.map_fn(
+      lambda sd: tf.random.stateless_normal(shape, seed=sd + tf.constant([0, salt]),
+                                            stddev=stddev),
+      seeds, fn_output_signature=tf.float32)
+
+
+def _epoch_permutations(mask, epochs, shuffle, seeds):
+  """Per-epoch example orders [E, S, N]; padding examples always go last."""
+  n = tf.shape(mask)[1]
+  base = tf.broadcast_to(tf.cast(tf.range(n), tf.float32), tf.shape(mask))
+  perms = []
+  for e in range(epochs):
+    if shuffle:
+      keys = per_client_uniform(seeds, [mask.shape[1]], 1000 + e)
+    else:
+      keys = base / tf.cast(n, tf.float32)
+    perms.append(tf.argsort(keys + 2.0 * (1.0 - mask), axis=-1, stable=True))
+  return tf.stack(perms)
+
+
+def local_train(model, spec: LocalSpec, init_params, features, labels, mask, seed):
+  """Runs E epochs of minibatch SGD for every client of the shard at once.
+
+  Returns (final_params {k: [S, ...]}, local_steps [S] float): a step is counted for a
+  client only when its minibatch holds at least one real example.
+  """
+  batch = spec.batch_size
+  n = int(labels.shape[1])
+  batches_per_epoch = max(1, -(-n // batch))
+  n_pad = batches_per_epoch * batch
+  if n_pad != n:
+    pad = n_pad - n
+    features = {k: tf.pad(v, [[0, 0], [0, pad]] + [[0, 0]] * (v.shape.rank - 2))
+                for k, v in features.items()}
+    labels = tf.pad(labels, [[0, 0], [0, pad]])
+    mask = tf.pad(mask, [[0, 0], [0, pad]])
+  perms = _epoch_permutations(mask, spec.local_epochs, spec.shuffle, seed)
+  train_keys = [k for k in model.param_keys if k in spec.train_keys]
+  frozen = {k: v for k, v in init_params.items() if k not in train_keys}
+  total_steps = spec.local_epochs * batches_per_epoch
+  s = tf.shape(labels)[0]
+
+  def body(t, params, steps):
+    epoch, b = t // batches_per_epoch, t % batches_per_epoch
+    idx = tf.gather(perms, epoch)[:, b * batch:(b + 1) * batch]
+    fb = {k: tf.gather(v, idx, batch_dims=1) for k, v in features.items()}
+    lb = tf.gather(labels, idx, batch_dims=1)
+    mb = tf.gather(mask, idx, batch_dims=1)
+    with tf.GradientTape() as tape:
+      tape.watch(params)
+      full = dict(frozen, **params)
+      loss, count = _per_client_ce(model.logits(full, fb), lb, mb)
+      has_data = tf.cast(count > 0, tf.float32)
+      if spec.fedprox_mu > 0:
+        prox = tf.add_n([
+            tf.reduce_sum(tf.reshape(tf.square(params[k] - init_params[k]), [s, -1]), -1)
+            for k in train_keys])
+        loss = loss + 0.5 * spec.fedprox_mu * prox * has_data
+      total = tf.reduce_sum(loss)
+    grads = tape.gradient(total, params)
+    new = {k: params[k] - spec.learning_rate * grads[k] for k in train_keys}
+    return t + 1, new, steps + has_data
+
+  params0 = {k: tf.identity(init_params[k]) for k in train_keys}
+  _, final, steps = tf.while_loop(
+      lambda t, *_: t < total_steps, body,
+      (tf.constant(0), params0, tf.zeros([s], tf.float32)))
+  return dict(frozen, **final), steps
+
+
+def clip_rows(vectors, clip_norm):
+  """Scales each row [S, P] to L2 norm at most `clip_norm`; returns (clipped, norms)."""
+  norms = tf.norm(vectors, axis=-1)
+  if math.isinf(clip_norm):
+    return vectors, norms
+  factor = tf.minimum(1.0, clip_norm / tf.maximum(norms, 1e-12))
+  return vectors * factor[:, None], norms
+
+
+def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor],
+                 shard: Mapping[str, tf.Tensor]):
+  """Client work of one shard: returns (update_sum [C, P], diagnostics dict).
+
+  `update_sum` = sum over the shard's real clients of one_hot(c*) ⊗ clip(Δ) (+ local
+  noise on all C·P coordinates for IFCA+LDP). Diagnostics are simulation-only sums:
+  cluster counts [C], confusion [C, num_true_clusters], pre-training loss, clients,
+  examples, clipped clients and local steps.
+  """
+  shard = {k: tf.convert_to_tensor(v) for k, v in shard.items()}
+  cluster_params = {k: tf.convert_to_tensor(v, tf.float32)
+                    for k, v in cluster_params.items()}
+  features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
+  labels, mask = shard["label"], shard["mask"]
+  client_mask = shard["client_mask"]
+  seed = tf.cast(shard["seed"], tf.int32)
+  num_clusters = spec.num_clusters
+  s = tf.shape(labels)[0]
+  if spec.choose_cluster and num_clusters > 1:
+    losses = cluster_losses(model, cluster_params, features, labels, mask)
+    choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
+    chosen_loss = tf.reduce_min(losses, axis=-1)
+  else:
+    choice = tf.zeros([s], tf.int32)
+    chosen_loss = None
+  init = {k: tf.gather(v, choice) for k, v in cluster_params.items()}
+  work_features = model.precompute(init, features, spec.train_keys)
+  if chosen_loss is None:
+    chosen_loss, _ = _per_client_ce(model.logits(init, work_features), labels, mask)
+  final, steps = local_train(model, spec, init, work_features, labels, mask, seed)
+  delta = tm.flatten({k: final[k] - init[k] for k in spec.send_keys}, spec.send_keys,
+                     lead_dims=1)
+  if spec.normalize_by_steps:
+    delta = delta / tf.maximum(steps, 1.0)[:, None]
+  clipped, norms = clip_rows(delta, spec.clip_norm)
+  onehot = tf.one_hot(choice, num_clusters) * client_mask[:, None]
+  slots = onehot[:, :, None] * clipped[:, None, :]
+  if spec.ldp_noise_stddev > 0:
+    noise = per_client_normal(seed, [num_clusters, int(slots.shape[-1])], 7,
+                              spec.ldp_noise_stddev)
+    slots = slots + noise * client_mask[:, None, None]
+  true = shard["true_cluster"]
+  known = tf.cast(true >= 0, tf.float32) * client_mask
+  true_onehot = tf.one_hot(tf.maximum(true, 0), spec.num_true_clusters) * known[:, None]
+  n_examples = tf.reduce_sum(mask, axis=-1)
+  clip_hit = (tf.cast(norms > spec.clip_norm, tf.float32)
+              if not math.isinf(spec.clip_norm) else tf.zeros_like(norms))
+  diagnostics = {
+      "cluster_counts": tf.reduce_sum(onehot, axis=0),
+      "confusion": tf.einsum("sc,st->ct", onehot, true_onehot),
+      "loss_sum": tf.reduce_sum(chosen_loss * client_mask),
+      "num_clients": tf.reduce_sum(client_mask),
+      "num_examples": tf.reduce_sum(n_examples * client_mask),
+      "num_clipped": tf.reduce_sum(clip_hit * client_mask),
+      "local_steps": tf.reduce_sum(steps * client_mask),
+  }
+  return tf.reduce_sum(slots, axis=0), diagnostics
+
+
+def evaluate_shard(model, cluster_params, select, test):
+  """IFCA-style evaluation: each client picks the model with the lowest loss on its
+  `select` data (its training split), then is scored on its `test` data.
+
+  Returns sums: correct predictions, test examples, and the chosen clusters [S].
+  """
+  select = {k: tf.convert_to_tensor(v) for k, v in select.items()}
+  test = {k: tf.convert_to_tensor(v) for k, v in test.items()}
+  cluster_params = {k: tf.convert_to_tensor(v, tf.float32)
+                    for k, v in cluster_params.items()}
+  num_clusters = int(cluster_params[model.param_keys[0]].shape[0])
+  feats_sel = {k: tf.cast(select[k], tf.float32) for k in model.feature_keys}
+  if num_clusters > 1:
+    losses = cluster_losses(model, cluster_params, feats_sel, select["label"],
+                            select["mask"])
+    choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
+  else:
+    choice = tf.zeros([tf.shape(select["label"])[0]], tf.int32)
+  params = {k: tf.gather(v, choice) for k, v in cluster_params.items()}
+  logits = model.logits(params, {k: tf.cast(test[k], tf.float32)
+                                 for k in model.feature_keys})
+  pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  correct = tf.reduce_sum(tf.cast(tf.equal(pred, test["label"]), tf.float32) * test["mask"])
+  return correct, tf.reduce_sum(test["mask"]), choice

@@ -1,0 +1,154 @@
+"""Shard-vectorized client work: per-client semantics, sharding invariance, clipping."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pina_tff.models import reduced_tail as rt
+from pina_tff.training import local
+from pina_tff.training import models as tm
+from pina_tff.training import shards
+
+
+def _linear_population(num_clients=12, n=7, d=5, k=3, seed=0):
+  rng = np.random.default_rng(seed)
+  sizes = rng.integers(1, n + 1, size=num_clients)
+  clients = []
+  for i, m in enumerate(sizes):
+    clients.append({"x": rng.standard_normal((m, d)).astype(np.float32),
+                    "label": rng.integers(0, k, size=m).astype(np.int32),
+                    "true_cluster": i % 2})
+  return clients
+
+
+def _params(model, c, seed=1):
+  rng = np.random.default_rng(seed)
+  return {k: tf.constant(0.3 * rng.standard_normal((c,) + s), tf.float32)
+          for k, s in model.param_shapes().items()}
+
+
+def _manual_sgd(x, y, w, b, lr, batch):
+  """Plain per-client minibatch SGD on softmax regression, no shuffling."""
+  w, b = w.copy(), b.copy()
+  for start in range(0, len(y), batch):
+    xb, yb = x[start:start + batch], y[start:start + batch]
+    logits = xb @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(yb)), yb] -= 1
+    gw, gb = xb.T @ p / len(yb), p.mean(0)
+    w, b = w - lr * gw, b - lr * gb
+  return w, b
+
+
+def test_each_client_trains_like_a_plain_sgd_loop():
+  model = tm.LinearModel(5, 3)
+  clients = _linear_population()
+  spec = local.LocalSpec(batch_size=3, learning_rate=0.5, shuffle=False,
+                         train_keys=tm.HEAD_KEYS, send_keys=tm.HEAD_KEYS)
+  params = _params(model, 1)
+  shard = shards.pack_shard(clients, model.feature_keys, n_max=7, seed=(0, 0))
+  update, diag = local.shard_update(model, spec, params, shard)
+  want = 0
+  for cl in clients:
+    w, b = _manual_sgd(cl["x"], cl["label"], params["head_kernel"][0].numpy(),
+                       params["head_bias"][0].numpy(), 0.5, 3)
+    want = want + np.concatenate([(w - params["head_kernel"][0].numpy()).ravel(),
+                                  b - params["head_bias"][0].numpy()])
+  np.testing.assert_allclose(update.numpy()[0], want, rtol=1e-4, atol=1e-5)
+  assert diag["num_clients"].numpy() == len(clients)
+  assert diag["local_steps"].numpy() == sum(math.ceil(len(c["label"]) / 3) for c in clients)
+
+
+@pytest.mark.parametrize("method", ["fedavg", "ifca", "fedprox", "fednova"])
+def test_sharded_equals_one_client_per_shard(method):
+  model = tm.LinearModel(5, 3)
+  clients = _linear_population(num_clients=8)
+  spec = local.LocalSpec(
+      num_clusters=1 if method in ("fedavg", "fedprox", "fednova") else 3,
+      choose_cluster=method == "ifca", fedprox_mu=0.5 if method == "fedprox" else 0.0,
+      normalize_by_steps=method == "fednova", batch_size=2, learning_rate=0.3,
+      clip_norm=0.4, local_epochs=2, train_keys=tm.HEAD_KEYS, send_keys=tm.HEAD_KEYS,
+      num_true_clusters=2)
+  params = _params(model, spec.num_clusters)
+  seeds = [(3, i) for i in range(len(clients))]
+  whole = local.shard_update(model, spec, params, shards.pack_shard(
+      clients, model.feature_keys, n_max=7, client_seeds=seeds))[0]
+  single = sum(local.shard_update(model, spec, params, shards.pack_shard(
+      [c], model.feature_keys, n_max=7, client_seeds=[sd]))[0]
+               for c, sd in zip(clients, seeds))
+  np.testing.assert_allclose(whole.numpy(), single.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_clipping_is_per_client_and_slots_follow_choice():
+  model = tm.LinearModel(5, 3)
+  clients = _linear_population(num_clients=6)
+  spec = local.LocalSpec(num_clusters=3, choose_cluster=True, batch_size=4,
+                         learning_rate=5.0, clip_norm=0.01, train_keys=tm.HEAD_KEYS,
+                         send_keys=tm.HEAD_KEYS, num_true_clusters=2)
+  params = _params(model, 3)
+  shard = shards.pack_shard(clients, model.feature_keys, n_max=7, seed=(0, 0))
+  update, diag = local.shard_update(model, spec, params, shard)
+  counts = diag["cluster_counts"].numpy()
+  norms = np.linalg.norm(update.numpy(), axis=1)
+  assert counts.sum() == 6 and diag["num_clipped"].numpy() == 6
+  # Each slot is a sum of counts[c] vectors of norm exactly clip (big lr): norm <= count*clip.
+  assert np.all(norms <= counts * 0.01 + 1e-6)
+  assert np.all((norms > 0) == (counts > 0))
+  assert diag["confusion"].numpy().sum() == 6
+
+
+def test_vit_tail_trains_only_lora_and_head_per_client():
+  rng = np.random.default_rng(0)
+  cfg = rt.TailConfig(width=8, num_heads=2, mlp_dim=16, num_classes=3)
+  frozen = {k: (rng.standard_normal(s) * 0.3 + (1 if k.endswith("gamma") else 0)).astype(
+      np.float32) for k, s in {
+          "ln1_gamma": (8,), "ln1_beta": (8,), "wq": (8, 2, 4), "bq": (2, 4),
+          "wk": (8, 2, 4), "bk": (2, 4), "wv": (8, 2, 4), "bv": (2, 4), "wo": (2, 4, 8),
+          "bo": (8,), "ln2_gamma": (8,), "ln2_beta": (8,), "mlp1_w": (8, 16),
+          "mlp1_b": (16,), "mlp2_w": (16, 8), "mlp2_b": (8,), "lnf_gamma": (8,),
+          "lnf_beta": (8,)}.items()}
+  model = tm.ViTTailModel(cfg, frozen)
+  clients = []
+  for i in range(4):
+    x = rng.standard_normal((5, 6, 8)).astype(np.float32)
+    f = rt.reduce_block_input(cfg, frozen, x)
+    clients.append({"x_base": f["x_base"].numpy(), "z": f["z"].numpy(),
+                    "label": rng.integers(0, 3, 5).astype(np.int32), "true_cluster": 0})
+  init = rt.init_trainable(cfg, lora_seed=0, head_kernel=rng.standard_normal((8, 3)))
+  params = {k: tf.constant(v[None]) for k, v in init.items()}
+  shard = shards.pack_shard(clients, model.feature_keys, n_max=5, seed=(0, 0))
+  spec = local.LocalSpec(batch_size=5, learning_rate=0.5)
+  update, _ = local.shard_update(model, spec, params, shard)
+  vec = update.numpy()[0]
+  p_lora_a = 8
+  # B starts at zero, so A's gradient is zero at the first step, but B moves.
+  assert np.allclose(vec[:p_lora_a], 0.0)
+  assert np.abs(vec[p_lora_a:p_lora_a + 8]).max() > 0
+  # head-only training leaves LoRA untouched and uses the precomputed head input.
+  spec0 = local.LocalSpec(batch_size=5, learning_rate=0.5, train_keys=tm.HEAD_KEYS,
+                          send_keys=tm.HEAD_KEYS)
+  update0, _ = local.shard_update(model, spec0, params, shard)
+  assert update0.shape == (1, 8 * 3 + 3)
+
+
+def test_ldp_noise_has_the_configured_variance_on_every_coordinate():
+  model = tm.LinearModel(4, 2)
+  clients = [{"x": np.zeros((1, 4), np.float32), "label": np.zeros(1, np.int32),
+              "true_cluster": 0} for _ in range(400)]
+  spec = local.LocalSpec(num_clusters=2, batch_size=1, learning_rate=0.0, clip_norm=1.0,
+                         train_keys=tm.HEAD_KEYS, send_keys=tm.HEAD_KEYS,
+                         ldp_noise_stddev=0.5)
+  params = _params(model, 2)
+  shard = shards.pack_shard(clients, model.feature_keys, n_max=1, seed=(4, 2))
+  update, _ = local.shard_update(model, spec, params, shard)
+  # Sum of 400 clients' independent noise: variance 400 * 0.25 = 100 per coordinate.
+  v = update.numpy().ravel()
+  assert v.size == 2 * 10
+  var = np.mean(v ** 2)
+  assert 100 * 0.45 < var < 100 * 1.8, var
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
