@@ -1,0 +1,134 @@
+"""C-slot aggregation factories: secure sum with distributed DP (default), central DP,
+secure sum without noise, and a plain sum (IFCA+LDP, debugging).
+
+Every factory here is a `tff.aggregators.WeightedAggregationFactory` so it composes
+with `tff.learning.templates.compose_learning_process`, but the client weight is
+*ignored*: the aggregate is a sum of clipped updates divided by a fixed, public
+denominator (the expected cohort size M), as in DP-FedAvg. A data-dependent
+denominator would leak.
+
+Sharded clients. One TFF client may carry a shard of S simulated clients; its value
+is the sum of S per-client clipped updates, so its L2 norm is at most S*clip. The
+inner sum factory is therefore configured with clip S*clip and a noise multiplier
+z/S: the central noise stddev stays z*clip (calibrated to one *simulated* client's
+sensitivity), and for distributed DP each TFF client adds the share of S simulated
+clients (variance S * sigma^2 / M, the sum of S independent shares). With S = 1
+this is exactly the standard per-client configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+import tensorflow_federated as tff
+import tensorflow_privacy as tfp
+# DistributedDpSumFactory is not exported under tff.aggregators in TFF 0.87, but it is
+# what tff.learning.ddp_secure_aggregator builds on.
+from tensorflow_federated.python.aggregators import distributed_dp
+
+AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorSpec:
+  """How the C-slot updates reach the server.
+
+  Attributes:
+    kind: 'ddp' (distributed discrete Gaussian over secure aggregation), 'central'
+      (Gaussian added by the server, tensorflow_privacy GaussianSumQuery),
+      'secure_sum' (secure sum, no noise) or 'sum' (plain federated_sum: the server
+      sees each client's value; used for IFCA+LDP, whose clients add their own noise).
+    noise_multiplier: z, central noise std / clip (0 = no noise).
+    clip_norm: per-simulated-client L2 bound (the client work clips; the factory's
+      bound is only a safety net).
+    expected_clients: M, the fixed denominator (expected simulated cohort size).
+    shard_size: S, simulated clients per TFF client.
+    num_shards: TFF clients per round (ceil(M / S)).
+    ddp_bits: SecAgg bit width of the distributed DP mechanism.
+  """
+  kind: str = "ddp"
+  noise_multiplier: float = 0.0
+  clip_norm: float = 1.0
+  expected_clients: int = 1
+  shard_size: int = 1
+  num_shards: int = 1
+  ddp_bits: int = 20
+
+  def __post_init__(self):
+    if self.kind not in AGGREGATORS:
+      raise ValueError(f"unknown aggregator {self.kind!r}; valid: {', '.join(AGGREGATORS)}")
+    if self.kind != "sum" and not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+      raise ValueError(f"aggregator {self.kind!r} needs a finite clip_norm > 0, "
+                       f"found {self.clip_norm}")
+
+  @property
+  def central_stddev(self) -> float:
+    """Std of the noise on each coordinate of the sum, in parameter units."""
+    return 0.0 if self.kind in ("sum", "secure_sum") else self.noise_multiplier * self.clip_norm
+
+
+def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
+  """The inner (unweighted) sum factory for one TFF client = one shard."""
+  shard_clip = spec.shard_size * spec.clip_norm
+  if spec.kind == "ddp":
+    return distributed_dp.DistributedDpSumFactory(
+        noise_multiplier=spec.noise_multiplier / spec.shard_size,
+        expected_clients_per_round=spec.num_shards,
+        bits=spec.ddp_bits,
+        l2_clip=shard_clip,
+        mechanism="distributed_dgauss",
+        rotation_type="hd",
+        auto_l2_clip=False)
+  if spec.kind == "central":
+    query = tfp.GaussianSumQuery(l2_norm_clip=shard_clip,
+                                 stddev=spec.noise_multiplier * spec.clip_norm)
+    return tff.aggregators.DifferentiallyPrivateFactory(query)
+  if spec.kind == "secure_sum":
+    return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(shard_clip),
+                                            lower_bound_threshold=-float(shard_clip))
+  return tff.aggregators.SumFactory()
+
+
+class FixedDenominatorMeanFactory(tff.aggregators.WeightedAggregationFactory):
+  """Sum through `sum_factory`, then divide by a fixed public denominator M.
+
+  The weight argument required by `compose_learning_process` is accepted and ignored.
+  """
+
+  def __init__(self, sum_factory: tff.aggregators.UnweightedAggregationFactory,
+               denominator: float):
+    if denominator <= 0:
+      raise ValueError(f"denominator must be > 0, found {denominator}")
+    self._sum_factory = sum_factory
+    self._denominator = float(denominator)
+
+  def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+    inner = self._sum_factory.create(value_type)
+    denominator = self._denominator
+
+    @tff.federated_computation()
+    def init_fn():
+      return inner.initialize()
+
+    @tff.tensorflow.computation(value_type)
+    def divide(value):
+      return tf.nest.map_structure(lambda v: v / tf.cast(denominator, v.dtype), value)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      del weight  # DP needs a data-independent denominator.
+      out = inner.next(state, value)
+      return tff.templates.MeasuredProcessOutput(
+          state=out.state, result=tff.federated_map(divide, out.result),
+          measurements=out.measurements)
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def build_cslot_aggregator(spec: AggregatorSpec) -> FixedDenominatorMeanFactory:
+  """The stage-0/2 aggregator: u = (sum of clipped C-slot updates + noise) / M."""
+  return FixedDenominatorMeanFactory(build_sum_factory(spec), spec.expected_clients)

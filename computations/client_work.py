@@ -1,0 +1,97 @@
+"""Client work of stages 0 and 2 (and every baseline) as a `ClientWorkProcess`.
+
+Each TFF client holds one dataset with a single element: a shard of S simulated
+clients (layout in `pina_tff.training.local`). The work of the shard is one graph:
+loss-based cluster choice, local training, per-client clipping, the C-slot update
+(slot c* holds clip(Δ), all other slots zero), summed over the shard.
+
+The update leaves the client only through the aggregator. Optional simulation
+diagnostics (per-cluster counts, confusion with the true clusters, losses) are summed
+with `federated_sum`; they exist only in simulation and are off when
+`simulation_diagnostics=False` (then the server learns nothing but the aggregate).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from pina_tff.training import local
+from pina_tff.training import models as tm
+
+
+def cluster_weights_type(model, num_clusters: int):
+  """TFF type of the C cluster models: ModelWeights(trainable={k: [C, ...]}, ())."""
+  trainable = collections.OrderedDict(
+      (k, tff.TensorType(np.float32, (num_clusters,) + tuple(s)))
+      for k, s in model.param_shapes().items())
+  return tff.types.to_type(
+      tff.learning.models.ModelWeights(trainable=trainable, non_trainable=()))
+
+
+def shard_element_type(model, shard_size: int, n_max: int, feature_dtype=np.float32):
+  """TFF type of one shard (the single element of a TFF client's dataset)."""
+  spec = collections.OrderedDict()
+  for k, shape in model.feature_shapes().items():
+    spec[k] = tff.TensorType(feature_dtype, (shard_size, n_max) + tuple(shape))
+  spec["label"] = tff.TensorType(np.int32, (shard_size, n_max))
+  spec["mask"] = tff.TensorType(np.float32, (shard_size, n_max))
+  spec["client_mask"] = tff.TensorType(np.float32, (shard_size,))
+  spec["true_cluster"] = tff.TensorType(np.int32, (shard_size,))
+  spec["seed"] = tff.TensorType(np.int32, (shard_size, 2))
+  return spec
+
+
+def shard_to_dataset(shard: Mapping) -> tf.data.Dataset:
+  """A TFF client's input: a dataset with the packed shard as its only element."""
+  return tf.data.Dataset.from_tensors(collections.OrderedDict(
+      (k, tf.convert_to_tensor(v)) for k, v in shard.items()))
+
+
+def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max: int,
+                            simulation_diagnostics: bool = True,
+                            feature_dtype=np.float32) -> tff.learning.templates.ClientWorkProcess:
+  """ClientWorkProcess running `pina_tff.training.local.shard_update` per TFF client.
+
+  Result: ClientResult(update=float32[C, P] (sum over the shard of C-slot clipped
+  updates), update_weight=float32 (simulated clients in the shard; aggregators here
+  ignore it)). Measurements: summed simulation diagnostics, or empty.
+  """
+  weights_type = cluster_weights_type(model, spec.num_clusters)
+  element_type = shard_element_type(model, shard_size, n_max, feature_dtype)
+  data_type = tff.SequenceType(element_type)
+
+  @tff.tensorflow.computation(weights_type, data_type)
+  def client_update(weights, dataset):
+    shard = dataset.get_single_element()
+    update, diag = local.shard_update(model, spec, weights.trainable, shard)
+    result = tff.learning.templates.ClientResult(update=update,
+                                                 update_weight=diag["num_clients"])
+    return result, collections.OrderedDict(sorted(diag.items()))
+
+  @tff.federated_computation()
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(weights_type, tff.CLIENTS),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, data):
+    out = tff.federated_map(client_update, (weights, data))
+    result = out[0]
+    if simulation_diagnostics:
+      measurements = tff.federated_sum(out[1])
+    else:
+      measurements = tff.federated_value((), tff.SERVER)
+    return tff.templates.MeasuredProcessOutput(state, result, measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def update_size(model, spec: local.LocalSpec) -> int:
+  """P, length of one slot of the update vector."""
+  return tm.vector_size(model.param_shapes(), spec.send_keys)

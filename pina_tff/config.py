@@ -1,0 +1,314 @@
+"""Run configuration: frozen dataclasses for every stage, validation, (de)serialization.
+
+``validate(cfg)`` raises :class:`pina_tff.errors.ConfigError` with one clear message
+per problem (the first one found) and returns the config with defaults resolved:
+``privacy.delta`` = 1/P when unset (spec: default δ ≤ 1/P) and ``privacy.budget_split``
+= the accounting default when unset. δ > 1/P is an error unless
+``privacy.allow_delta_above_inverse_population`` is set, in which case it is a warning
+[project choice].
+
+Files: :func:`load_config` reads JSON (``.json``) or YAML (``.yaml``/``.yml``, needs
+pyyaml); unknown keys are rejected with the list of valid ones. ``epsilon`` accepts
+``inf``/``"inf"``/``"infinity"`` (no DP). :func:`to_dict` writes ε = inf as the string
+``"inf"`` so the dict is valid JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from typing import Any, Dict, Mapping, Optional
+
+from pina_tff.errors import ConfigError
+
+METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
+AGGREGATORS = ("ddp", "central", "secure_sum")
+SCALINGS = ("none", "min_norm", "normality", "pina")
+ACCOUNTANTS = ("rdp", "pld")
+BUDGET_STAGES = ("stage0", "stage1", "stage2")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+  """Total (ε, δ) against the server and how to spend it.
+
+  epsilon: total ε (> 0; ``math.inf`` = no DP). delta: total δ in (0, 1); None → 1/P.
+  budget_split: ε share per stage ({'stage0','stage1','stage2'} → fraction); None →
+  ``pina_tff.privacy.accounting.DEFAULT_BUDGET_SPLIT`` (0.1 / 0.2 / 0.7).
+  accountant: 'rdp' (default) or 'pld'. local_delta: δ1 for the reported local ε1 of the
+  sketches (None → delta).
+  """
+  epsilon: float = 8.0
+  delta: Optional[float] = None
+  budget_split: Optional[Dict[str, float]] = None
+  accountant: str = "rdp"
+  local_delta: Optional[float] = None
+  allow_delta_above_inverse_population: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage0Config:
+  """Head warm-up (DP-FedAvg on the head alone) [project choice, default on]."""
+  enabled: bool = True
+  rounds: int = 20
+  cohort: int = 100
+  local_epochs: int = 1
+  lr: float = 0.1
+  clip: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Config:
+  """Sketch-based cluster initialization (local DP)."""
+  num_sketch_clients: int = 1000
+  local_epochs: int = 5
+  lr: float = 0.1
+  lora_rank: int = 1
+  top_k: int = 32
+  clip: float = 1.0
+  post_process: bool = True
+  kmeans_restarts: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config:
+  """Clustered training with normality-driven aggregation."""
+  rounds: int = 200
+  cohort: int = 100
+  local_epochs: int = 1
+  batch_size: int = 16
+  client_lr: float = 0.1
+  server_lr: float = 1.0
+  server_momentum: float = 0.0
+  clip: float = 1.0
+  warm_rounds: int = 10
+  scaling: str = "pina"
+  aggregator: str = "ddp"
+  ddp_bits: int = 20
+  fedprox_mu: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """One run. ``model_width`` d sets the sketch size P1 = 2·d·r (ViT-S/16: d = 384)."""
+  method: str = "pina"
+  num_clusters: int = 2
+  population: int = 10000
+  seed: int = 0
+  model_width: int = 384
+  privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+  stage0: Stage0Config = dataclasses.field(default_factory=Stage0Config)
+  stage1: Stage1Config = dataclasses.field(default_factory=Stage1Config)
+  stage2: Stage2Config = dataclasses.field(default_factory=Stage2Config)
+
+  @property
+  def sketch_size(self) -> int:
+    return 2 * self.model_width * self.stage1.lora_rank
+
+
+_SECTIONS = {"privacy": PrivacyConfig, "stage0": Stage0Config, "stage1": Stage1Config,
+             "stage2": Stage2Config}
+
+
+def _err(where: str, expected: str, found: Any) -> ConfigError:
+  return ConfigError(f"{where}: expected {expected}, found {found!r}.")
+
+
+def _choice(where: str, value: str, valid) -> None:
+  if value not in valid:
+    raise ConfigError(f"{where}: unknown value {value!r}; valid values: "
+                      f"{', '.join(valid)}.")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+  """Checks ``cfg``; returns it with defaults resolved (δ = 1/P, budget split)."""
+  if not isinstance(cfg, RunConfig):
+    raise ConfigError(f"expected a RunConfig, found {type(cfg).__name__}.")
+  p, s0, s1, s2 = cfg.privacy, cfg.stage0, cfg.stage1, cfg.stage2
+  _choice("method", cfg.method, METHODS)
+  _choice("stage2.aggregator", s2.aggregator, AGGREGATORS)
+  _choice("stage2.scaling", s2.scaling, SCALINGS)
+  _choice("privacy.accountant", p.accountant, ACCOUNTANTS)
+  if cfg.population < 1:
+    raise _err("population", "an integer >= 1", cfg.population)
+  if cfg.num_clusters < 1:
+    raise _err("num_clusters (C)", "an integer >= 1", cfg.num_clusters)
+  if cfg.model_width < 1:
+    raise _err("model_width", "an integer >= 1", cfg.model_width)
+  # privacy
+  eps = p.epsilon
+  if not isinstance(eps, (int, float)) or isinstance(eps, bool) or math.isnan(eps):
+    raise _err("privacy.epsilon", "a number > 0 or inf", eps)
+  if eps <= 0:
+    raise _err("privacy.epsilon", "a value > 0 (inf = no DP)", eps)
+  delta = p.delta
+  if delta is None:
+    delta = 1.0 / cfg.population
+  if not 0.0 < delta < 1.0:
+    raise _err("privacy.delta", "a value in (0, 1)", delta)
+  if delta > 1.0 / cfg.population:
+    msg = (f"privacy.delta: expected at most 1/population = "
+           f"{1.0 / cfg.population:.3g}, found {delta}.")
+    if not p.allow_delta_above_inverse_population:
+      raise ConfigError(msg + " Set privacy.allow_delta_above_inverse_population "
+                        "to accept it.")
+    warnings.warn(msg)
+  if p.local_delta is not None and not 0.0 < p.local_delta < 1.0:
+    raise _err("privacy.local_delta", "a value in (0, 1)", p.local_delta)
+  split = p.budget_split
+  if split is None:
+    split = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
+  else:
+    unknown = sorted(set(split) - set(BUDGET_STAGES))
+    if unknown:
+      raise ConfigError(f"privacy.budget_split: unknown stage(s) {unknown}; valid "
+                        f"keys: {', '.join(BUDGET_STAGES)}.")
+    bad = {k: v for k, v in split.items() if not v >= 0}
+    if bad:
+      raise _err("privacy.budget_split", "non-negative shares", bad)
+    if sum(split.values()) <= 0:
+      raise _err("privacy.budget_split", "shares with a positive sum", split)
+  # rounds
+  for where, value in (("stage0.rounds", s0.rounds), ("stage2.rounds", s2.rounds),
+                       ("stage2.warm_rounds", s2.warm_rounds)):
+    if value < 0:
+      raise _err(where, "an integer >= 0", value)
+  # cohorts
+  for where, value in (("stage0.cohort", s0.cohort),
+                       ("stage1.num_sketch_clients", s1.num_sketch_clients),
+                       ("stage2.cohort", s2.cohort)):
+    if value < 1:
+      raise _err(where, "an integer >= 1", value)
+    if value > cfg.population:
+      raise ConfigError(f"{where}: expected at most the population "
+                        f"({cfg.population}), found {value}.")
+  if cfg.method == "pina" and s1.num_sketch_clients < cfg.num_clusters:
+    raise ConfigError(f"stage1.num_sketch_clients: expected at least num_clusters "
+                      f"({cfg.num_clusters}) sketches, found {s1.num_sketch_clients}.")
+  # clipping bounds
+  for where, value in (("stage0.clip", s0.clip), ("stage1.clip (S1)", s1.clip),
+                       ("stage2.clip (S2)", s2.clip)):
+    if not value > 0:
+      raise _err(where, "a clipping bound > 0", value)
+  # sketch
+  if s1.lora_rank < 1:
+    raise _err("stage1.lora_rank", "an integer >= 1", s1.lora_rank)
+  half = cfg.sketch_size // 2
+  if s1.top_k < 1 or s1.top_k > half:
+    raise ConfigError(
+        f"stage1.top_k: expected 1 <= top_k <= P1/2 = {half} (sketch size P1 = "
+        f"2*model_width*lora_rank = {cfg.sketch_size}), found {s1.top_k}.")
+  if s1.kmeans_restarts < 1:
+    raise _err("stage1.kmeans_restarts", "an integer >= 1", s1.kmeans_restarts)
+  # training hyper-parameters
+  for where, value in (("stage0.local_epochs", s0.local_epochs),
+                       ("stage1.local_epochs", s1.local_epochs),
+                       ("stage2.local_epochs", s2.local_epochs),
+                       ("stage2.batch_size", s2.batch_size)):
+    if value < 1:
+      raise _err(where, "an integer >= 1", value)
+  for where, value in (("stage0.lr", s0.lr), ("stage1.lr", s1.lr),
+                       ("stage2.client_lr", s2.client_lr),
+                       ("stage2.server_lr", s2.server_lr)):
+    if not value > 0:
+      raise _err(where, "a learning rate > 0", value)
+  if not 0.0 <= s2.server_momentum < 1.0:
+    raise _err("stage2.server_momentum", "a value in [0, 1)", s2.server_momentum)
+  if s2.fedprox_mu < 0:
+    raise _err("stage2.fedprox_mu", "a value >= 0", s2.fedprox_mu)
+  if not 1 <= s2.ddp_bits <= 32:
+    raise _err("stage2.ddp_bits", "an integer in [1, 32]", s2.ddp_bits)
+  return dataclasses.replace(
+      cfg, privacy=dataclasses.replace(p, delta=delta, budget_split=dict(split)))
+
+
+def _parse_epsilon(value: Any) -> Any:
+  if isinstance(value, str):
+    if value.strip().lower() in ("inf", "+inf", "infinity", ".inf"):
+      return math.inf
+    try:
+      return float(value)
+    except ValueError:
+      raise _err("privacy.epsilon", "a number or 'inf'", value) from None
+  return value
+
+
+def _build(cls, data: Mapping[str, Any], where: str):
+  if not isinstance(data, Mapping):
+    raise _err(where or "config", "a mapping of keys to values", data)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - set(fields))
+  if unknown:
+    raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; valid keys: "
+                      f"{', '.join(fields)}.")
+  kwargs = {}
+  for key, value in data.items():
+    path = f"{where}.{key}" if where else key
+    if cls is RunConfig and key in _SECTIONS:
+      value = _build(_SECTIONS[key], value or {}, path)
+    elif cls is PrivacyConfig and key == "epsilon":
+      value = _parse_epsilon(value)
+    elif cls is PrivacyConfig and key == "budget_split" and value is not None:
+      value = dict(value)
+    kwargs[key] = value
+  return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any]) -> RunConfig:
+  """Builds a RunConfig from nested dicts (missing keys take defaults; not validated)."""
+  return _build(RunConfig, data, "")
+
+
+def to_dict(cfg: RunConfig) -> Dict[str, Any]:
+  """Nested plain dict (JSON-safe: ε = inf is written as "inf")."""
+  d = dataclasses.asdict(cfg)
+  if math.isinf(d["privacy"]["epsilon"]):
+    d["privacy"]["epsilon"] = "inf"
+  return d
+
+
+def load_config(path: str) -> RunConfig:
+  """Reads a JSON or YAML file into a validated RunConfig."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in (".json", ".yaml", ".yml"):
+    raise ConfigError(f"{path}: expected a .json, .yaml or .yml file, found "
+                      f"extension {ext!r}.")
+  try:
+    with open(path, "r", encoding="utf-8") as f:
+      text = f.read()
+  except OSError as e:
+    raise ConfigError(f"cannot read config file {path}: {e}") from None
+  try:
+    if ext == ".json":
+      data = json.loads(text)
+    elif ext in (".yaml", ".yml"):
+      try:
+        import yaml  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        raise ConfigError(f"{path}: YAML config needs pyyaml (pip install pyyaml), "
+                          "or use a .json file.") from None
+      data = yaml.safe_load(text)
+    else:
+      raise ConfigError(f"{path}: expected a .json, .yaml or .yml file, found "
+                        f"extension {ext!r}.")
+  except (ValueError, Exception) as e:  # json / yaml parse errors
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"{path}: cannot parse config: {e}") from None
+  try:
+    return validate(from_dict(data or {}))
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None
+  except TypeError as e:
+    raise ConfigError(f"{path}: {e}") from None
+
+
+def save_config(cfg: RunConfig, path: str) -> None:
+  """Writes ``to_dict(cfg)`` as JSON (tmp file + rename)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

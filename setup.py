@@ -1,0 +1,28 @@
+"""pina-tff: differentially private clustered federated learning on TFF.
+
+Dependencies are governed by requirements/lock.txt (installed with --no-deps by
+`make install`), so install_requires stays empty on purpose: pip's resolver
+cannot satisfy tensorflow-federated 0.87.0's pins (its jaxlib==0.4.14 is not on
+the package index).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="pina-tff",
+    version="0.1.0",
+    description="Differentially private clustered federated learning (PINA) on TensorFlow Federated",
+    packages=find_packages(include=["pina_tff", "pina_tff.*", "computations", "computations.*",
+                                    "pipelines", "pipelines.*", "benchmarks", "benchmarks.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=[],
+    entry_points={
+        "console_scripts": [
+            "pina-prepare=pipelines.prepare_data:run",
+            "pina-pretrain=pipelines.pretrain:run",
+            "pina-embed=pipelines.embed:run",
+            "pina-simulate=pipelines.simulate:run",
+            "pina-grid=pipelines.grid:run",
+            "pina-bench=benchmarks.bench:run",
+        ],
+    },
+)

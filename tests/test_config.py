@@ -1,0 +1,109 @@
+"""Run configuration: defaults, every validation error, dict/JSON/YAML round trips."""
+import dataclasses
+import json
+import math
+
+import pytest
+
+from pina_tff import config as C
+from pina_tff.errors import ConfigError
+
+
+def _cfg(**over):
+  """RunConfig with overrides; keys 'privacy.x', 'stage1.x' etc. go to sections."""
+  d = C.to_dict(C.RunConfig())
+  for key, value in over.items():
+    if "." in key:
+      sec, k = key.split(".")
+      d[sec][k] = value
+    else:
+      d[key] = value
+  return C.from_dict(d)
+
+
+def test_defaults_validate_and_delta_defaults_to_inverse_population():
+  cfg = C.validate(_cfg(population=500, **{"stage0.cohort": 50, "stage2.cohort": 50,
+                                           "stage1.num_sketch_clients": 100}))
+  assert cfg.privacy.delta == pytest.approx(1 / 500)
+  assert cfg.privacy.budget_split == {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
+  assert cfg.sketch_size == 768
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"privacy.epsilon": 0.0}, "privacy.epsilon"),
+    ({"privacy.epsilon": -1.0}, "privacy.epsilon"),
+    ({"privacy.delta": 0.0}, "privacy.delta"),
+    ({"privacy.delta": 1.0}, "privacy.delta"),
+    ({"privacy.delta": 1e-3}, "1/population"),
+    ({"stage2.cohort": 20000}, "stage2.cohort"),
+    ({"stage0.cohort": 20000}, "stage0.cohort"),
+    ({"stage1.num_sketch_clients": 20000}, "num_sketch_clients"),
+    ({"num_clusters": 0}, "num_clusters"),
+    ({"stage1.top_k": 385}, "top_k"),
+    ({"stage1.top_k": 0}, "top_k"),
+    ({"stage0.clip": 0.0}, "stage0.clip"),
+    ({"stage1.clip": -1.0}, "stage1.clip"),
+    ({"stage2.clip": 0.0}, "stage2.clip"),
+    ({"stage0.rounds": -1}, "stage0.rounds"),
+    ({"stage2.rounds": -1}, "stage2.rounds"),
+    ({"stage2.warm_rounds": -2}, "warm_rounds"),
+    ({"method": "fedsgd"}, "pina, pina_ri, ifca"),
+    ({"stage2.aggregator": "ldp"}, "ddp, central, secure_sum"),
+    ({"stage2.scaling": "max"}, "none, min_norm, normality, pina"),
+    ({"privacy.accountant": "moments"}, "rdp, pld"),
+    ({"privacy.budget_split": {"stage3": 1.0}}, "budget_split"),
+])
+def test_each_error_has_a_clear_message(over, match):
+  with pytest.raises(ConfigError, match=match):
+    C.validate(_cfg(**over))
+
+
+def test_top_k_bound_follows_sketch_size():
+  C.validate(_cfg(model_width=16, **{"stage1.lora_rank": 2, "stage1.top_k": 32}))
+  with pytest.raises(ConfigError, match="P1/2 = 32"):
+    C.validate(_cfg(model_width=16, **{"stage1.lora_rank": 2, "stage1.top_k": 33}))
+
+
+def test_delta_above_inverse_population_can_be_a_warning():
+  with pytest.warns(UserWarning):
+    cfg = C.validate(_cfg(**{"privacy.delta": 1e-3,
+                             "privacy.allow_delta_above_inverse_population": True}))
+  assert cfg.privacy.delta == 1e-3
+
+
+def test_unknown_keys_rejected():
+  with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lr'\]"):
+    C.from_dict({"lr": 1.0})
+  with pytest.raises(ConfigError, match=r"stage2: unknown key\(s\) \['rouns'\]"):
+    C.from_dict({"stage2": {"rouns": 3}})
+
+
+def test_round_trip_json_and_yaml_with_infinite_epsilon(tmp_path):
+  cfg = C.validate(_cfg(method="ifca", **{"privacy.epsilon": math.inf}))
+  d = C.to_dict(cfg)
+  assert d["privacy"]["epsilon"] == "inf"
+  json.dumps(d, allow_nan=False)
+  assert C.from_dict(d) == cfg
+  p = tmp_path / "run.json"
+  C.save_config(cfg, str(p))
+  assert C.load_config(str(p)) == cfg
+  y = tmp_path / "run.yaml"
+  y.write_text("method: pina_ri\nprivacy:\n  epsilon: 2\nstage2:\n  scaling: min_norm\n")
+  cfg_y = C.load_config(str(y))
+  assert cfg_y.method == "pina_ri" and cfg_y.privacy.epsilon == 2
+  assert cfg_y.stage2.scaling == "min_norm"
+  bad = tmp_path / "bad.yaml"
+  bad.write_text("stage1:\n  topk: 3\n")
+  with pytest.raises(ConfigError, match="bad.yaml.*topk"):
+    C.load_config(str(bad))
+  with pytest.raises(ConfigError, match="expected a .json"):
+    C.load_config(str(tmp_path / "x.toml"))
+
+
+def test_config_is_frozen():
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    C.RunConfig().method = "ifca"
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
