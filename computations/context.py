@@ -19,7 +19,17 @@ Usage::
     # no worker_binary is left running here
 
 ``num_workers > 1`` runs computations in TFF's mergeable-computation context
-over several local C++ workers (each a ``worker_binary``).
+over several local C++ executors.
+
+Runtimes. ``runtime='simulation'`` (the default) is TFF's in-process C++ test
+runtime: it simulates secure aggregation (``federated_secure_sum_bitwidth``,
+``federated_secure_modular_sum``) by computing the same sums in the clear, which is
+what a simulation of the secure-sum + distributed-DP protocol needs; the native
+runtime rejects those intrinsics ("Cannot embed a federated value").
+``runtime='worker'`` is the native local C++ runtime
+in ``worker_binary`` processes (no secure intrinsics). Both lift protobuf's
+nesting-depth limit (``SetAllowOversizeProtos``), which TFF's distributed-DP
+aggregator exceeds once secure intrinsics are compiled to their bodies.
 
 Worker logs: unless ``verbose=True`` or the environment has
 ``PINA_TFF_VERBOSE=1``, workers get ``TF_CPP_MIN_LOG_LEVEL=3`` and their stdout
@@ -46,6 +56,14 @@ from pina_tff.errors import ConfigError
 
 WORKER_NAME = 'worker_binary'
 _DEVICES = ('cpu', 'gpu', 'auto')
+RUNTIMES = ('simulation', 'worker')
+
+
+def allow_deep_protos() -> None:
+  """Lifts upb's protobuf nesting limit (100) that deep TFF computations exceed."""
+  with contextlib.suppress(ImportError, AttributeError):
+    from google._upb import _message  # pylint: disable=g-import-not-at-top
+    _message.SetAllowOversizeProtos(True)
 
 _lock = threading.RLock()
 # Worker launch settings of the innermost active tff_context (a stack: contexts
@@ -314,7 +332,8 @@ def tff_context(*, device: str = 'cpu', num_workers: int = 1,
                 max_concurrent_computation_calls: int = -1,
                 num_subrounds: Optional[int] = None,
                 verbose: Optional[bool] = None,
-                start_workers: bool = True) -> Iterator[TffContext]:
+                start_workers: bool = True,
+                runtime: str = 'simulation') -> Iterator[TffContext]:
   """Installs a local C++ TFF execution context for the `with` block.
 
   Args:
@@ -328,6 +347,8 @@ def tff_context(*, device: str = 'cpu', num_workers: int = 1,
     verbose: show TF/worker logs. Default: env PINA_TFF_VERBOSE=1.
     start_workers: start the workers now (so their pids are known) rather
       than lazily at the first computation.
+    runtime: 'simulation' (C++ test runtime that simulates secure
+      aggregation; default) or 'worker' (native worker_binary processes).
 
   Yields:
     A `TffContext` (`.context`, `.worker_pids`, `.shutdown()`).
@@ -343,8 +364,12 @@ def tff_context(*, device: str = 'cpu', num_workers: int = 1,
     raise ConfigError(
         'tff_context: default_num_clients must be an integer >= 0, found '
         f'{default_num_clients!r}.')
+  if runtime not in RUNTIMES:
+    raise ConfigError(
+        f'tff_context: runtime must be one of {RUNTIMES}, found {runtime!r}.')
   if verbose is None:
     verbose = os.environ.get('PINA_TFF_VERBOSE', '') not in ('', '0')
+  allow_deep_protos()
 
   if device in ('gpu', 'auto'):
     n_gpu = _visible_gpu_count()
@@ -360,7 +385,25 @@ def tff_context(*, device: str = 'cpu', num_workers: int = 1,
   launch = _LaunchConfig(env=_worker_env(device, verbose), verbose=verbose)
   preexisting = {p.pid for p in worker_processes()}
   native = tff.backends.native
-  if num_workers == 1:
+  if device == 'cpu' and runtime == 'simulation':
+    # In-process runtime: hide GPUs from this process's TensorFlow (best effort;
+    # only possible before TensorFlow has initialized its devices).
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with contextlib.suppress(RuntimeError, ValueError):
+      tf.config.set_visible_devices([], 'GPU')
+  if runtime == 'simulation':
+    test = tff.backends.test
+    if num_workers == 1:
+      context = test.create_sync_test_cpp_execution_context(
+          default_num_clients=default_num_clients,
+          max_concurrent_computation_calls=max_concurrent_computation_calls)
+    else:
+      context = native.create_mergeable_comp_execution_context(
+          [test.create_async_test_cpp_execution_context(
+              default_num_clients=default_num_clients,
+              max_concurrent_computation_calls=max_concurrent_computation_calls)
+           for _ in range(num_workers)], num_subrounds=num_subrounds)
+  elif num_workers == 1:
     context = native.create_sync_local_cpp_execution_context(
         default_num_clients=default_num_clients,
         max_concurrent_computation_calls=max_concurrent_computation_calls)

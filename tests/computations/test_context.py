@@ -42,7 +42,7 @@ def _workers():
 
 def test_runs_computation_and_stops_worker():
   before = set(_workers())
-  with tff_context(device="cpu", num_workers=1) as ctx:
+  with tff_context(device="cpu", num_workers=1, runtime="worker") as ctx:
     pids = ctx.worker_pids
     assert len(pids) == 1
     assert set(pids) <= set(_workers())
@@ -55,7 +55,7 @@ def test_runs_computation_and_stops_worker():
 def test_stops_worker_after_exception():
   pids = []
   with pytest.raises(RuntimeError, match="boom"):
-    with tff_context(device="cpu") as ctx:
+    with tff_context(device="cpu", runtime="worker") as ctx:
       pids = ctx.worker_pids
       assert _add_one(1) == 2
       raise RuntimeError("boom")
@@ -63,7 +63,7 @@ def test_stops_worker_after_exception():
 
 
 def test_several_workers_mergeable():
-  with tff_context(device="cpu", num_workers=2) as ctx:
+  with tff_context(device="cpu", num_workers=2, runtime="worker") as ctx:
     pids = ctx.worker_pids
     assert len(pids) == 2
     assert _sum([1, 2, 3, 4]) == 10
@@ -86,7 +86,7 @@ _SCRIPT = textwrap.dedent("""
     def total(x):
       return tff.federated_sum(x)
 
-    with tff_context(device="cpu", num_workers=1):
+    with tff_context(device="cpu", num_workers=1, runtime="worker"):
       print("RESULT", total([1, 2, 3]), flush=True)
     {tail}
 """)
@@ -124,7 +124,7 @@ _SLEEPER = textwrap.dedent("""
     import time
     from computations.context import tff_context
 
-    with tff_context(device="cpu", num_workers=1) as ctx:
+    with tff_context(device="cpu", num_workers=1, runtime="worker") as ctx:
       print("WORKERS", *ctx.worker_pids, flush=True)
       time.sleep(120)
 """)
@@ -157,3 +157,20 @@ def test_signal_inside_block_stops_worker(sig):
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def test_simulation_runtime_runs_secure_sum_in_process_without_workers():
+  """The default runtime simulates secure aggregation; its workers are stopped too."""
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  before = {p.pid for p in psutil.Process().children(recursive=True)
+            if p.name() == "worker_binary"}
+
+  @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
+  def secure_total(x):
+    return tff.federated_secure_sum_bitwidth(x, 8)
+
+  with tff_context(device="cpu") as ctx:
+    assert secure_total([1, 2, 3]) == 6
+  after = {p.pid for p in psutil.Process().children(recursive=True)
+           if p.name() == "worker_binary"}
+  assert after <= before
