@@ -1,0 +1,543 @@
+"""pina-bench: timing of the sharded TFF client work against stock TFF and plain TF.
+
+Subcommands (first positional argument):
+
+  head     the "head workload": N clients x 32 examples of 384-dim features, a 384->10
+           linear model, 1 local epoch of batch 16 (2 SGD steps, lr 0.1), per-client L2
+           clip 0.1, central Gaussian noise (multiplier 1.0), server SGD 1.0. Three paths
+           in one process, same data and initial weights:
+             stock    tff.learning.algorithms.build_unweighted_fed_avg, keras linear model,
+                      one TFF client per simulated client, DifferentiallyPrivateFactory.
+                      gaussian_fixed (fixed clip 0.1, not dp_aggregator's adaptive clip);
+             sharded  computations.learning_process.build_process (S simulated clients
+                      per TFF client, AggregatorSpec kind 'central');
+             plain    the same arithmetic as one tf.function, vectorized over clients.
+           Round 1 is a warm-up (tracing, worker start) and is not timed; the median of
+           --rounds timed rounds is reported. Last line:
+           `head clients=N stock_tff_ms_per_client=X sharded_ms_per_client=Y
+            plain_tf_ms_per_client=Z`
+  stage2   one PINA stage-2 round (choose_cluster, C clusters, LoRA + head, scaling 'pina')
+           on synthetic reduced ViT-S/16 features; seconds per round and peak RSS.
+           With --sweep, runs every (cohort, clusters, aggregator) config in its own
+           subprocess (separate RSS peaks) and prints a table.
+  embed    embedding-prefix throughput (examples/s) of digits_tiny and ViT-S/16.
+
+Times are wall-clock seconds (ms where the name says so).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("clients", 1000, "head: simulated clients per round (N).")
+flags.DEFINE_integer("rounds", 5, "Timed rounds (after one untimed warm-up round).")
+flags.DEFINE_integer("shard_size", 0, "Simulated clients per TFF client (0: default_shard_size).")
+flags.DEFINE_float("noise_multiplier", 1.0, "Central noise multiplier z (std / clip).")
+flags.DEFINE_enum("runtime", "worker", ["worker", "simulation"],
+                  "head: TFF runtime for stock and sharded paths.")
+flags.DEFINE_list("paths", "stock,sharded,plain", "head: which paths to run.")
+flags.DEFINE_integer("cohort", 1000, "stage2: simulated clients per round (M).")
+flags.DEFINE_integer("clusters", 4, "stage2: number of clusters C.")
+flags.DEFINE_integer("population", 10000, "stage2: population size.")
+flags.DEFINE_integer("examples_per_client", 5, "stage2: examples per client.")
+flags.DEFINE_enum("aggregator", "ddp", ["ddp", "central", "secure_sum", "sum"],
+                  "stage2: aggregator kind.")
+flags.DEFINE_boolean("sweep", False, "stage2: run the cohort x clusters x aggregator grid.")
+flags.DEFINE_list("sweep_cohorts", "100,1000,10000", "stage2 --sweep: cohorts.")
+flags.DEFINE_list("sweep_clusters", "2,4", "stage2 --sweep: cluster counts.")
+flags.DEFINE_list("sweep_aggregators", "ddp,central", "stage2 --sweep: aggregators.")
+flags.DEFINE_boolean("profile", False, "stage2: also time the parts of the client work in plain TF.")
+flags.DEFINE_list("backbones", "digits_tiny,vit_s16", "embed: backbones.")
+flags.DEFINE_integer("embed_batch", 32, "embed: batch size.")
+flags.DEFINE_integer("embed_batches", 4, "embed: timed batches (after one warm-up).")
+flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
+
+HEAD_DIM, HEAD_CLASSES, HEAD_EXAMPLES = 384, 10, 32
+HEAD_BATCH, HEAD_LR, HEAD_CLIP, SERVER_LR = 16, 0.1, 0.1, 1.0
+
+
+# ----------------------------------------------------------------------------- utils
+
+def _median_time(fn, rounds: int) -> tuple[float, list[float]]:
+  times = []
+  for _ in range(rounds):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), times
+
+
+def peak_rss_gib() -> dict[str, float]:
+  """Peak resident memory of this process and of its (waited-for) children, GiB."""
+  kib = 1024.0 * 1024.0  # ru_maxrss is KiB on Linux
+  return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
+          "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib}
+
+
+def machine_info() -> dict:
+  model = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  import psutil  # pylint: disable=g-import-not-at-top
+  return {"nproc": os.cpu_count(), "cpu": model,
+          "ram_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def _write_json(result: dict) -> None:
+  if FLAGS.json_out:
+    tmp = f"{FLAGS.json_out}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=1)
+    os.replace(tmp, FLAGS.json_out)
+
+
+# ------------------------------------------------------------------------ head workload
+
+def head_data(num_clients: int, seed: int = 0):
+  """Features [N, 32, 384] float32, labels [N, 32] int32, initial (kernel, bias)."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((num_clients, HEAD_EXAMPLES, HEAD_DIM), dtype=np.float32)
+  y = rng.integers(0, HEAD_CLASSES, (num_clients, HEAD_EXAMPLES)).astype(np.int32)
+  kernel = (0.05 * rng.standard_normal((HEAD_DIM, HEAD_CLASSES))).astype(np.float32)
+  bias = (0.05 * rng.standard_normal((HEAD_CLASSES,))).astype(np.float32)
+  return x, y, kernel, bias
+
+
+def _stock_tff_head(x, y, kernel, bias, noise: float, rounds: int):
+  """Stock TFF FedAvg: one TFF client per simulated client. Returns (times, w after round 1)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  n = x.shape[0]
+  spec = collections.OrderedDict(
+      x=tf.TensorSpec([None, HEAD_DIM], tf.float32), y=tf.TensorSpec([None], tf.int32))
+
+  def model_fn():
+    keras_model = tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=(HEAD_DIM,)),
+        tf.keras.layers.Dense(HEAD_CLASSES)])
+    return tff.learning.models.from_keras_model(
+        keras_model, input_spec=spec,
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+  aggregator = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+      noise_multiplier=noise, clients_per_round=n, clip=HEAD_CLIP)
+  process = tff.learning.algorithms.build_unweighted_fed_avg(
+      model_fn,
+      client_optimizer_fn=tff.learning.optimizers.build_sgdm(HEAD_LR),
+      server_optimizer_fn=tff.learning.optimizers.build_sgdm(SERVER_LR),
+      model_aggregator=aggregator)
+  datasets = [tf.data.Dataset.from_tensor_slices(
+      collections.OrderedDict(x=x[i], y=y[i])).batch(HEAD_BATCH) for i in range(n)]
+  state = process.initialize()
+  state = process.set_model_weights(state, tff.learning.models.ModelWeights(
+      trainable=[kernel, bias], non_trainable=[]))
+  box = {"state": state}
+
+  def one_round():
+    box["state"] = process.next(box["state"], datasets).state
+
+  one_round()  # warm-up
+  w = process.get_model_weights(box["state"]).trainable
+  first = (np.asarray(w[0]), np.asarray(w[1]))
+  _, times = _median_time(one_round, rounds)
+  return times, first
+
+
+def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int):
+  """Our sharded process. Returns (times, w after round 1, packing seconds)."""
+  from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
+  from computations import client_work as cw  # pylint: disable=g-import-not-at-top
+  from computations import learning_process as lp  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import local  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
+  n = x.shape[0]
+  s = shard_size
+  num_shards = math.ceil(n / s)
+  model = tm.LinearModel(HEAD_DIM, HEAD_CLASSES)
+  spec = lp.ProcessSpec(
+      local=local.LocalSpec(num_clusters=1, batch_size=HEAD_BATCH, learning_rate=HEAD_LR,
+                            clip_norm=HEAD_CLIP, train_keys=tm.HEAD_KEYS,
+                            send_keys=tm.HEAD_KEYS, shuffle=False),
+      aggregator=agg.AggregatorSpec(kind="central", noise_multiplier=noise,
+                                    clip_norm=HEAD_CLIP, expected_clients=n, shard_size=s,
+                                    num_shards=num_shards),
+      shard_size=s, n_max=HEAD_EXAMPLES, server_learning_rate=SERVER_LR)
+  process = lp.build_process(model, spec)
+  t0 = time.perf_counter()
+  datasets = []
+  for ids in shards.split_cohort(range(n), s):
+    clients = [{"x": x[i], "label": y[i]} for i in ids]
+    datasets.append(cw.shard_to_dataset(
+        shards.pack_shard(clients, model.feature_keys, HEAD_EXAMPLES, num_slots=s)))
+  pack_s = time.perf_counter() - t0
+  state = process.initialize()
+  state = process.set_model_weights(state, lp.model_weights(
+      {"head_kernel": kernel[None], "head_bias": bias[None]}))
+  box = {"state": state}
+
+  def one_round():
+    box["state"] = process.next(box["state"], datasets).state
+
+  one_round()
+  w = process.get_model_weights(box["state"]).trainable
+  first = (np.asarray(w["head_kernel"][0]), np.asarray(w["head_bias"][0]))
+  _, times = _median_time(one_round, rounds)
+  return times, first, pack_s
+
+
+def plain_tf_round_fn(noise: float, num_clients: int):
+  """One round of the head workload as one tf.function over all clients at once."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  steps = HEAD_EXAMPLES // HEAD_BATCH
+  stddev = noise * HEAD_CLIP
+  gen = tf.random.Generator.from_seed(0)
+
+  @tf.function
+  def round_fn(kernel, bias, x, y):
+    n = tf.shape(x)[0]
+    w = tf.tile(kernel[None], [n, 1, 1])
+    b = tf.tile(bias[None], [n, 1])
+    for t in range(steps):
+      xb, yb = x[:, t * HEAD_BATCH:(t + 1) * HEAD_BATCH], y[:, t * HEAD_BATCH:(t + 1) * HEAD_BATCH]
+      with tf.GradientTape() as tape:
+        tape.watch([w, b])
+        logits = tf.einsum("nbd,ndk->nbk", xb, w) + b[:, None, :]
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
+        loss = tf.reduce_sum(tf.reduce_mean(ce, axis=1))  # sum of per-client means
+      gw, gb = tape.gradient(loss, [w, b])
+      w, b = w - HEAD_LR * gw, b - HEAD_LR * gb
+    delta = tf.concat([tf.reshape(w - kernel[None], [n, -1]), b - bias[None]], axis=1)
+    norms = tf.norm(delta, axis=1)
+    delta = delta * tf.minimum(1.0, HEAD_CLIP / tf.maximum(norms, 1e-12))[:, None]
+    total = tf.reduce_sum(delta, axis=0)
+    if stddev > 0:
+      total = total + gen.normal(tf.shape(total), stddev=stddev)
+    mean = total / float(num_clients)
+    dk = tf.reshape(mean[:HEAD_DIM * HEAD_CLASSES], [HEAD_DIM, HEAD_CLASSES])
+    return kernel + SERVER_LR * dk, bias + SERVER_LR * mean[HEAD_DIM * HEAD_CLASSES:]
+
+  return round_fn
+
+
+def _plain_tf_head(x, y, kernel, bias, noise: float, rounds: int):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  round_fn = plain_tf_round_fn(noise, x.shape[0])
+  xt, yt = tf.constant(x), tf.constant(y)
+  box = {"w": (tf.constant(kernel), tf.constant(bias))}
+
+  def one_round():
+    k, b = round_fn(*box["w"], xt, yt)
+    box["w"] = (k, b)
+    k.numpy()  # wait for the result
+
+  one_round()
+  first = tuple(np.asarray(v) for v in box["w"])
+  _, times = _median_time(one_round, rounds)
+  return times, first
+
+
+def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 1.0,
+             runtime: str = "worker", paths=("stock", "sharded", "plain")) -> dict:
+  """Runs the head benchmark; returns timings (ms/client) and round-1 weights per path."""
+  from computations.context import tff_context  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
+  x, y, kernel, bias = head_data(num_clients)
+  s = shard_size or shards.default_shard_size(num_clients)
+  res = {"clients": num_clients, "shard_size": s, "num_shards": math.ceil(num_clients / s),
+         "rounds": rounds, "noise_multiplier": noise, "runtime": runtime,
+         "ms_per_client": {}, "round_s": {}, "weights": {}}
+
+  def record(name, times, first):
+    med = statistics.median(times)
+    res["round_s"][name] = times
+    res["ms_per_client"][name] = 1000.0 * med / num_clients
+    res["weights"][name] = first
+
+  if "stock" in paths or "sharded" in paths:
+    with tff_context(runtime=runtime, default_num_clients=num_clients):
+      if "stock" in paths:
+        times, first = _stock_tff_head(x, y, kernel, bias, noise, rounds)
+        record("stock", times, first)
+      if "sharded" in paths:
+        times, first, pack_s = _sharded_head(x, y, kernel, bias, noise, rounds, s)
+        record("sharded", times, first)
+        res["pack_s"] = pack_s
+  if "plain" in paths:
+    times, first = _plain_tf_head(x, y, kernel, bias, noise, rounds)
+    record("plain", times, first)
+  return res
+
+
+def head_main() -> None:
+  n = FLAGS.clients
+  res = run_head(n, FLAGS.rounds, FLAGS.shard_size, FLAGS.noise_multiplier, FLAGS.runtime,
+                 tuple(FLAGS.paths))
+  ms = res["ms_per_client"]
+  print(f"head workload: {n} clients x {HEAD_EXAMPLES} examples x {HEAD_DIM} features, "
+        f"runtime={res['runtime']}, shard_size={res['shard_size']} "
+        f"({res['num_shards']} TFF clients), median of {res['rounds']} rounds after warm-up")
+  for name in ("stock", "sharded", "plain"):
+    if name in ms:
+      rs = res["round_s"][name]
+      print(f"  {name:8s} {ms[name]:9.4f} ms/client  round {statistics.median(rs):8.3f} s  "
+            f"(rounds: {', '.join(f'{t:.3f}' for t in rs)})")
+  if "pack_s" in res:
+    print(f"  sharded packing (pack_shard + shard_to_dataset, once): {res['pack_s']:.3f} s "
+          f"= {1000 * res['pack_s'] / n:.4f} ms/client")
+  if "sharded" in ms:
+    for other in ("stock", "plain"):
+      if other in ms:
+        print(f"  {other}/sharded = {ms[other] / ms['sharded']:.2f}x")
+  out = {k: v for k, v in res.items() if k != "weights"}
+  out["machine"] = machine_info()
+  _write_json(out)
+  fmt = lambda k: f"{ms[k]:.4f}" if k in ms else "nan"  # noqa: E731
+  print(f"head clients={n} stock_tff_ms_per_client={fmt('stock')} "
+        f"sharded_ms_per_client={fmt('sharded')} plain_tf_ms_per_client={fmt('plain')}")
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
+  """The 18 frozen tail arrays of `config`, random (LayerNorm gammas 1, betas 0)."""
+  from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
+  d, h, hd, m = config.width, config.num_heads, config.head_dim, config.mlp_dim
+  rng = np.random.default_rng(seed)
+  shapes = {"wq": (d, h, hd), "bq": (h, hd), "wk": (d, h, hd), "bk": (h, hd),
+            "wv": (d, h, hd), "bv": (h, hd), "wo": (h, hd, d), "bo": (d,),
+            "mlp1_w": (d, m), "mlp1_b": (m,), "mlp2_w": (m, d), "mlp2_b": (d,)}
+  out = {}
+  for k in rt.FROZEN_KEYS:
+    if k.endswith("_gamma"):
+      out[k] = np.ones((d,), np.float32)
+    elif k.endswith("_beta"):
+      out[k] = np.zeros((d,), np.float32)
+    else:
+      fan_in = shapes[k][0] if len(shapes[k]) > 1 else 1
+      scale = 1.0 / math.sqrt(fan_in) if len(shapes[k]) > 1 else 0.02
+      out[k] = (scale * rng.standard_normal(shapes[k])).astype(np.float32)
+  rt.check_frozen(out, config)
+  return out
+
+
+def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
+               examples: int, rounds: int, shard_size: int, noise: float,
+               profile: bool) -> dict:
+  """One stage-2 config, in this process. Returns timings and peak RSS."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
+  from computations import client_work as cw  # pylint: disable=g-import-not-at-top
+  from computations import learning_process as lp  # pylint: disable=g-import-not-at-top
+  from computations.context import tff_context  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import local  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
+  config = rt.TailConfig(width=384, num_heads=6, mlp_dim=1536, num_classes=10)
+  model = tm.ViTTailModel(config, random_frozen(config))
+  res = {"cohort": cohort, "clusters": clusters, "aggregator": aggregator,
+         "population": population, "examples_per_client": examples}
+  t0 = time.perf_counter()
+  rng = np.random.default_rng(1)
+  # Population of cached reduced features (float32): x_base [P, n, d], z [P, n, H, d].
+  x_base = rng.standard_normal((population, examples, config.width), dtype=np.float32)
+  z = 0.1 * rng.standard_normal((population, examples, config.num_heads, config.width),
+                                dtype=np.float32)
+  labels = rng.integers(0, config.num_classes, (population, examples)).astype(np.int32)
+  true_cluster = rng.integers(0, clusters, population)
+  res["make_population_s"] = time.perf_counter() - t0
+  s = shard_size or shards.default_shard_size(cohort)
+  num_shards = math.ceil(cohort / s)
+  res.update(shard_size=s, num_shards=num_shards)
+  local_spec = local.LocalSpec(num_clusters=clusters, local_epochs=1, batch_size=16,
+                               learning_rate=0.1, clip_norm=1.0, choose_cluster=True,
+                               shuffle=True, num_true_clusters=clusters)
+  spec = lp.ProcessSpec(
+      local=local_spec,
+      aggregator=agg.AggregatorSpec(kind=aggregator, noise_multiplier=noise, clip_norm=1.0,
+                                    expected_clients=cohort, shard_size=s,
+                                    num_shards=num_shards),
+      shard_size=s, n_max=examples, scaling_mode="pina")
+  t0 = time.perf_counter()
+  process = lp.build_process(model, spec)
+  res["build_s"] = time.perf_counter() - t0
+  init = {k: np.stack([v] * clusters) for k, v in rt.init_trainable(config, 0).items()}
+  for c in range(clusters):  # distinct cluster models
+    init["head_kernel"][c] += 0.01 * rng.standard_normal(init["head_kernel"][c].shape)
+
+  def pack(round_num):
+    ids = rng.choice(population, cohort, replace=False)
+    out = []
+    for j, part in enumerate(shards.split_cohort(ids, s)):
+      clients = [{"x_base": x_base[i], "z": z[i], "label": labels[i],
+                  "true_cluster": true_cluster[i]} for i in part]
+      out.append(cw.shard_to_dataset(shards.pack_shard(
+          clients, model.feature_keys, examples, num_slots=s,
+          seed=(round_num, j * s))))
+    return out
+
+  pack_times, round_times = [], []
+  with tff_context(runtime="simulation", default_num_clients=num_shards):
+    state = process.initialize()
+    state = process.set_model_weights(state, lp.model_weights(init))
+    for r in range(rounds + 1):
+      t0 = time.perf_counter()
+      data = pack(r)
+      t1 = time.perf_counter()
+      out = process.next(state, data)
+      state = out.state
+      t2 = time.perf_counter()
+      if r == 0:
+        res["warmup_round_s"] = t2 - t1
+      else:
+        pack_times.append(t1 - t0)
+        round_times.append(t2 - t1)
+      del data
+  res["round_s"] = round_times
+  res["median_round_s"] = statistics.median(round_times)
+  res["median_pack_s"] = statistics.median(pack_times)
+  if profile:
+    res["profile"] = _profile_stage2(model, local_spec, init, pack, s, tf)
+  res["peak_rss_gib"] = peak_rss_gib()
+  return res
+
+
+def _profile_stage2(model, spec, init, pack, s, tf):
+  """Plain-TF timing of the parts of one shard's client work (same shapes)."""
+  from pina_tff.training import local  # pylint: disable=g-import-not-at-top
+  data = pack(99)
+  shard = next(iter(data[0]))
+  params = {k: tf.constant(v) for k, v in init.items()}
+  feats = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
+
+  @tf.function
+  def choose():
+    losses = local.cluster_losses(model, params, feats, shard["label"], shard["mask"])
+    return tf.argmin(losses, axis=-1, output_type=tf.int32)
+
+  @tf.function
+  def train(choice):
+    p0 = {k: tf.gather(v, choice) for k, v in params.items()}
+    return local.local_train(model, spec, p0, feats, shard["label"], shard["mask"],
+                             shard["seed"])[1]
+
+  @tf.function
+  def whole():
+    return local.shard_update(model, spec, params, shard)[0]
+
+  out = {}
+  choice = choose()
+  train(choice)
+  whole()
+  out["cluster_choice_s_per_shard"] = _median_time(lambda: choose().numpy(), 3)[0]
+  out["local_train_s_per_shard"] = _median_time(lambda: train(choice).numpy(), 3)[0]
+  out["shard_update_s_per_shard"] = _median_time(lambda: whole().numpy(), 3)[0]
+  return out
+
+
+def stage2_main() -> None:
+  if FLAGS.sweep:
+    return stage2_sweep()
+  res = stage2_one(FLAGS.cohort, FLAGS.clusters, FLAGS.aggregator, FLAGS.population,
+                   FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
+                   FLAGS.noise_multiplier, FLAGS.profile)
+  res["machine"] = machine_info()
+  _write_json(res)
+  print(json.dumps(res))
+  rss = res["peak_rss_gib"]
+  print(f"stage2 cohort={res['cohort']} clusters={res['clusters']} "
+        f"aggregator={res['aggregator']} round_s={res['median_round_s']:.3f} "
+        f"pack_s={res['median_pack_s']:.3f} peak_rss_gib={max(rss.values()):.2f}")
+
+
+def stage2_sweep() -> None:
+  rows = []
+  for aggregator in FLAGS.sweep_aggregators:
+    for clusters in [int(c) for c in FLAGS.sweep_clusters]:
+      for cohort in [int(m) for m in FLAGS.sweep_cohorts]:
+        out = f"/tmp/pina-bench-stage2-{os.getpid()}-{aggregator}-{clusters}-{cohort}.json"
+        cmd = [sys.executable, "-m", "benchmarks.bench", "stage2", f"--cohort={cohort}",
+               f"--clusters={clusters}", f"--aggregator={aggregator}",
+               f"--population={FLAGS.population}", f"--rounds={FLAGS.rounds}",
+               f"--shard_size={FLAGS.shard_size}",
+               f"--noise_multiplier={FLAGS.noise_multiplier}", f"--json_out={out}"]
+        if FLAGS.profile:
+          cmd.append("--profile")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+          print(f"FAILED {' '.join(cmd)}\n{proc.stderr[-3000:]}", flush=True)
+          continue
+        with open(out) as f:
+          r = json.load(f)
+        os.remove(out)
+        r["wall_s"] = time.perf_counter() - t0
+        rows.append(r)
+        print(f"aggregator={aggregator} C={clusters} cohort={cohort} "
+              f"round_s={r['median_round_s']:.3f} pack_s={r['median_pack_s']:.3f} "
+              f"warmup_s={r['warmup_round_s']:.2f} "
+              f"peak_rss_gib={max(r['peak_rss_gib'].values()):.2f} "
+              f"profile={r.get('profile')}", flush=True)
+  _write_json({"rows": rows, "machine": machine_info()})
+
+
+# ------------------------------------------------------------------------------ embed
+
+def embed_main() -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import backbone as bb  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import split  # pylint: disable=g-import-not-at-top
+  results = {}
+  for name in FLAGS.backbones:
+    config = bb.get_config(name)
+    model = bb.build_vit(config)
+    prefix = split.build_prefix(model)
+    fn = tf.function(lambda x, p=prefix: p(x, training=False))
+    batch = FLAGS.embed_batch
+    images = tf.constant(np.random.default_rng(0).uniform(
+        0, 255, (batch,) + tuple(config.image_shape)).astype(np.float32))
+    fn(images).numpy()
+    med, _ = _median_time(lambda: fn(images).numpy(), FLAGS.embed_batches)
+    results[name] = {"batch": batch, "s_per_batch": med, "examples_per_s": batch / med,
+                     "embedding_shape": list(config.embedding_shape)}
+    print(f"embed {name}: {batch / med:.1f} examples/s (batch {batch}, "
+          f"{med:.3f} s/batch, embedding {config.embedding_shape})", flush=True)
+  results["machine"] = machine_info()
+  _write_json(results)
+
+
+COMMANDS = {"head": head_main, "stage2": stage2_main, "embed": embed_main}
+
+
+def main(argv) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: pina-bench {{{'|'.join(COMMANDS)}}} [--flags]")
+  COMMANDS[argv[1]]()
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,84 @@
+"""Maps a validated `pina_tff.config.RunConfig` to the composed processes of a method.
+
+Every method shares the trainable parameters (LoRA on the last W_V + head), the
+clipping bound, the aggregator and its calibrated noise; they differ only in what the
+spec says they differ in:
+
+  method    clusters  cluster choice  init          scaling      client extra
+  pina      C         loss argmin     stage 1       cfg scaling  -
+  pina_ri   C         loss argmin     random        cfg scaling  -
+  ifca      C         loss argmin     random        none         -
+  ifca_ldp  C         loss argmin     random        none         local noise, plain sum
+  fedavg    1         -               A0, B0 = 0    none         -
+  fedprox   1         -               A0, B0 = 0    none         proximal term mu
+  fednova   1         -               A0, B0 = 0    none         Δ / local steps
+"""
+
+from __future__ import annotations
+
+import math
+
+from computations import aggregators as agg
+from computations import learning_process as lp
+from pina_tff.training import local
+from pina_tff.training import models as tm
+
+CLUSTERED = ("pina", "pina_ri", "ifca", "ifca_ldp")
+METHOD_NAMES = {"pina": "PINA", "pina_ri": "PINA+RI", "ifca": "IFCA",
+                "ifca_ldp": "IFCA+LDP", "fedavg": "FedAvg", "fedprox": "FedProx",
+                "fednova": "FedNova"}
+
+
+def num_model_clusters(cfg) -> int:
+  return cfg.num_clusters if cfg.method in CLUSTERED else 1
+
+
+def _num_shards(cohort: int, shard_size: int) -> int:
+  return max(1, math.ceil(cohort / shard_size))
+
+
+def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
+                diagnostics: bool = True) -> lp.ProcessSpec:
+  """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator."""
+  s0 = cfg.stage0
+  kind = "sum" if cfg.stage2.aggregator == "sum" else cfg.stage2.aggregator
+  if cfg.method == "ifca_ldp":
+    kind = "ddp"  # stage 0 is the same central-model DP-FedAvg for every method
+  return lp.ProcessSpec(
+      local=local.LocalSpec(num_clusters=1, local_epochs=s0.local_epochs,
+                            batch_size=batch_size, learning_rate=s0.lr,
+                            clip_norm=s0.clip, train_keys=tm.HEAD_KEYS,
+                            send_keys=tm.HEAD_KEYS, num_true_clusters=1),
+      aggregator=agg.AggregatorSpec(kind=kind, noise_multiplier=z0, clip_norm=s0.clip,
+                                    expected_clients=s0.cohort, shard_size=shard_size,
+                                    num_shards=_num_shards(s0.cohort, shard_size),
+                                    ddp_bits=cfg.stage2.ddp_bits),
+      shard_size=shard_size, n_max=n_max, scaling_mode="none",
+      server_learning_rate=cfg.stage2.server_lr, simulation_diagnostics=diagnostics)
+
+
+def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
+                expected_local_steps: float = 1.0, diagnostics: bool = True
+                ) -> lp.ProcessSpec:
+  """The stage-2 process of `cfg.method` (see the module table)."""
+  s2, method = cfg.stage2, cfg.method
+  clustered = method in CLUSTERED
+  ldp = method == "ifca_ldp"
+  local_spec = local.LocalSpec(
+      num_clusters=num_model_clusters(cfg), local_epochs=s2.local_epochs,
+      batch_size=s2.batch_size, learning_rate=s2.client_lr, clip_norm=s2.clip,
+      choose_cluster=clustered, fedprox_mu=s2.fedprox_mu if method == "fedprox" else 0.0,
+      normalize_by_steps=method == "fednova",
+      ldp_noise_stddev=z2 * s2.clip if ldp else 0.0,
+      num_true_clusters=num_true_clusters)
+  aggregator = agg.AggregatorSpec(
+      kind="sum" if ldp else s2.aggregator, noise_multiplier=0.0 if ldp else z2,
+      clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
+      num_shards=_num_shards(s2.cohort, shard_size), ddp_bits=s2.ddp_bits)
+  scaling = s2.scaling if method in ("pina", "pina_ri") else "none"
+  return lp.ProcessSpec(
+      local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,
+      scaling_mode=scaling, warm_rounds=s2.warm_rounds,
+      server_learning_rate=s2.server_lr, server_momentum=s2.server_momentum,
+      update_multiplier=expected_local_steps if method == "fednova" else 1.0,
+      simulation_diagnostics=diagnostics)

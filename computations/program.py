@@ -1,0 +1,453 @@
+"""The experiment program: stage 0 -> stage 1 -> stage 2 (or a baseline), resumable.
+
+Built on `tff.program`: program state (cluster models, finalizer state, stage-1
+result, progress) is saved with a `FileProgramStateManager` every N rounds and at
+every stage boundary; per-round metrics are released to a `CSVFileReleaseManager`
+(`metrics.csv`, which drops rows past the resumed round by itself) and a
+`TensorBoardReleaseManager`. Every round's randomness (cohort, client seeds) is a
+function of (seed, stage, round), so a run killed at any moment and started again
+with the same command continues from its last checkpoint and, where the aggregator
+adds no noise (epsilon = inf), ends with exactly the metrics of an uninterrupted run.
+(The DP aggregators draw their noise from TensorFlow's own generators, which are not
+part of the checkpoint: with noise the resumed run is statistically, not bitwise,
+the same.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from scipy import optimize
+
+from computations import client_work as cw
+from computations import learning_process as lp
+from computations import methods
+from computations import stage1 as stage1_lib
+from pina_tff import config as config_lib
+from pina_tff.clustering import kmeans_init as kmeans_lib
+from pina_tff.clustering import metrics as cluster_metrics
+from pina_tff.errors import ConfigError
+from pina_tff.models import reduced_tail as rt
+from pina_tff.privacy import accounting
+from pina_tff.simulation import population as population_lib
+from pina_tff.training import local
+from pina_tff.training import models as tm
+from pina_tff.training import shards as shards_lib
+
+PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramOptions:
+  """How the program runs (not what it computes).
+
+  Attributes:
+    shard_size: simulated clients per TFF client (None: `default_shard_size`).
+    checkpoint_every: save program state every this many rounds (and at stage ends).
+    eval_every: evaluate test accuracy every this many rounds (and at the end).
+    progress: 'auto' (bar on a terminal, log lines otherwise), 'bar', 'log', 'none'.
+    stop_after_rounds: stop (as if killed) after this many rounds of this invocation;
+      for tests of resume.
+    simulation_diagnostics: report simulation-only per-cluster counts.
+  """
+  shard_size: Optional[int] = None
+  checkpoint_every: int = 5
+  eval_every: int = 1
+  progress: str = "auto"
+  stop_after_rounds: Optional[int] = None
+  simulation_diagnostics: bool = True
+
+
+class _Progress:
+  """A progress bar with round, accuracy and ETA on a terminal; log lines otherwise."""
+
+  def __init__(self, mode: str, total: int, done: int, label: str):
+    if mode == "auto":
+      mode = "bar" if sys.stderr.isatty() else "log"
+    self.mode, self.total, self.done, self.label = mode, total, done, label
+    self.start = time.monotonic()
+    self.bar = None
+    if mode == "bar":
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total, initial=done, desc=label, unit="round",
+                      dynamic_ncols=True)
+
+  def update(self, stage: int, rnd: int, acc: float, extra: str = ""):
+    self.done += 1
+    if self.bar is not None:
+      self.bar.set_postfix_str(f"stage {stage} round {rnd} acc {acc:.3f} {extra}")
+      self.bar.update(1)
+    elif self.mode == "log":
+      elapsed = time.monotonic() - self.start
+      left = self.total - self.done
+      eta = elapsed / max(1, self.done) * left
+      print(f"[{self.label}] stage {stage} round {rnd} ({self.done}/{self.total}) "
+            f"acc={acc:.4f} {extra} eta={eta:.0f}s", file=sys.stderr, flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _cohort(rng_seed, size: int, population: int) -> np.ndarray:
+  rng = np.random.default_rng(rng_seed)
+  return np.sort(rng.choice(population, size=min(size, population), replace=False))
+
+
+def _client_seeds(seed: int, stage: int, rnd: int, ids) -> list:
+  base = (seed * 1_000_003 + stage * 7_919 + rnd) % (2 ** 31 - 1)
+  return [(base, int(i)) for i in ids]
+
+
+def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds):
+  datasets = []
+  pos = 0
+  for chunk in shards_lib.split_cohort(list(range(len(ids))), shard_size):
+    members = [clients[ids[j]] for j in chunk]
+    shard = shards_lib.pack_shard(members, feature_keys, n_max, num_slots=shard_size,
+                                  client_seeds=[seeds[j] for j in chunk])
+    datasets.append(cw.shard_to_dataset(shard))
+    pos += len(chunk)
+  return datasets
+
+
+def _confusion_accuracy(confusion: np.ndarray) -> float:
+  """Clustering accuracy from a [C_model, C_true] count matrix (Hungarian matching)."""
+  total = confusion.sum()
+  if total <= 0:
+    return float("nan")
+  rows, cols = optimize.linear_sum_assignment(-confusion)
+  return float(confusion[rows, cols].sum() / total)
+
+
+class _Evaluator:
+  """IFCA-style test accuracy over the whole population in one compiled graph."""
+
+  def __init__(self, pop: population_lib.Population, num_clusters: int):
+    keys = pop.model.feature_keys
+    ids = list(range(pop.size))
+    self.select = shards_lib.pack_shard([pop.train[i] for i in ids], keys, pop.n_max_train)
+    self.test = shards_lib.pack_shard([pop.test[i] for i in ids], keys, pop.n_max_test)
+    self.true = pop.true_clusters
+    model = pop.model
+
+    @tf.function
+    def evaluate(params, select, test):
+      return local.evaluate_shard(model, params, select, test)
+
+    self._fn = evaluate
+    self.num_clusters = num_clusters
+
+  def __call__(self, params) -> tuple[float, float]:
+    correct, total, choice = self._fn(
+        {k: tf.constant(v) for k, v in params.items()},
+        {k: tf.constant(v) for k, v in self.select.items()},
+        {k: tf.constant(v) for k, v in self.test.items()})
+    acc = float(correct) / max(1.0, float(total))
+    clus = (cluster_metrics.clustering_accuracy(choice.numpy(), self.true)
+            if self.num_clusters > 1 else float("nan"))
+    return acc, clus
+
+
+def _state_template(param_shapes, num_clusters, update_size):
+  return collections.OrderedDict(
+      phase=np.int32(0), round=np.int32(0), elapsed=np.float64(0.0),
+      weights=collections.OrderedDict(
+          (k, np.zeros((num_clusters,) + tuple(s), np.float32))
+          for k, s in param_shapes.items()),
+      velocity=np.zeros((num_clusters, update_size), np.float32),
+      head_kernel=np.zeros(param_shapes["head_kernel"], np.float32),
+      head_bias=np.zeros(param_shapes["head_bias"], np.float32),
+      init_clustering_accuracy=np.float64(np.nan),
+      final_accuracy=np.float64(np.nan), final_clustering_accuracy=np.float64(np.nan))
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(o):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)
+
+
+def _finite_or_str(x: float):
+  return "inf" if math.isinf(x) else x
+
+
+def calibrate(cfg) -> accounting.PrivacyReport:
+  """Noise multipliers for `cfg` (all zero for epsilon = inf)."""
+  return accounting.calibrate_from_config(cfg)
+
+
+def run_simulation(cfg, clients_dir: str, root_dir: str,
+                   options: ProgramOptions = ProgramOptions(),
+                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr,
+                                                                flush=True)) -> dict:
+  """Runs (or resumes) one simulation; returns the summary also written to
+  `<root_dir>/summary.json`.
+
+  The caller installs the TFF execution context (`computations.context.tff_context`).
+  """
+  cfg = config_lib.validate(cfg)
+  os.makedirs(root_dir, exist_ok=True)
+  pop = population_lib.load_population(clients_dir, cfg.stage1.lora_rank, cfg.seed, log)
+  if cfg.population != pop.size:
+    cfg = config_lib.validate(dataclasses.replace(
+        cfg, population=pop.size,
+        privacy=dataclasses.replace(cfg.privacy, delta=cfg.privacy.delta
+                                    if cfg.privacy.delta is not None else None)))
+  if cfg.stage2.cohort > pop.size or cfg.stage0.cohort > pop.size:
+    raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
+                      f"larger than the population of {pop.size} clients in {clients_dir}")
+  _write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
+  report = calibrate(cfg)
+  z0, z1, z2 = report.z0, report.z1, report.z2
+  model = pop.model
+  tail = model.config
+  shapes = model.param_shapes()
+  num_clusters = methods.num_model_clusters(cfg)
+  shard_size = options.shard_size or shards_lib.default_shard_size(cfg.stage2.cohort)
+  shard0 = options.shard_size or shards_lib.default_shard_size(cfg.stage0.cohort)
+  n_max = pop.n_max_train
+  mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
+  expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
+                                                                cfg.stage2.batch_size))
+  spec2 = methods.stage2_spec(cfg, z2, shard_size, n_max, pop.num_true_clusters,
+                              expected_steps, options.simulation_diagnostics)
+  update_size = tm.vector_size(shapes, spec2.local.send_keys)
+  t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
+  t2 = cfg.stage2.rounds
+  plan = accounting.plan_from_config(cfg)
+
+  manager = tff.program.FileProgramStateManager(os.path.join(root_dir, "checkpoints"),
+                                                keep_total=2)
+  template = _state_template(shapes, num_clusters, update_size)
+  saved, version = asyncio.run(manager.load_latest(template))
+  st = saved if saved is not None else template
+  if saved is not None:
+    log(f"resuming from checkpoint: phase {int(st['phase'])}, round {int(st['round'])}")
+  else:
+    st["head_kernel"] = pop.head["head_kernel"].astype(np.float32)
+    st["head_bias"] = pop.head["head_bias"].astype(np.float32)
+  csv_manager = tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
+                                                  key_fieldname="key")
+  tb_manager = tff.program.TensorBoardReleaseManager(os.path.join(root_dir, "tensorboard"))
+  evaluator = _Evaluator(pop, num_clusters)
+  start_time = time.monotonic() - float(st["elapsed"])
+  rounds_this_call = 0
+  progress = _Progress(options.progress, t0 + t2,
+                       _rounds_done(st, t0), f"{cfg.method} eps={cfg.privacy.epsilon}")
+
+  def save(phase, rnd):
+    st["phase"], st["round"] = np.int32(phase), np.int32(rnd)
+    st["elapsed"] = np.float64(time.monotonic() - start_time)
+    asyncio.run(manager.save(st, version=_rounds_done(st, t0) + 10_000 * phase))
+
+  def release(stage, rnd, acc, clus, loss, eps, counts=None, diag=None):
+    row = collections.OrderedDict(
+        stage=stage, round=rnd, method=cfg.method, test_accuracy=acc,
+        clustering_accuracy=clus, train_loss=loss, epsilon_spent=eps,
+        wall_s=time.monotonic() - start_time)
+    for c in range(max(num_clusters, 1)):
+      row[f"count_{c}"] = float(counts[c]) if counts is not None else float("nan")
+      for name, key in (("norm", "norms"), ("w", "w"), ("scale", "scale_factors")):
+        row[f"{name}_{c}"] = (float(diag[key][c]) if diag is not None and key in diag
+                              else float("nan"))
+    key = rnd if stage == 0 else t0 + rnd
+    asyncio.run(csv_manager.release(row, key=key))
+    asyncio.run(tb_manager.release(
+        collections.OrderedDict((k, v) for k, v in row.items() if k != "method"),
+        key=key))
+
+  def stop_requested() -> bool:
+    return (options.stop_after_rounds is not None and
+            rounds_this_call >= options.stop_after_rounds)
+
+  try:
+    # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
+    if int(st["phase"]) == PHASE_STAGE0:
+      if t0 > 0:
+        spec0 = methods.stage0_spec(cfg, z0, shard0, n_max, cfg.stage2.batch_size,
+                                    options.simulation_diagnostics)
+        proc0 = lp.build_process(model, spec0)
+        base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
+        state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
+            {k: v[None] for k, v in base.items()}))
+        for rnd in range(int(st["round"]) + 1, t0 + 1):
+          if stop_requested():
+            return {"interrupted": True}
+          ids = _cohort([cfg.seed, 0, rnd], cfg.stage0.cohort, pop.size)
+          data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
+                             _client_seeds(cfg.seed, 0, rnd, ids))
+          out = proc0.next(state, data)
+          state = out.state
+          w = proc0.get_model_weights(state).trainable
+          st["head_kernel"] = np.asarray(w["head_kernel"][0])
+          st["head_bias"] = np.asarray(w["head_bias"][0])
+          params = {k: np.asarray(v) for k, v in w.items()}
+          acc = evaluator(params)[0] if _due(rnd, t0, options.eval_every) else float("nan")
+          eps = accounting.epsilon_spent_after(rnd, "stage0", plan, report.noise_multipliers,
+                                               report.delta) if z0 > 0 else float("inf")
+          loss = float(out.metrics["client_work"]["loss_sum"]) / max(
+              1.0, float(out.metrics["client_work"]["num_clients"])) \
+              if options.simulation_diagnostics else float("nan")
+          release(0, rnd, acc, float("nan"), loss, eps)
+          rounds_this_call += 1
+          st["round"] = np.int32(rnd)
+          progress.update(0, rnd, acc)
+          if rnd % options.checkpoint_every == 0 or rnd == t0:
+            save(PHASE_STAGE0, rnd)
+      save(PHASE_STAGE1, 0)
+
+    # ---------------- stage 1: sketches + k-means, or the baseline's init -------
+    if int(st["phase"]) == PHASE_STAGE1:
+      base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
+      init = {k: np.repeat(v[None], num_clusters, axis=0) for k, v in base.items()}
+      if cfg.method == "pina":
+        centroids, acc1 = _stage1(cfg, pop, base, z1, n_max, log)
+        st["init_clustering_accuracy"] = np.float64(acc1)
+        delta = tm.unflatten(tf.constant(centroids), shapes, tm.LORA_KEYS,
+                             lead_shape=(num_clusters,))
+        for k in tm.LORA_KEYS:
+          init[k] = init[k] + delta[k].numpy()
+      elif cfg.method in methods.CLUSTERED:
+        rng = np.random.default_rng([cfg.seed, 1])
+        size = tail.lora_size
+        scale = cfg.stage1.clip / math.sqrt(size)  # [project choice] norm ~ S1
+        delta = tm.unflatten(tf.constant(rng.normal(0, scale, (num_clusters, size)),
+                                         tf.float32), shapes, tm.LORA_KEYS,
+                             lead_shape=(num_clusters,))
+        for k in tm.LORA_KEYS:
+          init[k] = init[k] + delta[k].numpy()
+      st["weights"] = collections.OrderedDict((k, init[k].astype(np.float32))
+                                              for k in shapes)
+      save(PHASE_STAGE2, 0)
+
+    # ---------------- stage 2: clustered rounds / baseline rounds ----------------
+    if int(st["phase"]) == PHASE_STAGE2:
+      proc = lp.build_process(model, spec2)
+      state = proc.initialize()
+      state = proc.set_model_weights(state, lp.model_weights(st["weights"]))
+      state = _with_finalizer_state(state, int(st["round"]), st["velocity"])
+      params = {k: np.asarray(v) for k, v in st["weights"].items()}
+      for rnd in range(int(st["round"]) + 1, t2 + 1):
+        if stop_requested():
+          return {"interrupted": True}
+        ids = _cohort([cfg.seed, 2, rnd], cfg.stage2.cohort, pop.size)
+        data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
+                           _client_seeds(cfg.seed, 2, rnd, ids))
+        out = proc.next(state, data)
+        state = out.state
+        params = {k: np.asarray(v)
+                  for k, v in proc.get_model_weights(state).trainable.items()}
+        st["weights"] = collections.OrderedDict((k, params[k]) for k in shapes)
+        st["velocity"] = np.asarray(state.finalizer["velocity"])
+        acc, clus = (evaluator(params) if _due(rnd, t2, options.eval_every)
+                     else (float("nan"), float("nan")))
+        eps = (accounting.epsilon_spent_after(rnd, "stage2", plan, report.noise_multipliers,
+                                              report.delta) if z2 > 0 else float("inf"))
+        cwm = out.metrics["client_work"]
+        counts = np.asarray(cwm["cluster_counts"]) if options.simulation_diagnostics else None
+        loss = (float(cwm["loss_sum"]) / max(1.0, float(cwm["num_clients"]))
+                if options.simulation_diagnostics else float("nan"))
+        release(2, rnd, acc, clus, loss, eps, counts, out.metrics["finalizer"])
+        rounds_this_call += 1
+        st["round"] = np.int32(rnd)
+        if not math.isnan(acc):
+          st["final_accuracy"] = np.float64(acc)
+          st["final_clustering_accuracy"] = np.float64(clus)
+        progress.update(2, rnd, acc, f"clu={clus:.2f}" if num_clusters > 1 else "")
+        if rnd % options.checkpoint_every == 0 or rnd == t2:
+          save(PHASE_STAGE2, rnd)
+      if t2 == 0:
+        acc, clus = evaluator(params)
+        st["final_accuracy"], st["final_clustering_accuracy"] = acc, clus
+      save(PHASE_DONE, t2)
+  finally:
+    progress.close()
+
+  summary = collections.OrderedDict(
+      method=cfg.method, method_name=methods.METHOD_NAMES[cfg.method],
+      dataset=pop.dataset, epsilon_target=_finite_or_str(cfg.privacy.epsilon),
+      epsilon_achieved=_finite_or_str(report.epsilon_achieved), delta=report.delta,
+      noise_multipliers={"z0": z0, "z1": z1, "z2": z2},
+      local_epsilon1=(_finite_or_str(report.local_epsilon1)
+                      if report.local_epsilon1 is not None else None),
+      rounds={"stage0": t0, "stage2": t2}, num_clusters=cfg.num_clusters,
+      population=pop.size, cohort=cfg.stage2.cohort, shard_size=shard_size,
+      aggregator=spec2.aggregator.kind, scaling=spec2.scaling_mode,
+      final_accuracy=float(st["final_accuracy"]),
+      clustering_accuracy=(float(st["final_clustering_accuracy"])
+                           if pop.num_true_clusters > 1 and num_clusters > 1 else None),
+      init_clustering_accuracy=(float(st["init_clustering_accuracy"])
+                                if cfg.method == "pina" else None),
+      wall_clock_s=float(st["elapsed"]), privacy=report.to_dict(),
+      config=config_lib.to_dict(cfg))
+  _write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
+  return summary
+
+
+def _due(rnd: int, total: int, every: int) -> bool:
+  return rnd % max(1, every) == 0 or rnd == total
+
+
+def _rounds_done(st, t0: int) -> int:
+  phase, rnd = int(st["phase"]), int(st["round"])
+  if phase == PHASE_STAGE0:
+    return rnd
+  if phase == PHASE_STAGE1:
+    return t0
+  return t0 + rnd
+
+
+def _with_finalizer_state(state, rnd: int, velocity):
+  """The learning-process state with the finalizer's round and momentum restored."""
+  fin = collections.OrderedDict(round=np.int32(rnd),
+                                velocity=np.asarray(velocity, np.float32))
+  return tff.learning.templates.LearningAlgorithmState(
+      global_model_weights=state.global_model_weights, distributor=state.distributor,
+      client_work=state.client_work, aggregator=state.aggregator, finalizer=fin)
+
+
+def _stage1(cfg, pop, base, z1, n_max, log):
+  """Sketch computation over M1 clients + server k-means. Returns (centroids, acc)."""
+  s1 = cfg.stage1
+  m1 = min(s1.num_sketch_clients, pop.size)
+  ids = _cohort([cfg.seed, 1, 0], m1, pop.size)
+  model = pop.model
+  shard_size = shards_lib.default_shard_size(m1)
+  spec = local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
+                         batch_size=cfg.stage2.batch_size, learning_rate=s1.lr,
+                         train_keys=tm.LORA_KEYS + tm.HEAD_KEYS, send_keys=tm.LORA_KEYS)
+  comp = stage1_lib.build_sketch_computation(model, spec, s1.top_k, s1.clip, z1,
+                                             shard_size, n_max)
+  data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
+                     _client_seeds(cfg.seed, 1, 0, ids))
+  weights = lp.model_weights({k: v[None] for k, v in base.items()})
+  log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, z1={z1:.3f})")
+  sketches = stage1_lib.collect_sketches(comp(weights, data))
+  post_k = s1.top_k if s1.post_process else None
+  centroids, labels = kmeans_lib.kmeans_init(sketches, cfg.num_clusters, cfg.seed,
+                                             n_init=s1.kmeans_restarts,
+                                             post_process_k=post_k)
+  acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
+  log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
+  return centroids, acc

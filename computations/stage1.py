@@ -1,0 +1,75 @@
+"""Stage 1 of PINA: locally-DP LoRA sketches, computed per simulated client.
+
+The federated computation broadcasts the stage-1 starting point (A0, B0 = 0, the
+warmed-up head) and returns each TFF client's shard of sketches *at CLIENTS*: the
+sketches leave the devices in the clear, protected by local DP only, and the type
+signature says so (`float32[S, P1]@CLIENTS`). The server-side k-means
+(`pina_tff.clustering.kmeans_init`) runs in the Python program on the collected
+sketches.
+
+Per simulated client: train LoRA (and the head, locally only) for E1 epochs, take
+Δ = vec(A − A0, B − B0), keep the top-k positive and top-k negative entries, clip to
+L2 norm S1, add N(0, (z1·S1)²) to every coordinate (zeros included), from the
+client's own stateless seed. Privacy: (ε1, δ1)-local DP per client, z1 calibrated by
+`pina_tff.privacy.accounting`.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from computations import client_work as cw
+from pina_tff.privacy import sketch as sk
+from pina_tff.training import local
+from pina_tff.training import models as tm
+
+
+def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: float,
+                             noise_multiplier: float, shard_size: int, n_max: int):
+  """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.
+
+  `spec` sets local training (E1, lr, batch); its train_keys should include LoRA;
+  the sketch covers LoRA only (`models.LORA_KEYS`). Result per TFF client:
+  OrderedDict(sketch=float32[S, P1], client_mask=float32[S]).
+  """
+  weights_type = cw.cluster_weights_type(model, 1)
+  data_type = tff.SequenceType(cw.shard_element_type(model, shard_size, n_max))
+  sketch_keys = tm.LORA_KEYS
+  size = tm.vector_size(model.param_shapes(), sketch_keys)
+  sk.validate_top_k(top_k, size)
+
+  @tff.tensorflow.computation(weights_type, data_type)
+  def client_sketch(weights, dataset):
+    shard = dataset.get_single_element()
+    s = shard["label"].shape[0]
+    features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
+    init = {k: tf.repeat(v, s, axis=0) for k, v in weights.trainable.items()}
+    feats = model.precompute(init, features, spec.train_keys)
+    final, _ = local.local_train(model, spec, init, feats, shard["label"], shard["mask"],
+                                 shard["seed"])
+    delta = tm.flatten({k: final[k] - init[k] for k in sketch_keys}, sketch_keys,
+                       lead_dims=1)
+    clipped = sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
+    noise = local.per_client_normal(shard["seed"], [size], 11, noise_multiplier * clip)
+    return collections.OrderedDict(sketch=clipped + noise,
+                                   client_mask=shard["client_mask"])
+
+  @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def sketch_round(weights, data):
+    return tff.federated_map(client_sketch, (tff.federated_broadcast(weights), data))
+
+  return sketch_round
+
+
+def collect_sketches(results) -> np.ndarray:
+  """Concatenates the per-TFF-client results into [num_real_clients, P1]."""
+  rows = []
+  for r in results:
+    mask = np.asarray(r["client_mask"]) > 0
+    rows.append(np.asarray(r["sketch"])[mask])
+  return np.concatenate(rows, axis=0)

@@ -1,0 +1,227 @@
+"""Figures for a grid of runs (matplotlib, Agg canvas; no pyplot global state).
+
+  plot_accuracy_curves    test accuracy per stage-2 round, one line per method
+  plot_clustering_curves  (a) clustering accuracy per round, PINA / PINA+RI / IFCA+LDP
+                          (paper Fig. 3a); (b) test accuracy, PINA vs PINA+RI (Fig. 3b)
+  plot_normality          per-cluster Shapiro-Wilk W, scale factor and ‖u_c‖ of one run
+  make_all_plots          one set per dataset × ε; returns the written paths
+Accuracies in metrics.csv are fractions; plots show %.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pina_tff import errors  # noqa: E402
+from pina_tff.reporting import results as res  # noqa: E402
+
+DPI = 100
+METHOD_STYLE = {  # colour, marker: stable across every figure
+    "pina": ("#d62728", "o"), "pina_ri": ("#ff7f0e", "s"), "ifca": ("#1f77b4", "^"),
+    "ifca_ldp": ("#17becf", "v"), "fedavg": ("#2ca02c", "D"), "fedprox": ("#9467bd", "P"),
+    "fednova": ("#8c564b", "X"),
+}
+CLUSTERING_METHODS = ("pina", "pina_ri", "ifca_ldp")
+CONVERGENCE_METHODS = ("pina", "pina_ri")
+
+
+def _style(method: str) -> dict:
+  colour, marker = METHOD_STYLE.get(method, (None, "."))
+  return {"color": colour, "marker": marker}
+
+
+def _new_figure(ncols: int, width_per_panel: float = 6.4, height: float = 4.6):
+  fig = Figure(figsize=(width_per_panel * ncols, height), dpi=DPI)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, ncols, squeeze=False)[0]
+  return fig, axes
+
+
+def _save(fig: Figure, out_png: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(out_png)) or ".", exist_ok=True)
+  fig.tight_layout()
+  tmp = f"{out_png}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, dpi=DPI, format="png")
+  os.replace(tmp, out_png)
+  return out_png
+
+
+def _title_suffix(dataset: str, epsilon) -> str:
+  return f"{res.dataset_name(dataset)}, {res.format_epsilon(res.parse_epsilon(epsilon))}"
+
+
+def _markevery(n: int):
+  return max(1, n // 12)
+
+
+def _plot_series(ax, record: res.RunRecord, column: str, label: str | None,
+                 prepend_init: bool = False) -> bool:
+  """Plot column (fraction -> %) over stage-2 rounds; False if nothing finite."""
+  rows = record.stage_rows(res.STAGE_TRAIN)
+  if column not in rows:
+    return False
+  x = rows["round"].astype(float)
+  y = 100.0 * rows[column].astype(float)
+  if prepend_init:
+    init = record.scalar("init_clustering_accuracy")
+    if math.isfinite(init):
+      x, y = np.concatenate([[0.0], x]), np.concatenate([[100.0 * init], y])
+  if not np.isfinite(y).any():
+    return False
+  ax.plot(x, y, label=label, linewidth=1.8, markersize=5, markevery=_markevery(len(x)),
+          **_style(record.method))
+  return True
+
+
+def _plot_methods(ax, records, methods, column, prepend_init=False) -> int:
+  n = 0
+  for m in methods:
+    label = res.method_name(m)
+    for r in res.select(records, method=m):
+      if _plot_series(ax, r, column, label, prepend_init=prepend_init):
+        label = None  # one legend entry per method even with several runs
+        n += 1
+  return n
+
+
+def _no_data(ax, text: str) -> None:
+  ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
+          fontsize=11, color="0.4", wrap=True)
+
+
+def _finish_accuracy_axis(ax, ylabel: str, title: str) -> None:
+  ax.set_xlabel("stage-2 round")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(loc="lower right", fontsize=9)
+
+
+def plot_accuracy_curves(records: Sequence[res.RunRecord], out_png: str, dataset: str,
+                         epsilon) -> str:
+  """Test accuracy (%) per stage-2 round, one line per method, for one dataset and ε.
+
+  Raises DataError when no run of (dataset, ε) has stage-2 test accuracies.
+  """
+  sel = res.select(records, dataset=dataset, epsilon=epsilon)
+  methods = sorted({r.method for r in sel}, key=res.method_sort_key)
+  fig, (ax,) = _new_figure(1, width_per_panel=7.5, height=5.0)
+  if not _plot_methods(ax, sel, methods, "test_accuracy"):
+    raise errors.DataError(
+        f"plot_accuracy_curves: expected stage-2 test_accuracy rows for dataset "
+        f"{dataset!r}, {res.format_epsilon(res.parse_epsilon(epsilon))}; found none in "
+        f"{len(sel)} matching runs.")
+  _finish_accuracy_axis(ax, "test accuracy (%)",
+                        f"Test accuracy per round \u2014 {_title_suffix(dataset, epsilon)}")
+  return _save(fig, out_png)
+
+
+def plot_clustering_curves(records: Sequence[res.RunRecord], out_png: str, dataset: str,
+                           epsilon) -> str:
+  """Two panels for one dataset and ε.
+
+  (a) clustering accuracy (%) per stage-2 round of PINA, PINA+RI and IFCA+LDP; PINA's
+      round 0 is the stage-1 k-means initialization (summary init_clustering_accuracy).
+  (b) test accuracy (%) per round of PINA (stage-1 init) vs PINA+RI (random init).
+  A panel without data says so. Raises DataError when both panels are empty.
+  """
+  sel = res.select(records, dataset=dataset, epsilon=epsilon)
+  fig, (ax_a, ax_b) = _new_figure(2)
+  n_a = _plot_methods(ax_a, sel, CLUSTERING_METHODS, "clustering_accuracy",
+                      prepend_init=True)
+  n_b = _plot_methods(ax_b, sel, CONVERGENCE_METHODS, "test_accuracy")
+  if not (n_a or n_b):
+    raise errors.DataError(
+        f"plot_clustering_curves: expected stage-2 rows of PINA, PINA+RI or IFCA+LDP for "
+        f"dataset {dataset!r}, {res.format_epsilon(res.parse_epsilon(epsilon))}; found "
+        f"none among methods {sorted({r.method for r in sel})}.")
+  if not n_a:
+    _no_data(ax_a, "no clustering accuracy\n(true clusters unknown or no run)")
+  if not n_b:
+    _no_data(ax_b, "no PINA / PINA+RI run")
+  suffix = _title_suffix(dataset, epsilon)
+  _finish_accuracy_axis(ax_a, "clustering accuracy (%)",
+                        f"(a) Clustering accuracy \u2014 {suffix}")
+  ax_a.set_xlabel("stage-2 round (0 = stage-1 initialization)")
+  _finish_accuracy_axis(ax_b, "test accuracy (%)",
+                        f"(b) Stage-1 init vs random init \u2014 {suffix}")
+  return _save(fig, out_png)
+
+
+def plot_normality(run_record: res.RunRecord, out_png: str) -> str:
+  """Per-cluster Shapiro-Wilk W, scale factor and update norm ‖u_c‖ over stage-2 rounds.
+
+  Raises DataError when the run has no stage-2 `w_<c>` columns (e.g. a baseline).
+  """
+  rows = run_record.stage_rows(res.STAGE_TRAIN)
+  clusters = sorted(int(k[2:]) for k in rows if k.startswith("w_") and k[2:].isdigit())
+  if not clusters:
+    raise errors.DataError(
+        f"plot_normality: expected stage-2 rows with w_<c> columns in "
+        f"{os.path.join(run_record.run_dir, 'metrics.csv')}; found none.")
+  panels = [("w_", "Shapiro-Wilk W"), ("scale_", "scale factor"),
+            ("norm_", "\u2016u_c\u2016 (L2 norm of aggregated update)")]
+  fig, axes = _new_figure(3, width_per_panel=5.4, height=4.4)
+  x = rows["round"].astype(float)
+  for ax, (prefix, label) in zip(axes, panels):
+    drawn = False
+    for c in clusters:
+      col = rows.get(f"{prefix}{c}")
+      if col is None or not np.isfinite(col.astype(float)).any():
+        continue
+      ax.plot(x, col.astype(float), label=f"cluster {c}", linewidth=1.6,
+              marker="o", markersize=4, markevery=_markevery(len(x)))
+      drawn = True
+    if not drawn:
+      _no_data(ax, f"no {label} recorded")
+    ax.set_xlabel("stage-2 round")
+    ax.set_ylabel(label)
+    ax.set_title(label)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+      ax.legend(fontsize=9)
+  fig.suptitle(f"{res.method_name(run_record.method)} normality diagnostics \u2014 "
+               f"{_title_suffix(run_record.dataset, run_record.epsilon)}")
+  return _save(fig, out_png)
+
+
+def _has_stage2(record: res.RunRecord, column: str) -> bool:
+  rows = record.stage_rows(res.STAGE_TRAIN)
+  return column in rows and bool(np.isfinite(rows[column].astype(float)).any())
+
+
+def make_all_plots(records: Sequence[res.RunRecord], out_dir: str) -> list:
+  """For every dataset × ε present, write into out_dir
+    accuracy_<dataset>_eps_<e>.png    (any run with stage-2 rows)
+    clustering_<dataset>_eps_<e>.png  (a PINA, PINA+RI or IFCA+LDP run with stage-2 rows)
+    normality_<dataset>_eps_<e>.png   (the first PINA run with w_<c> columns)
+  with <e> = 2, 8, inf. Combinations without the data are skipped. Returns the paths.
+  """
+  records = list(records)
+  paths = []
+  for dataset, eps in res.grid_columns(records):
+    sel = res.select(records, dataset=dataset, epsilon=eps)
+    stem = f"{dataset}_eps_{res.epsilon_token(eps)}"
+    if any(_has_stage2(r, "test_accuracy") for r in sel):
+      paths.append(plot_accuracy_curves(
+          sel, os.path.join(out_dir, f"accuracy_{stem}.png"), dataset, eps))
+    if (any(_has_stage2(r, "clustering_accuracy") for r in sel
+            if r.method in CLUSTERING_METHODS)
+        or any(_has_stage2(r, "test_accuracy") for r in sel
+               if r.method in CONVERGENCE_METHODS)):
+      paths.append(plot_clustering_curves(
+          sel, os.path.join(out_dir, f"clustering_{stem}.png"), dataset, eps))
+    pina = [r for r in res.select(sel, method="pina") if _has_stage2(r, "w_0")]
+    if pina:
+      paths.append(plot_normality(pina[0], os.path.join(out_dir, f"normality_{stem}.png")))
+  return paths

@@ -1,0 +1,1 @@
+"""Simulation inputs: the population of clients as reduced tail features."""

@@ -1,0 +1,143 @@
+"""The simulated population: every client's examples as reduced ViT-tail features.
+
+`load_population(clients_dir)` accepts what `pina-prepare` wrote (raw images) or what
+`pina-embed` wrote (cached embeddings). From raw images it first runs the missing
+steps and caches them inside `clients_dir`: pre-training of the digits backbone
+(`backbone/`) and the embedding job (`embeddings/`). Each example's last-block input is
+then reduced once to the frozen features of `pina_tff.models.reduced_tail`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from pina_tff.data import readers
+from pina_tff.data import schema
+from pina_tff.errors import DataError
+from pina_tff.models import backbone as bb
+from pina_tff.models import reduced_tail as rt
+from pina_tff.models import split
+from pina_tff.models import weights as weights_lib
+from pina_tff.training import models as tm
+
+
+@dataclasses.dataclass
+class Population:
+  """Clients of one prepared dataset, ready for the shard packer.
+
+  Attributes:
+    dataset: dataset name from the manifest.
+    model: the reduced ViT tail (frozen weights of the pre-trained backbone).
+    head: pre-trained head {'head_kernel': [d, K], 'head_bias': [K]}.
+    train, test: per client, {'x_base': [n, d], 'z': [n, H, d], 'label': [n],
+      'true_cluster': int}.
+    true_clusters: int [P] (-1 unknown).
+    num_true_clusters: number of distinct known clusters (1 if unknown).
+  """
+  dataset: str
+  model: tm.ViTTailModel
+  head: dict
+  train: list
+  test: list
+  true_clusters: np.ndarray
+  num_true_clusters: int
+
+  @property
+  def size(self) -> int:
+    return len(self.train)
+
+  @property
+  def n_max_train(self) -> int:
+    return max(1, max(len(c["label"]) for c in self.train))
+
+  @property
+  def n_max_test(self) -> int:
+    return max(1, max(len(c["label"]) for c in self.test))
+
+
+def _log(msg: str, log: Optional[Callable[[str], None]]) -> None:
+  if log is not None:
+    log(msg)
+
+
+def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
+                      log: Optional[Callable[[str], None]] = None) -> str:
+  """Returns an embeddings directory for `clients_dir`, creating and caching the
+  pre-trained digits backbone and the embeddings there when missing."""
+  manifest_path = os.path.join(clients_dir, schema.MANIFEST_NAME)
+  if not os.path.exists(manifest_path):
+    raise DataError(f"{manifest_path}: not found; expected the output directory of "
+                    "pina-prepare or pina-embed")
+  with open(manifest_path) as f:
+    fmt = json.load(f).get("format")
+  if fmt == schema.EMBEDDINGS_FORMAT:
+    return clients_dir
+  if fmt != schema.CLIENTS_FORMAT:
+    raise DataError(f"{manifest_path}: format {fmt!r}, expected "
+                    f"{schema.CLIENTS_FORMAT!r} or {schema.EMBEDDINGS_FORMAT!r}")
+  emb_dir = os.path.join(clients_dir, "embeddings")
+  if os.path.exists(os.path.join(emb_dir, schema.MANIFEST_NAME)):
+    return emb_dir
+  from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
+  manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
+  config = bb.get_config("digits_tiny", image_shape=tuple(manifest["image_shape"]),
+                         num_classes=int(manifest["num_classes"]))
+  weights_file = pretrain.default_output(clients_dir, config)
+  if not os.path.exists(weights_file):
+    if not manifest.get("public"):
+      raise DataError(f"{clients_dir}: no backbone weights and no public split to "
+                      "pre-train one; run pina-embed with --weights first")
+    _log("pre-training the digits backbone on the public split (cached in "
+         f"{os.path.dirname(weights_file)})", log)
+    pretrain.run_pretrain(clients_dir, output=weights_file, seed=seed)
+  _log(f"embedding every example once (cached in {emb_dir})", log)
+  beam_embed.embed(clients_dir, weights_file, emb_dir, backbone="digits_tiny")
+  return emb_dir
+
+
+def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
+                    log: Optional[Callable[[str], None]] = None,
+                    batch_size: int = 512) -> Population:
+  """Loads (and if needed, pre-trains/embeds) the population of `clients_dir`."""
+  emb_dir = ensure_embeddings(clients_dir, lora_rank, seed, log)
+  data = readers.load_embeddings(emb_dir)
+  manifest = data.manifest
+  config = bb.BackboneConfig.from_json(manifest["backbone"])
+  weights_file = manifest["weights_file"]
+  if not os.path.isabs(weights_file):
+    weights_file = os.path.join(emb_dir, weights_file)
+  model = bb.build_vit(config)
+  weights_lib.load_backbone_weights(model, weights_file)
+  tail_config, frozen = split.extract_tail_weights(model)
+  tail_config = dataclasses.replace(tail_config, lora_rank=lora_rank)
+  head = split.extract_head_weights(model)
+  _log(f"reducing {len(data.labels)} cached embeddings to tail features", log)
+  xs, zs = [], []
+  for start in range(0, len(data.labels), batch_size):
+    feats = rt.reduce_block_input(tail_config, frozen,
+                                  data.inputs[start:start + batch_size].astype(np.float32))
+    xs.append(feats["x_base"].numpy())
+    zs.append(feats["z"].numpy())
+  x_base = np.concatenate(xs) if xs else np.zeros((0, tail_config.width), np.float32)
+  z = np.concatenate(zs) if zs else np.zeros((0, tail_config.num_heads, tail_config.width),
+                                             np.float32)
+  labels = data.labels.astype(np.int32)
+
+  def part(sl, cluster):
+    return {"x_base": x_base[sl], "z": z[sl], "label": labels[sl],
+            "true_cluster": int(cluster)}
+
+  train = [part(s, c) for s, c in zip(data.train_slices, data.clusters)]
+  test = [part(s, c) for s, c in zip(data.test_slices, data.clusters)]
+  known = sorted({int(c) for c in data.clusters if c >= 0})
+  return Population(dataset=manifest.get("dataset", "unknown"),
+                    model=tm.ViTTailModel(tail_config, frozen), head=head,
+                    train=train, test=test,
+                    true_clusters=np.asarray(data.clusters, np.int64),
+                    num_true_clusters=max(1, len(known)))

@@ -1,0 +1,162 @@
+"""pina-simulate: run PINA or a DP baseline on prepared clients (resumable).
+
+  pina-simulate --clients_dir=/tmp/digits --root_dir=runs/pina_eps8 --method=pina \
+      --epsilon=8
+
+Flags override a --config file (JSON or YAML with the fields of
+`pina_tff.config.RunConfig`). Defaults give a sensible run on the embedded digits.
+When --clients_dir holds only what pina-prepare wrote, the digits backbone is
+pre-trained and the embeddings computed first, and cached there.
+Run it again with the same command after a crash to resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+
+from absl import app
+from absl import flags
+
+from pina_tff import config as config_lib
+from pina_tff.errors import PinaError
+# keras-cv must be imported before absl's main runs (see pina_tff/models/backbone.py).
+from pina_tff.models import backbone as _backbone  # pylint: disable=unused-import
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("clients_dir", None, "Output of pina-prepare or pina-embed.")
+flags.DEFINE_string("root_dir", None, "Run directory: checkpoints, metrics, summary.")
+flags.DEFINE_string("config", None, "Optional JSON/YAML RunConfig; flags override it.")
+flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Method (default: pina).")
+flags.DEFINE_string("epsilon", None, "Total epsilon: a number or 'inf' (default 8).")
+flags.DEFINE_float("delta", None, "Total delta (default 1/population).")
+flags.DEFINE_integer("rounds", None, "Stage-2 rounds T2.")
+flags.DEFINE_integer("stage0_rounds", None, "Stage-0 head warm-up rounds T0 (0: off).")
+flags.DEFINE_integer("cohort", None, "Clients per round M (stages 0 and 2).")
+flags.DEFINE_integer("num_clusters", None, "C, number of cluster models.")
+flags.DEFINE_integer("seed", None, "Seed of every random choice in the run.")
+flags.DEFINE_integer("local_epochs", None, "Local epochs E2 (and E0).")
+flags.DEFINE_integer("batch_size", None, "Local minibatch size.")
+flags.DEFINE_float("client_lr", None, "Client SGD learning rate (stages 0 and 2).")
+flags.DEFINE_float("server_lr", None, "Server learning rate.")
+flags.DEFINE_float("server_momentum", None, "Server momentum.")
+flags.DEFINE_float("clip", None, "L2 clip of client updates S2 (and S0).")
+flags.DEFINE_integer("sketch_clients", None, "Stage-1 clients M1.")
+flags.DEFINE_integer("sketch_epochs", None, "Stage-1 local epochs E1.")
+flags.DEFINE_float("sketch_lr", None, "Stage-1 client learning rate.")
+flags.DEFINE_integer("top_k", None, "Stage-1 top-k (k positive + k negative entries).")
+flags.DEFINE_float("sketch_clip", None, "Stage-1 L2 clip S1.")
+flags.DEFINE_integer("warm_rounds", None, "Min-norm warm phase T_w (pina scaling).")
+flags.DEFINE_enum("scaling", None, list(config_lib.SCALINGS), "PINA aggregate scaling.")
+flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 aggregator.")
+flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
+flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
+flags.DEFINE_integer("workers", 1, "TFF executors (>1: mergeable-computation context).")
+flags.DEFINE_integer("shard_size", None, "Simulated clients per TFF client (auto).")
+flags.DEFINE_integer("checkpoint_every", 5, "Checkpoint every N rounds.")
+flags.DEFINE_integer("eval_every", 1, "Evaluate every N rounds.")
+flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"], "Progress display.")
+
+# Defaults that make a sensible run on the embedded digits (100 clients, C = 4).
+DIGITS_DEFAULTS = {
+    "method": "pina", "num_clusters": 4, "population": 100, "seed": 0,
+    "privacy": {"epsilon": 8.0},
+    "stage0": {"enabled": True, "rounds": 10, "cohort": 50, "local_epochs": 1,
+               "lr": 0.1, "clip": 1.0},
+    "stage1": {"num_sketch_clients": 100, "local_epochs": 5, "lr": 0.5, "lora_rank": 1,
+               "top_k": 16, "clip": 1.0, "post_process": True, "kmeans_restarts": 10},
+    "stage2": {"rounds": 30, "cohort": 50, "local_epochs": 1, "batch_size": 16,
+               "client_lr": 0.1, "server_lr": 1.0, "server_momentum": 0.0, "clip": 1.0,
+               "warm_rounds": 10, "scaling": "pina", "aggregator": "ddp",
+               "fedprox_mu": 0.1},
+}
+
+
+def parse_epsilon(text: str) -> float:
+  """'inf' / '∞' or a positive number; ConfigError otherwise."""
+  t = str(text).strip().lower()
+  if t in ("inf", "infinity", "∞"):
+    return math.inf
+  try:
+    return float(t)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"--epsilon must be a number or 'inf', found {text!r}") from None
+
+
+def build_config(flag_values) -> config_lib.RunConfig:
+  """Config file (or digits defaults) overridden by the flags that were given."""
+  if flag_values.config:
+    base = config_lib.to_dict(config_lib.load_config(flag_values.config))
+  else:
+    base = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DIGITS_DEFAULTS.items()}
+  over = {
+      ("method",): flag_values.method, ("num_clusters",): flag_values.num_clusters,
+      ("seed",): flag_values.seed, ("privacy", "delta"): flag_values.delta,
+      ("stage2", "rounds"): flag_values.rounds,
+      ("stage0", "rounds"): flag_values.stage0_rounds,
+      ("stage2", "cohort"): flag_values.cohort, ("stage0", "cohort"): flag_values.cohort,
+      ("stage2", "local_epochs"): flag_values.local_epochs,
+      ("stage0", "local_epochs"): flag_values.local_epochs,
+      ("stage2", "batch_size"): flag_values.batch_size,
+      ("stage2", "client_lr"): flag_values.client_lr,
+      ("stage0", "lr"): flag_values.client_lr,
+      ("stage2", "server_lr"): flag_values.server_lr,
+      ("stage2", "server_momentum"): flag_values.server_momentum,
+      ("stage2", "clip"): flag_values.clip, ("stage0", "clip"): flag_values.clip,
+      ("stage1", "num_sketch_clients"): flag_values.sketch_clients,
+      ("stage1", "local_epochs"): flag_values.sketch_epochs,
+      ("stage1", "lr"): flag_values.sketch_lr, ("stage1", "top_k"): flag_values.top_k,
+      ("stage1", "clip"): flag_values.sketch_clip,
+      ("stage2", "warm_rounds"): flag_values.warm_rounds,
+      ("stage2", "scaling"): flag_values.scaling,
+      ("stage2", "aggregator"): flag_values.aggregator,
+      ("stage2", "fedprox_mu"): flag_values.fedprox_mu,
+  }
+  if flag_values.epsilon is not None:
+    over[("privacy", "epsilon")] = parse_epsilon(flag_values.epsilon)
+  for path, value in over.items():
+    if value is None:
+      continue
+    node = base
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  if isinstance(base.get("privacy", {}).get("epsilon"), str):
+    base["privacy"]["epsilon"] = parse_epsilon(base["privacy"]["epsilon"])
+  return config_lib.from_dict(base)
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return 2
+  try:
+    if not FLAGS.clients_dir or not FLAGS.root_dir:
+      raise config_lib.ConfigError("--clients_dir and --root_dir are required")
+    cfg = config_lib.validate(build_config(FLAGS))
+    from computations import context  # pylint: disable=g-import-not-at-top
+    from computations import program  # pylint: disable=g-import-not-at-top
+    options = program.ProgramOptions(
+        shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
+        eval_every=FLAGS.eval_every, progress=FLAGS.progress)
+    with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers):
+      summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
+  except PinaError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{summary['method_name']} on {summary['dataset']}, eps={summary['epsilon_target']}"
+        f" (achieved {summary['epsilon_achieved']}): final accuracy "
+        f"{summary['final_accuracy']:.4f}, clustering accuracy "
+        f"{summary['clustering_accuracy']}; summary in {FLAGS.root_dir}/summary.json")
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

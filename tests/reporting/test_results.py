@@ -1,0 +1,150 @@
+"""Tests for pina_tff.reporting.results."""
+
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+
+from pina_tff import errors
+from pina_tff.reporting import results
+from tests.reporting import fakes
+
+
+def _table_rows(md: str, title: str) -> dict:
+  """{method display name: [cells]} of the Markdown table under `## title`."""
+  lines = md.split("\n")
+  i = lines.index(f"## {title}") + 2
+  header = [c.strip() for c in lines[i].strip("|").split("|")]
+  out = {}
+  for line in lines[i + 2:]:
+    if not line.startswith("|"):
+      break
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    out[cells[0]] = dict(zip(header[1:], cells[1:]))
+  return out
+
+
+@pytest.fixture()
+def grid(tmp_path):
+  fakes.make_grid(str(tmp_path / "grid"))
+  return str(tmp_path / "grid")
+
+
+def test_collect_runs_reads_every_run_in_canonical_order(grid, tmp_path):
+  # An unfinished job directory is ignored.
+  fakes.write_run(str(tmp_path / "grid" / "femnist" / "pina" / "eps_8.tmp-123"), "pina",
+                  "femnist", 8, 0.5)
+  recs = results.collect_runs(grid)
+  assert len(recs) == sum(len(v) for v in fakes.GRID.values())
+  assert [r.dataset for r in recs[:10]] == ["fashion_mnist"] * 10
+  fm = [r.method for r in recs if r.dataset == "fashion_mnist"]
+  assert fm == sorted(fm, key=results.method_sort_key)
+  r = results.select(recs, "fashion_mnist", "inf", "pina")[0]
+  assert math.isinf(r.epsilon) and r.num_clusters == 4
+  assert r.metrics["method"][0] == "pina"
+  rows = r.stage_rows(2)
+  np.testing.assert_array_equal(rows["round"], np.arange(1, 9))
+  assert rows["test_accuracy"][-1] == pytest.approx(0.88)
+  assert np.isnan(r.stage_rows(0)["w_0"]).all()
+  assert math.isnan(results.select(recs, "femnist", 2, "fedavg")[0].scalar(
+      "clustering_accuracy"))
+
+
+def test_collect_runs_any_layout_and_errors(tmp_path):
+  fakes.write_run(str(tmp_path / "flat" / "run_a"), "ifca", "digits", 8, 0.5)
+  fakes.write_run(str(tmp_path / "flat" / "x" / "y" / "z"), "fedprox", "digits", 8, 0.4)
+  recs = results.collect_runs(str(tmp_path / "flat"))
+  assert [r.method for r in recs] == ["ifca", "fedprox"]
+  assert results.collect_runs(str(tmp_path / "flat" / "run_a" / "..")) != []
+  os.makedirs(tmp_path / "empty")
+  assert results.collect_runs(str(tmp_path / "empty")) == []
+  with pytest.raises(errors.DataError, match="expected a directory"):
+    results.collect_runs(str(tmp_path / "nope"))
+  bad = tmp_path / "bad" / "r"
+  os.makedirs(bad)
+  (bad / "summary.json").write_text("{not json")
+  with pytest.raises(errors.DataError, match="summary.json"):
+    results.collect_runs(str(tmp_path / "bad"))
+
+
+def test_epsilon_helpers():
+  assert results.parse_epsilon("inf") == math.inf
+  assert results.parse_epsilon(None) == math.inf
+  assert results.parse_epsilon(8) == 8.0
+  assert results.format_epsilon(2.0) == "ε=2"
+  assert results.format_epsilon(math.inf) == "ε=∞"
+  assert results.epsilon_token(math.inf) == "inf"
+  assert results.epsilon_token(0.5) == "0.5"
+
+
+def test_results_table_bold_best_ties_and_missing(grid, tmp_path):
+  recs = results.collect_runs(grid)
+  md_path, csv_path = str(tmp_path / "out" / "results.md"), str(tmp_path / "out" / "r.csv")
+  md = results.write_results_table(recs, md_path, csv_path, date="2024-05-01")
+  assert open(md_path).read() == md
+  assert md.startswith("# Results (2024-05-01)")
+  acc = _table_rows(md, "Final test accuracy (%)")
+  assert list(acc) == ["PINA", "PINA+RI", "IFCA", "IFCA+LDP", "FedAvg", "FedProx",
+                       "FedNova"]
+  cols = list(acc["PINA"])
+  assert [c.split(" [^")[0] for c in cols] == [
+      "Fashion-MNIST ε=2", "Fashion-MNIST ε=8", "Fashion-MNIST ε=∞", "FEMNIST ε=2"]
+  fm2, fm8, fminf, fe2 = cols
+  assert acc["PINA"][fm2] == "**80.1**"
+  assert acc["PINA+RI"][fm2] == "75.2"
+  assert acc["IFCA+LDP"][fm2] == "—"            # missing cell
+  assert acc["PINA"][fm8] == "**85.3**"          # tie: both bold
+  assert acc["PINA+RI"][fm8] == "**85.3**"
+  assert acc["IFCA+LDP"][fm8] == "70.0"
+  assert acc["IFCA+LDP"][fminf] == "**90.0**"
+  assert acc["PINA"][fminf] == "88.0"
+  assert acc["PINA+RI"][fminf] == "—"
+  assert acc["FedAvg"][fe2] == "**62.0**" and acc["PINA"][fe2] == "60.0"
+  assert all(v == "—" for v in acc["IFCA"].values())
+  cl = _table_rows(md, "Clustering accuracy (%)")
+  assert cl["PINA"][fm2] == "**97.0**" and cl["PINA+RI"][fm2] == "90.0"
+  assert cl["PINA"][fminf] == "**100.0**" and cl["IFCA+LDP"][fminf] == "**100.0**"
+  assert cl["FedAvg"][fm2] == "—"
+  assert all(v == "—" for v in [cl[m][fe2] for m in cl])  # femnist: unknown
+  # footnotes per column, with achieved eps and noise multipliers
+  notes = [l for l in md.split("\n") if l.startswith("[^")]
+  assert len(notes) == 4
+  assert notes[0].startswith("[^1]: Fashion-MNIST, ε=2: PINA: ε achieved 1.96")
+  assert "z0=1.1, z1=0, z2=0.9" in notes[0] and "local ε1=1.5" in notes[0]
+  assert "ε achieved n/a" in notes[2]
+
+
+def test_results_table_mean_over_repeated_runs(tmp_path):
+  fakes.write_run(str(tmp_path / "g" / "s0"), "ifca", "digits", 8, 0.50, seed=0)
+  fakes.write_run(str(tmp_path / "g" / "s1"), "ifca", "digits", 8, 0.60, seed=1)
+  fakes.write_run(str(tmp_path / "g" / "s2"), "fedavg", "digits", 8, 0.55, seed=2)
+  md = results.results_markdown(results.collect_runs(str(tmp_path / "g")), date="d")
+  acc = _table_rows(md, "Final test accuracy (%)")
+  col = next(iter(acc["IFCA"]))
+  assert acc["IFCA"][col] == "**55.0 ± 5.0 (n=2)**"
+  assert acc["FedAvg"][col] == "**55.0**"
+
+
+def test_results_csv_one_row_per_run(grid, tmp_path):
+  recs = results.collect_runs(grid)
+  csv_path = str(tmp_path / "results.csv")
+  results.write_results_table(recs, str(tmp_path / "results.md"), csv_path)
+  with open(csv_path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(recs)
+  assert {os.path.normpath(r["run_dir"]) for r in rows} == {
+      os.path.normpath(r.run_dir) for r in recs}
+  cols = list(rows[0])
+  assert cols[:16] == list(results.RESULTS_CSV_FIRST)
+  assert {"config.seed", "config.clip.l2", "config.rotations_deg"} <= set(cols)
+  by = {(r["dataset"], r["method"], r["epsilon_target"]): r for r in rows}
+  assert by[("fashion_mnist", "pina", "inf")]["epsilon_achieved"] == ""
+  assert float(by[("fashion_mnist", "pina", "2")]["z0"]) == 1.1
+  assert float(by[("femnist", "fedavg", "2")]["final_accuracy"]) == 0.62
+  assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
