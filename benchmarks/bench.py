@@ -48,7 +48,8 @@ flags.DEFINE_integer("shard_size", 0, "Simulated clients per TFF client (0: defa
 flags.DEFINE_float("noise_multiplier", 1.0, "Central noise multiplier z (std / clip).")
 flags.DEFINE_enum("runtime", "worker", ["worker", "simulation"],
                   "head: TFF runtime for stock and sharded paths.")
-flags.DEFINE_list("paths", "stock,sharded,plain", "head: which paths to run.")
+flags.DEFINE_list("paths", "stock,sharded,sharded_file,plain",
+                  "head: which paths to run (stock, sharded, sharded_file, plain).")
 flags.DEFINE_integer("cohort", 1000, "stage2: simulated clients per round (M).")
 flags.DEFINE_integer("clusters", 4, "stage2: number of clusters C.")
 flags.DEFINE_integer("population", 10000, "stage2: population size.")
@@ -162,8 +163,31 @@ def _stock_tff_head(x, y, kernel, bias, noise: float, rounds: int):
   return times, first
 
 
-def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int):
-  """Our sharded process. Returns (times, w after round 1, packing seconds)."""
+def file_backed_dataset(shard, directory: str, name: str):
+  """Like `client_work.shard_to_dataset`, but the arrays are written once to files in
+  `directory` and the dataset reads them: its serialized graph (what TFF sends to the
+  runtime every round) holds file names instead of the data. Same element type."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  paths = collections.OrderedDict()
+  for k, v in shard.items():
+    paths[k] = os.path.join(directory, f"{name}.{k}.tensor")
+    tf.io.write_file(paths[k], tf.io.serialize_tensor(tf.convert_to_tensor(v)))
+  specs = {k: (tf.as_dtype(np.asarray(v).dtype), np.shape(v)) for k, v in shard.items()}
+
+  def read(p):
+    return collections.OrderedDict(
+        (k, tf.ensure_shape(tf.io.parse_tensor(tf.io.read_file(p[k]), specs[k][0]),
+                            specs[k][1])) for k in paths)
+
+  return tf.data.Dataset.from_tensors(
+      collections.OrderedDict((k, tf.constant(v)) for k, v in paths.items())).map(read)
+
+
+def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int,
+                  file_dir: str | None = None):
+  """Our sharded process. Returns (times, w after round 1, packing seconds).
+
+  With `file_dir`, shards go to TFF as file-backed datasets (`file_backed_dataset`)."""
   from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
   from computations import client_work as cw  # pylint: disable=g-import-not-at-top
   from computations import learning_process as lp  # pylint: disable=g-import-not-at-top
@@ -187,8 +211,11 @@ def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int
   datasets = []
   for ids in shards.split_cohort(range(n), s):
     clients = [{"x": x[i], "label": y[i]} for i in ids]
-    datasets.append(cw.shard_to_dataset(
-        shards.pack_shard(clients, model.feature_keys, HEAD_EXAMPLES, num_slots=s)))
+    shard = shards.pack_shard(clients, model.feature_keys, HEAD_EXAMPLES, num_slots=s)
+    if file_dir:
+      datasets.append(file_backed_dataset(shard, file_dir, f"shard{len(datasets)}"))
+    else:
+      datasets.append(cw.shard_to_dataset(shard))
   pack_s = time.perf_counter() - t0
   state = process.initialize()
   state = process.set_model_weights(state, lp.model_weights(
@@ -258,6 +285,8 @@ def _plain_tf_head(x, y, kernel, bias, noise: float, rounds: int):
 
 def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 1.0,
              runtime: str = "worker", paths=("stock", "sharded", "plain")) -> dict:
+  """Paths: 'stock', 'sharded' (shard_to_dataset), 'sharded_file' (file-backed shards:
+  the same computation without re-sending the data each round), 'plain'."""
   """Runs the head benchmark; returns timings (ms/client) and round-1 weights per path."""
   from computations.context import tff_context  # pylint: disable=g-import-not-at-top
   from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
@@ -273,7 +302,7 @@ def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 
     res["ms_per_client"][name] = 1000.0 * med / num_clients
     res["weights"][name] = first
 
-  if "stock" in paths or "sharded" in paths:
+  if {"stock", "sharded", "sharded_file"} & set(paths):
     with tff_context(runtime=runtime, default_num_clients=num_clients):
       if "stock" in paths:
         times, first = _stock_tff_head(x, y, kernel, bias, noise, rounds)
@@ -282,6 +311,12 @@ def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 
         times, first, pack_s = _sharded_head(x, y, kernel, bias, noise, rounds, s)
         record("sharded", times, first)
         res["pack_s"] = pack_s
+      if "sharded_file" in paths:
+        import tempfile  # pylint: disable=g-import-not-at-top
+        with tempfile.TemporaryDirectory(prefix="pina-bench-") as tmp:
+          times, first, pack_s = _sharded_head(x, y, kernel, bias, noise, rounds, s, tmp)
+        record("sharded_file", times, first)
+        res["pack_file_s"] = pack_s
   if "plain" in paths:
     times, first = _plain_tf_head(x, y, kernel, bias, noise, rounds)
     record("plain", times, first)
@@ -296,7 +331,7 @@ def head_main() -> None:
   print(f"head workload: {n} clients x {HEAD_EXAMPLES} examples x {HEAD_DIM} features, "
         f"runtime={res['runtime']}, shard_size={res['shard_size']} "
         f"({res['num_shards']} TFF clients), median of {res['rounds']} rounds after warm-up")
-  for name in ("stock", "sharded", "plain"):
+  for name in ("stock", "sharded", "sharded_file", "plain"):
     if name in ms:
       rs = res["round_s"][name]
       print(f"  {name:8s} {ms[name]:9.4f} ms/client  round {statistics.median(rs):8.3f} s  "
@@ -304,10 +339,12 @@ def head_main() -> None:
   if "pack_s" in res:
     print(f"  sharded packing (pack_shard + shard_to_dataset, once): {res['pack_s']:.3f} s "
           f"= {1000 * res['pack_s'] / n:.4f} ms/client")
-  if "sharded" in ms:
+  if "pack_file_s" in res:
+    print(f"  sharded_file packing + writing files (once): {res['pack_file_s']:.3f} s")
+  for ours in ("sharded", "sharded_file"):
     for other in ("stock", "plain"):
-      if other in ms:
-        print(f"  {other}/sharded = {ms[other] / ms['sharded']:.2f}x")
+      if ours in ms and other in ms:
+        print(f"  {other}/{ours} = {ms[other] / ms[ours]:.2f}x")
   out = {k: v for k, v in res.items() if k != "weights"}
   out["machine"] = machine_info()
   _write_json(out)

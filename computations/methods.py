@@ -37,6 +37,17 @@ def _num_shards(cohort: int, shard_size: int) -> int:
   return max(1, math.ceil(cohort / shard_size))
 
 
+def _aggregator_kind(kind: str, noise_multiplier: float) -> str:
+  """Distributed DP without noise (epsilon = inf) is a secure sum.
+
+  [project choice] DDP's random rotation and randomized rounding draw seeds that are
+  not part of the program state, so at z = 0 they would only add seed-dependent
+  quantization error and make a resumed run differ from an uninterrupted one. With no
+  noise to add, the noiseless secure sum is used instead (deterministic).
+  """
+  return "secure_sum" if kind == "ddp" and noise_multiplier == 0 else kind
+
+
 def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
                 diagnostics: bool = True) -> lp.ProcessSpec:
   """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator."""
@@ -49,7 +60,7 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
                             batch_size=batch_size, learning_rate=s0.lr,
                             clip_norm=s0.clip, train_keys=tm.HEAD_KEYS,
                             send_keys=tm.HEAD_KEYS, num_true_clusters=1),
-      aggregator=agg.AggregatorSpec(kind=kind, noise_multiplier=z0, clip_norm=s0.clip,
+      aggregator=agg.AggregatorSpec(kind=_aggregator_kind(kind, z0), noise_multiplier=z0, clip_norm=s0.clip,
                                     expected_clients=s0.cohort, shard_size=shard_size,
                                     num_shards=_num_shards(s0.cohort, shard_size),
                                     ddp_bits=cfg.stage2.ddp_bits),
@@ -72,7 +83,8 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
       ldp_noise_stddev=z2 * s2.clip if ldp else 0.0,
       num_true_clusters=num_true_clusters)
   aggregator = agg.AggregatorSpec(
-      kind="sum" if ldp else s2.aggregator, noise_multiplier=0.0 if ldp else z2,
+      kind="sum" if ldp else _aggregator_kind(s2.aggregator, z2),
+      noise_multiplier=0.0 if ldp else z2,
       clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
       num_shards=_num_shards(s2.cohort, shard_size), ddp_bits=s2.ddp_bits)
   scaling = s2.scaling if method in ("pina", "pina_ri") else "none"

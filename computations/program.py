@@ -207,6 +207,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   The caller installs the TFF execution context (`computations.context.tff_context`).
   """
   cfg = config_lib.validate(cfg)
+  _quiet_logs()
   os.makedirs(root_dir, exist_ok=True)
   pop = population_lib.load_population(clients_dir, cfg.stage1.lora_rank, cfg.seed, log)
   if cfg.population != pop.size:
@@ -403,6 +404,17 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       config=config_lib.to_dict(cfg))
   _write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
   return summary
+
+
+def _quiet_logs() -> None:
+  """Keeps TensorFlow's INFO chatter (checkpoint assets, autograph) off the terminal."""
+  if os.environ.get("PINA_TFF_VERBOSE", "") not in ("", "0"):
+    return
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  tf.get_logger().setLevel(logging.ERROR)
+  tf.autograph.set_verbosity(0)
+  absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 def _due(rnd: int, total: int, every: int) -> bool:

@@ -100,11 +100,9 @@ def embed_file(prefix, src: str, dst: str, image_shape, dtype: str, batch_size: 
 
 
 def pipeline_options(beam_args: Optional[Sequence[str]] = None):
-  from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # pylint: disable=g-import-not-at-top
-  opts = PipelineOptions(list(beam_args or []))
-  if not opts.view_as(StandardOptions).runner:
-    opts.view_as(StandardOptions).runner = "DirectRunner"
-  return opts
+  """Beam options; the same local in-process runner as pina-prepare unless one is given."""
+  from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
+  return beam_prepare.pipeline_options(beam_args)
 
 
 def _check_weights_and_shape(config: bb.BackboneConfig, weights_file: str,

@@ -18,13 +18,14 @@ def head_run():
   # Noise 0 and no shuffling: every path is deterministic. Shard size 3 for 4 clients
   # leaves a padding slot in the second shard, which must not change the sum.
   return bench.run_head(num_clients=4, rounds=1, shard_size=3, noise=0.0,
-                        runtime="simulation")
+                        runtime="simulation",
+                        paths=("stock", "sharded", "sharded_file", "plain"))
 
 
 def test_three_paths_give_same_weights(head_run):
   w = head_run["weights"]
-  assert set(w) == {"stock", "sharded", "plain"}
-  for name in ("sharded", "plain"):
+  assert set(w) == {"stock", "sharded", "sharded_file", "plain"}
+  for name in ("sharded", "sharded_file", "plain"):
     for got, want in zip(w[name], w["stock"]):
       np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)
   _, _, kernel, _ = bench.head_data(4)
@@ -32,7 +33,8 @@ def test_three_paths_give_same_weights(head_run):
 
 
 def test_head_main_last_line(capsys):
-  flags.FLAGS(["pina-bench", "--clients=4", "--rounds=1", "--runtime=simulation"])
+  flags.FLAGS(["pina-bench", "--clients=4", "--rounds=1", "--runtime=simulation",
+               "--paths=stock,sharded,plain"])
   try:
     bench.main(["pina-bench", "head"])
   finally:

@@ -1,0 +1,121 @@
+"""computations.aggregators: noise scale of the DP factories, fixed denominator,
+sharded clients (same total noise), and the weight argument being ignored."""
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+from scipy import stats
+
+from computations import aggregators as agg
+from computations import context
+
+P = 2000
+Z, CLIP, M = 1.0, 2.0, 8
+TARGET_STD = Z * CLIP / M  # noise std of the mean, per coordinate
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tff_ctx():
+  with context.tff_context() as ctx:
+    yield ctx
+
+
+def _aggregate(spec, values, weights=None, rounds=1):
+  process = agg.build_cslot_aggregator(spec).create(
+      tff.TensorType(np.float32, (P,)), tff.TensorType(np.float32))
+  weights = weights if weights is not None else [1.0] * len(values)
+  state = process.initialize()
+  outs = []
+  for _ in range(rounds):
+    out = process.next(state, [np.asarray(v, np.float32) for v in values],
+                       [np.float32(w) for w in weights])
+    state = out.state
+    outs.append(np.asarray(out.result))
+  return outs
+
+
+def _spec(kind, shard_size=1, z=Z):
+  return agg.AggregatorSpec(kind=kind, noise_multiplier=z, clip_norm=CLIP,
+                            expected_clients=M, shard_size=shard_size,
+                            num_shards=M // shard_size)
+
+
+def _chi2_interval(n, std, alpha=1e-6):
+  lo = stats.chi2.ppf(alpha / 2, n - 1) / (n - 1) * std ** 2
+  hi = stats.chi2.ppf(1 - alpha / 2, n - 1) / (n - 1) * std ** 2
+  return lo, hi
+
+
+@pytest.mark.parametrize("shard_size", [1, 4])
+def test_central_noise_variance(shard_size):
+  zeros = [np.zeros(P)] * (M // shard_size)
+  (result,) = _aggregate(_spec("central", shard_size), zeros)
+  var = float(np.var(result, ddof=1))
+  lo, hi = _chi2_interval(P, TARGET_STD)
+  assert lo <= var <= hi, (var, TARGET_STD ** 2, lo, hi)
+  assert abs(float(np.mean(result))) < 6 * TARGET_STD / np.sqrt(P)
+
+
+def test_central_noise_detects_a_wrong_denominator():
+  # Control: the same check with half the clients' denominator would fail.
+  (result,) = _aggregate(_spec("central"), [np.zeros(P)] * M)
+  lo, hi = _chi2_interval(P, 2 * TARGET_STD)
+  assert not lo <= float(np.var(result, ddof=1)) <= hi
+
+
+@pytest.mark.parametrize("shard_size", [1, 4])
+def test_ddp_noise_variance(shard_size):
+  zeros = [np.zeros(P)] * (M // shard_size)
+  (result,) = _aggregate(_spec("ddp", shard_size), zeros)
+  var = float(np.var(result, ddof=1))
+  assert abs(var / TARGET_STD ** 2 - 1) < 0.2, (var, TARGET_STD ** 2)
+  assert abs(float(np.mean(result))) < 6 * TARGET_STD / np.sqrt(P)
+
+
+def test_ddp_without_noise_returns_the_mean():
+  rng = np.random.default_rng(0)
+  values = [v * min(1.0, CLIP / np.linalg.norm(v)) for v in rng.normal(size=(M, P)) * 0.05]
+  (result,) = _aggregate(_spec("ddp", z=0.0), values)
+  expected = np.sum(values, axis=0) / M
+  assert np.linalg.norm(result - expected) <= 1e-2 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("kind", ["sum", "secure_sum"])
+def test_no_noise_kinds_add_nothing_and_ignore_weights(kind):
+  (zeros,) = _aggregate(_spec(kind), [np.zeros(P)] * M)
+  np.testing.assert_array_equal(zeros, np.zeros(P))
+  rng = np.random.default_rng(1)
+  values = rng.uniform(-0.01, 0.01, size=(M, P))
+  expected = values.sum(0) / M  # fixed denominator M, not the sum of weights
+  (a,) = _aggregate(_spec(kind), values, weights=[1.0] * M)
+  (b,) = _aggregate(_spec(kind), values, weights=[float(i + 1) for i in range(M)])
+  np.testing.assert_allclose(a, expected, atol=1e-6)
+  np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_fixed_denominator_with_fewer_clients_than_expected():
+  # Only M/2 clients show up: the denominator stays M (data-independent).
+  values = [np.full(P, 0.001)] * (M // 2)
+  (result,) = _aggregate(_spec("sum"), values)
+  np.testing.assert_allclose(result, np.full(P, 0.001 * (M // 2) / M), rtol=1e-5)
+
+
+def test_dp_weights_are_ignored():
+  # With noise the weight cannot change the noise scale or the value.
+  zeros = [np.zeros(P)] * M
+  (result,) = _aggregate(_spec("central"), zeros, weights=[100.0] * M)
+  lo, hi = _chi2_interval(P, TARGET_STD)
+  assert lo <= float(np.var(result, ddof=1)) <= hi
+
+
+def test_spec_validation():
+  with pytest.raises(ValueError, match="unknown aggregator"):
+    agg.AggregatorSpec(kind="mean")
+  with pytest.raises(ValueError, match="finite clip_norm"):
+    agg.AggregatorSpec(kind="ddp", clip_norm=float("inf"))
+  assert agg.AggregatorSpec(kind="central", noise_multiplier=Z,
+                            clip_norm=CLIP).central_stddev == Z * CLIP
+  assert agg.AggregatorSpec(kind="secure_sum", noise_multiplier=Z).central_stddev == 0.0
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
