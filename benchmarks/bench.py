@@ -56,6 +56,10 @@ flags.DEFINE_integer("population", 10000, "stage2: population size.")
 flags.DEFINE_integer("examples_per_client", 5, "stage2: examples per client.")
 flags.DEFINE_enum("aggregator", "ddp", ["ddp", "central", "secure_sum", "sum"],
                   "stage2: aggregator kind.")
+flags.DEFINE_integer("stage2_batch_size", 0,
+                     "stage2: local batch size; 0: min(16, examples per client), which "
+                     "trains exactly like 16 (one step over all examples) without "
+                     "computing on 11 padding examples per client.")
 flags.DEFINE_boolean("sweep", False, "stage2: run the cohort x clusters x aggregator grid.")
 flags.DEFINE_list("sweep_cohorts", "100,1000,10000", "stage2 --sweep: cohorts.")
 flags.DEFINE_list("sweep_clusters", "2,4", "stage2 --sweep: cluster counts.")
@@ -379,7 +383,7 @@ def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
 
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
-               profile: bool) -> dict:
+               profile: bool, batch_size: int = 0) -> dict:
   """One stage-2 config, in this process. Returns timings and peak RSS."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
@@ -406,7 +410,9 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   s = shard_size or shards.default_shard_size(cohort)
   num_shards = math.ceil(cohort / s)
   res.update(shard_size=s, num_shards=num_shards)
-  local_spec = local.LocalSpec(num_clusters=clusters, local_epochs=1, batch_size=16,
+  batch_size = batch_size or min(16, examples)
+  res["batch_size"] = batch_size
+  local_spec = local.LocalSpec(num_clusters=clusters, local_epochs=1, batch_size=batch_size,
                                learning_rate=0.1, clip_norm=1.0, choose_cluster=True,
                                shuffle=True, num_true_clusters=clusters)
   spec = lp.ProcessSpec(
@@ -497,7 +503,7 @@ def stage2_main() -> None:
     return stage2_sweep()
   res = stage2_one(FLAGS.cohort, FLAGS.clusters, FLAGS.aggregator, FLAGS.population,
                    FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
-                   FLAGS.noise_multiplier, FLAGS.profile)
+                   FLAGS.noise_multiplier, FLAGS.profile, FLAGS.stage2_batch_size)
   res["machine"] = machine_info()
   _write_json(res)
   print(json.dumps(res))
@@ -517,7 +523,8 @@ def stage2_sweep() -> None:
                f"--clusters={clusters}", f"--aggregator={aggregator}",
                f"--population={FLAGS.population}", f"--rounds={FLAGS.rounds}",
                f"--shard_size={FLAGS.shard_size}",
-               f"--noise_multiplier={FLAGS.noise_multiplier}", f"--json_out={out}"]
+               f"--noise_multiplier={FLAGS.noise_multiplier}", f"--json_out={out}",
+               f"--stage2_batch_size={FLAGS.stage2_batch_size}"]
         if FLAGS.profile:
           cmd.append("--profile")
         t0 = time.perf_counter()

@@ -208,16 +208,19 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   """
   cfg = config_lib.validate(cfg)
   _quiet_logs()
+  size = _manifest_population(clients_dir)
+  if cfg.stage2.cohort > size or cfg.stage0.cohort > size:
+    raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
+                      f"larger than the population of {size} clients in {clients_dir}")
+  if cfg.population != size:
+    # The data decides the population; a delta that was only the default 1/P follows it.
+    default_delta = math.isclose(cfg.privacy.delta, 1.0 / cfg.population)
+    cfg = config_lib.validate(dataclasses.replace(
+        cfg, population=size,
+        privacy=dataclasses.replace(cfg.privacy,
+                                    delta=None if default_delta else cfg.privacy.delta)))
   os.makedirs(root_dir, exist_ok=True)
   pop = population_lib.load_population(clients_dir, cfg.stage1.lora_rank, cfg.seed, log)
-  if cfg.population != pop.size:
-    cfg = config_lib.validate(dataclasses.replace(
-        cfg, population=pop.size,
-        privacy=dataclasses.replace(cfg.privacy, delta=cfg.privacy.delta
-                                    if cfg.privacy.delta is not None else None)))
-  if cfg.stage2.cohort > pop.size or cfg.stage0.cohort > pop.size:
-    raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
-                      f"larger than the population of {pop.size} clients in {clients_dir}")
   _write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
   report = calibrate(cfg)
   z0, z1, z2 = report.z0, report.z1, report.z2
@@ -415,6 +418,25 @@ def _quiet_logs() -> None:
   tf.get_logger().setLevel(logging.ERROR)
   tf.autograph.set_verbosity(0)
   absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def _manifest_population(clients_dir: str) -> int:
+  """Number of clients listed in `clients_dir`'s manifest (read before any heavy work)."""
+  from pina_tff.data import schema  # pylint: disable=g-import-not-at-top
+  from pina_tff.errors import DataError  # pylint: disable=g-import-not-at-top
+  path = os.path.join(clients_dir, schema.MANIFEST_NAME)
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    raise DataError(f"{path}: not found; expected the output directory of pina-prepare "
+                    "or pina-embed") from None
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}: not valid JSON ({e})") from None
+  clients = manifest.get("clients")
+  if not isinstance(clients, list) or not clients:
+    raise DataError(f"{path}: expected a non-empty 'clients' list")
+  return len(clients)
 
 
 def _due(rnd: int, total: int, every: int) -> bool:
