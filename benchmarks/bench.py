@@ -60,6 +60,9 @@ flags.DEFINE_integer("stage2_batch_size", 0,
                      "stage2: local batch size; 0: min(16, examples per client), which "
                      "trains exactly like 16 (one step over all examples) without "
                      "computing on 11 padding examples per client.")
+flags.DEFINE_enum("stage2_data", "inline", ["inline", "file"],
+                  "stage2: shards go to TFF inline (client_work.shard_to_dataset) or as "
+                  "file-backed datasets (file_backed_dataset; files written while packing).")
 flags.DEFINE_boolean("sweep", False, "stage2: run the cohort x clusters x aggregator grid.")
 flags.DEFINE_list("sweep_cohorts", "100,1000,10000", "stage2 --sweep: cohorts.")
 flags.DEFINE_list("sweep_clusters", "2,4", "stage2 --sweep: cluster counts.")
@@ -383,7 +386,7 @@ def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
 
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
-               profile: bool, batch_size: int = 0) -> dict:
+               profile: bool, batch_size: int = 0, data_mode: str = "inline") -> dict:
   """One stage-2 config, in this process. Returns timings and peak RSS."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
@@ -396,7 +399,9 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
   config = rt.TailConfig(width=384, num_heads=6, mlp_dim=1536, num_classes=10)
   model = tm.ViTTailModel(config, random_frozen(config))
-  res = {"cohort": cohort, "clusters": clusters, "aggregator": aggregator,
+  import tempfile  # pylint: disable=g-import-not-at-top
+  tmpdir = tempfile.TemporaryDirectory(prefix="pina-bench-")
+  res = {"cohort": cohort, "clusters": clusters, "aggregator": aggregator, "data": data_mode,
          "population": population, "examples_per_client": examples}
   t0 = time.perf_counter()
   rng = np.random.default_rng(1)
@@ -434,9 +439,12 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
     for j, part in enumerate(shards.split_cohort(ids, s)):
       clients = [{"x_base": x_base[i], "z": z[i], "label": labels[i],
                   "true_cluster": true_cluster[i]} for i in part]
-      out.append(cw.shard_to_dataset(shards.pack_shard(
-          clients, model.feature_keys, examples, num_slots=s,
-          seed=(round_num, j * s))))
+      shard = shards.pack_shard(clients, model.feature_keys, examples, num_slots=s,
+                                seed=(round_num, j * s))
+      if data_mode == "file":
+        out.append(file_backed_dataset(shard, tmpdir.name, f"r{round_num}s{j}"))
+      else:
+        out.append(cw.shard_to_dataset(shard))
     return out
 
   pack_times, round_times = [], []
@@ -462,6 +470,7 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   if profile:
     res["profile"] = _profile_stage2(model, local_spec, init, pack, s, tf)
   res["peak_rss_gib"] = peak_rss_gib()
+  tmpdir.cleanup()
   return res
 
 
@@ -503,7 +512,8 @@ def stage2_main() -> None:
     return stage2_sweep()
   res = stage2_one(FLAGS.cohort, FLAGS.clusters, FLAGS.aggregator, FLAGS.population,
                    FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
-                   FLAGS.noise_multiplier, FLAGS.profile, FLAGS.stage2_batch_size)
+                   FLAGS.noise_multiplier, FLAGS.profile, FLAGS.stage2_batch_size,
+                   FLAGS.stage2_data)
   res["machine"] = machine_info()
   _write_json(res)
   print(json.dumps(res))
@@ -524,7 +534,8 @@ def stage2_sweep() -> None:
                f"--population={FLAGS.population}", f"--rounds={FLAGS.rounds}",
                f"--shard_size={FLAGS.shard_size}",
                f"--noise_multiplier={FLAGS.noise_multiplier}", f"--json_out={out}",
-               f"--stage2_batch_size={FLAGS.stage2_batch_size}"]
+               f"--stage2_batch_size={FLAGS.stage2_batch_size}",
+               f"--stage2_data={FLAGS.stage2_data}"]
         if FLAGS.profile:
           cmd.append("--profile")
         t0 = time.perf_counter()
