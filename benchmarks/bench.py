@@ -41,6 +41,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
+# Imported before app.run on purpose (see pina_tff/models/backbone.py): importing keras-cv
+# inside an absl main breaks tf.keras functional models afterwards.
+from pina_tff.models import backbone as bb
+from pina_tff.models import split
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("clients", 1000, "head: simulated clients per round (N).")
 flags.DEFINE_integer("rounds", 5, "Timed rounds (after one untimed warm-up round).")
@@ -171,23 +176,10 @@ def _stock_tff_head(x, y, kernel, bias, noise: float, rounds: int):
 
 
 def file_backed_dataset(shard, directory: str, name: str):
-  """Like `client_work.shard_to_dataset`, but the arrays are written once to files in
-  `directory` and the dataset reads them: its serialized graph (what TFF sends to the
-  runtime every round) holds file names instead of the data. Same element type."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  paths = collections.OrderedDict()
-  for k, v in shard.items():
-    paths[k] = os.path.join(directory, f"{name}.{k}.tensor")
-    tf.io.write_file(paths[k], tf.io.serialize_tensor(tf.convert_to_tensor(v)))
-  specs = {k: (tf.as_dtype(np.asarray(v).dtype), np.shape(v)) for k, v in shard.items()}
-
-  def read(p):
-    return collections.OrderedDict(
-        (k, tf.ensure_shape(tf.io.parse_tensor(tf.io.read_file(p[k]), specs[k][0]),
-                            specs[k][1])) for k in paths)
-
-  return tf.data.Dataset.from_tensors(
-      collections.OrderedDict((k, tf.constant(v)) for k, v in paths.items())).map(read)
+  """`computations.client_work.shard_to_file_dataset` (what pina-simulate uses by
+  default): the dataset TFF ships each round holds file names instead of the data."""
+  from computations import client_work as cw  # pylint: disable=g-import-not-at-top
+  return cw.shard_to_file_dataset(shard, directory, name)
 
 
 def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int,
@@ -560,8 +552,6 @@ def stage2_sweep() -> None:
 
 def embed_main() -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from pina_tff.models import backbone as bb  # pylint: disable=g-import-not-at-top
-  from pina_tff.models import split  # pylint: disable=g-import-not-at-top
   results = {}
   for name in FLAGS.backbones:
     config = bb.get_config(name)

@@ -21,7 +21,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -60,6 +62,9 @@ class ProgramOptions:
     stop_after_rounds: stop (as if killed) after this many rounds of this invocation;
       for tests of resume.
     simulation_diagnostics: report simulation-only per-cluster counts.
+    shard_transport: 'file' (each round's shards are written to files that the TFF
+      clients' datasets read: the computation ships file names) or 'inline' (the data
+      itself is serialized into each round's datasets).
   """
   shard_size: Optional[int] = None
   checkpoint_every: int = 5
@@ -67,6 +72,7 @@ class ProgramOptions:
   progress: str = "auto"
   stop_after_rounds: Optional[int] = None
   simulation_diagnostics: bool = True
+  shard_transport: str = "file"
 
 
 class _Progress:
@@ -110,15 +116,15 @@ def _client_seeds(seed: int, stage: int, rnd: int, ids) -> list:
   return [(base, int(i)) for i in ids]
 
 
-def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds):
+def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=None):
+  """The round's TFF client datasets: shards of the cohort (file-backed if file_dir)."""
   datasets = []
-  pos = 0
-  for chunk in shards_lib.split_cohort(list(range(len(ids))), shard_size):
+  for i, chunk in enumerate(shards_lib.split_cohort(list(range(len(ids))), shard_size)):
     members = [clients[ids[j]] for j in chunk]
     shard = shards_lib.pack_shard(members, feature_keys, n_max, num_slots=shard_size,
                                   client_seeds=[seeds[j] for j in chunk])
-    datasets.append(cw.shard_to_dataset(shard))
-    pos += len(chunk)
+    datasets.append(cw.shard_to_file_dataset(shard, file_dir, f"shard{i:05d}")
+                    if file_dir else cw.shard_to_dataset(shard))
   return datasets
 
 
@@ -285,6 +291,13 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
     return (options.stop_after_rounds is not None and
             rounds_this_call >= options.stop_after_rounds)
 
+  if options.shard_transport not in ("file", "inline"):
+    raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
+                      f"{options.shard_transport!r}")
+  file_dir = None
+  if options.shard_transport == "file":
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    file_dir = tempfile.mkdtemp(prefix="pina-shards-", dir=shm)
   try:
     # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
     if int(st["phase"]) == PHASE_STAGE0:
@@ -300,7 +313,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
             return {"interrupted": True}
           ids = _cohort([cfg.seed, 0, rnd], cfg.stage0.cohort, pop.size)
           data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
-                             _client_seeds(cfg.seed, 0, rnd, ids))
+                             _client_seeds(cfg.seed, 0, rnd, ids), file_dir)
           out = proc0.next(state, data)
           state = out.state
           w = proc0.get_model_weights(state).trainable
@@ -357,7 +370,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
           return {"interrupted": True}
         ids = _cohort([cfg.seed, 2, rnd], cfg.stage2.cohort, pop.size)
         data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
-                           _client_seeds(cfg.seed, 2, rnd, ids))
+                           _client_seeds(cfg.seed, 2, rnd, ids), file_dir)
         out = proc.next(state, data)
         state = out.state
         params = {k: np.asarray(v)
@@ -387,6 +400,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       save(PHASE_DONE, t2)
   finally:
     progress.close()
+    if file_dir is not None:
+      shutil.rmtree(file_dir, ignore_errors=True)
 
   summary = collections.OrderedDict(
       method=cfg.method, method_name=methods.METHOD_NAMES[cfg.method],
@@ -415,9 +430,11 @@ def _quiet_logs() -> None:
     return
   import logging  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  tf.get_logger().setLevel(logging.ERROR)
+  # CRITICAL: TFF's secure-sum factory trips TensorFlow's "Object was never used"
+  # check at ERROR level on every build; real failures still raise exceptions.
+  tf.get_logger().setLevel(logging.CRITICAL)
   tf.autograph.set_verbosity(0)
-  absl_logging.set_verbosity(absl_logging.ERROR)
+  absl_logging.set_verbosity(absl_logging.FATAL)
 
 
 def _manifest_population(clients_dir: str) -> int:

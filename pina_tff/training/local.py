@@ -118,8 +118,10 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
   Returns (final_params {k: [S, ...]}, local_steps [S] float): a step is counted for a
   client only when its minibatch holds at least one real example.
   """
-  batch = spec.batch_size
   n = int(labels.shape[1])
+  # A client never holds more than n examples, so a batch larger than n trains exactly
+  # like a batch of n; capping it avoids computing padding rows.
+  batch = min(spec.batch_size, max(1, n))
   batches_per_epoch = max(1, -(-n // batch))
   n_pad = batches_per_epoch * batch
   if n_pad != n:
