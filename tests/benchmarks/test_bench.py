@@ -19,13 +19,13 @@ def head_run():
   # leaves a padding slot in the second shard, which must not change the sum.
   return bench.run_head(num_clients=4, rounds=1, shard_size=3, noise=0.0,
                         runtime="simulation",
-                        paths=("stock", "sharded", "sharded_file", "plain"))
+                        paths=("stock", "sharded", "sharded_file", "sharded_program", "plain"))
 
 
 def test_three_paths_give_same_weights(head_run):
   w = head_run["weights"]
-  assert set(w) == {"stock", "sharded", "sharded_file", "plain"}
-  for name in ("sharded", "sharded_file", "plain"):
+  assert set(w) == {"stock", "sharded", "sharded_file", "sharded_program", "plain"}
+  for name in ("sharded", "sharded_file", "sharded_program", "plain"):
     for got, want in zip(w[name], w["stock"]):
       np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)
   _, _, kernel, _ = bench.head_data(4)
