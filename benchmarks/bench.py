@@ -376,11 +376,9 @@ def head_main() -> None:
 def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
   """The 18 frozen tail arrays of `config`, random (LayerNorm gammas 1, betas 0)."""
   from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
-  d, h, hd, m = config.width, config.num_heads, config.head_dim, config.mlp_dim
+  d = config.width
   rng = np.random.default_rng(seed)
-  shapes = {"wq": (d, h, hd), "bq": (h, hd), "wk": (d, h, hd), "bk": (h, hd),
-            "wv": (d, h, hd), "bv": (h, hd), "wo": (h, hd, d), "bo": (d,),
-            "mlp1_w": (d, m), "mlp1_b": (m,), "mlp2_w": (m, d), "mlp2_b": (d,)}
+  shapes = config.frozen_shapes()
   out = {}
   for k in rt.FROZEN_KEYS:
     if k.endswith("_gamma"):

@@ -66,6 +66,15 @@ class TailConfig:
     """Length of vec(A, B): the stage-1 sketch length (768 for ViT-S/16, r = 1)."""
     return 2 * self.width * self.lora_rank
 
+  def frozen_shapes(self) -> dict[str, tuple[int, ...]]:
+    """Shape of every frozen tail weight, keyed as in `FROZEN_KEYS`."""
+    d, h, hd, m = self.width, self.num_heads, self.head_dim, self.mlp_dim
+    return {"ln1_gamma": (d,), "ln1_beta": (d,), "wq": (d, h, hd), "bq": (h, hd),
+            "wk": (d, h, hd), "bk": (h, hd), "wv": (d, h, hd), "bv": (h, hd),
+            "wo": (h, hd, d), "bo": (d,), "ln2_gamma": (d,), "ln2_beta": (d,),
+            "mlp1_w": (d, m), "mlp1_b": (m,), "mlp2_w": (m, d), "mlp2_b": (d,),
+            "lnf_gamma": (d,), "lnf_beta": (d,)}
+
   def param_shapes(self) -> dict[str, tuple[int, ...]]:
     d, r, k = self.width, self.lora_rank, self.num_classes
     return {"lora_a": (d, r), "lora_b": (r, d), "head_kernel": (d, k), "head_bias": (k,)}
@@ -108,14 +117,8 @@ def _gelu(x):
 
 def check_frozen(frozen: Mapping[str, np.ndarray], config: TailConfig) -> None:
   """Raises ValueError naming missing keys or wrong shapes of the frozen tail weights."""
-  d, h, hd, m = config.width, config.num_heads, config.head_dim, config.mlp_dim
-  want = {"ln1_gamma": (d,), "ln1_beta": (d,), "wq": (d, h, hd), "bq": (h, hd),
-          "wk": (d, h, hd), "bk": (h, hd), "wv": (d, h, hd), "bv": (h, hd),
-          "wo": (h, hd, d), "bo": (d,), "ln2_gamma": (d,), "ln2_beta": (d,),
-          "mlp1_w": (d, m), "mlp1_b": (m,), "mlp2_w": (m, d), "mlp2_b": (d,),
-          "lnf_gamma": (d,), "lnf_beta": (d,)}
   problems = []
-  for key, shape in want.items():
+  for key, shape in config.frozen_shapes().items():
     if key not in frozen:
       problems.append(f"{key}: missing")
     elif tuple(np.shape(frozen[key])) != shape:

@@ -141,13 +141,8 @@ def test_next_type_signature_placements(ddp_process):
 def _tiny_vit_model():
   cfg = rt.TailConfig(width=8, num_heads=2, mlp_dim=16, num_classes=3, lora_rank=1)
   rng = np.random.default_rng(0)
-  d, h, hd, m = cfg.width, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-  shapes = {"ln1_gamma": (d,), "ln1_beta": (d,), "wq": (d, h, hd), "bq": (h, hd),
-            "wk": (d, h, hd), "bk": (h, hd), "wv": (d, h, hd), "bv": (h, hd),
-            "wo": (h, hd, d), "bo": (d,), "ln2_gamma": (d,), "ln2_beta": (d,),
-            "mlp1_w": (d, m), "mlp1_b": (m,), "mlp2_w": (m, d), "mlp2_b": (d,),
-            "lnf_gamma": (d,), "lnf_beta": (d,)}
-  frozen = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+  frozen = {k: rng.standard_normal(s).astype(np.float32)
+            for k, s in cfg.frozen_shapes().items()}
   return cfg, tm.ViTTailModel(cfg, frozen)
 
 

@@ -7,12 +7,7 @@ from pina_tff.models import reduced_tail as rt
 
 
 def _random_frozen(cfg, rng):
-  d, h, hd, m = cfg.width, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-  shapes = {"ln1_gamma": (d,), "ln1_beta": (d,), "wq": (d, h, hd), "bq": (h, hd),
-            "wk": (d, h, hd), "bk": (h, hd), "wv": (d, h, hd), "bv": (h, hd),
-            "wo": (h, hd, d), "bo": (d,), "ln2_gamma": (d,), "ln2_beta": (d,),
-            "mlp1_w": (d, m), "mlp1_b": (m,), "mlp2_w": (m, d), "mlp2_b": (d,),
-            "lnf_gamma": (d,), "lnf_beta": (d,)}
+  shapes = cfg.frozen_shapes()
   out = {}
   for k, s in shapes.items():
     scale = 1.0 if k.endswith("gamma") else 0.3

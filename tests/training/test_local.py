@@ -103,12 +103,7 @@ def test_vit_tail_trains_only_lora_and_head_per_client():
   rng = np.random.default_rng(0)
   cfg = rt.TailConfig(width=8, num_heads=2, mlp_dim=16, num_classes=3)
   frozen = {k: (rng.standard_normal(s) * 0.3 + (1 if k.endswith("gamma") else 0)).astype(
-      np.float32) for k, s in {
-          "ln1_gamma": (8,), "ln1_beta": (8,), "wq": (8, 2, 4), "bq": (2, 4),
-          "wk": (8, 2, 4), "bk": (2, 4), "wv": (8, 2, 4), "bv": (2, 4), "wo": (2, 4, 8),
-          "bo": (8,), "ln2_gamma": (8,), "ln2_beta": (8,), "mlp1_w": (8, 16),
-          "mlp1_b": (16,), "mlp2_w": (16, 8), "mlp2_b": (8,), "lnf_gamma": (8,),
-          "lnf_beta": (8,)}.items()}
+      np.float32) for k, s in cfg.frozen_shapes().items()}
   model = tm.ViTTailModel(cfg, frozen)
   clients = []
   for i in range(4):
