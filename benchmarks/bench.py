@@ -66,9 +66,9 @@ flags.DEFINE_integer("stage2_batch_size", 0,
                      "stage2: local batch size; 0: min(16, examples per client), which "
                      "trains exactly like 16 (one step over all examples) without "
                      "computing on 11 padding examples per client.")
-flags.DEFINE_enum("stage2_data", "inline", ["inline", "file"],
+flags.DEFINE_enum("stage2_data", "file", ["inline", "file"],
                   "stage2: shards go to TFF inline (client_work.shard_to_dataset) or as "
-                  "file-backed datasets (file_backed_dataset; files written while packing).")
+                  "file-backed datasets written every round (what pina-simulate does).")
 flags.DEFINE_boolean("sweep", False, "stage2: run the cohort x clusters x aggregator grid.")
 flags.DEFINE_list("sweep_cohorts", "100,1000,10000", "stage2 --sweep: cohorts.")
 flags.DEFINE_list("sweep_clusters", "2,4", "stage2 --sweep: cluster counts.")

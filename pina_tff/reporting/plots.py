@@ -36,7 +36,8 @@ CONVERGENCE_METHODS = ("pina", "pina_ri")
 
 def _style(method: str) -> dict:
   colour, marker = METHOD_STYLE.get(method, (None, "."))
-  return {"color": colour, "marker": marker}
+  # Earlier methods (PINA first) drawn on top so overlapping curves stay visible.
+  return {"color": colour, "marker": marker, "zorder": 3 - res.method_sort_key(method)[0] / 10}
 
 
 def _new_figure(ncols: int, width_per_panel: float = 6.4, height: float = 4.6):
@@ -71,12 +72,12 @@ def _plot_series(ax, record: res.RunRecord, column: str, label: str | None,
     return False
   x = rows["round"].astype(float)
   y = 100.0 * rows[column].astype(float)
+  if not np.isfinite(y).any():
+    return False
   if prepend_init:
     init = record.scalar("init_clustering_accuracy")
     if math.isfinite(init):
       x, y = np.concatenate([[0.0], x]), np.concatenate([[100.0 * init], y])
-  if not np.isfinite(y).any():
-    return False
   ax.plot(x, y, label=label, linewidth=1.8, markersize=5, markevery=_markevery(len(x)),
           **_style(record.method))
   return True
@@ -161,13 +162,13 @@ def plot_clustering_curves(records: Sequence[res.RunRecord], out_png: str, datas
 def plot_normality(run_record: res.RunRecord, out_png: str) -> str:
   """Per-cluster Shapiro-Wilk W, scale factor and update norm ‖u_c‖ over stage-2 rounds.
 
-  Raises DataError when the run has no stage-2 `w_<c>` columns (e.g. a baseline).
+  Raises DataError when the run has no finite stage-2 `w_<c>` value (e.g. a baseline).
   """
   rows = run_record.stage_rows(res.STAGE_TRAIN)
   clusters = sorted(int(k[2:]) for k in rows if k.startswith("w_") and k[2:].isdigit())
-  if not clusters:
+  if not any(np.isfinite(rows[f"w_{c}"].astype(float)).any() for c in clusters):
     raise errors.DataError(
-        f"plot_normality: expected stage-2 rows with w_<c> columns in "
+        f"plot_normality: expected stage-2 rows with finite w_<c> values in "
         f"{os.path.join(run_record.run_dir, 'metrics.csv')}; found none.")
   panels = [("w_", "Shapiro-Wilk W"), ("scale_", "scale factor"),
             ("norm_", "\u2016u_c\u2016 (L2 norm of aggregated update)")]

@@ -202,6 +202,7 @@ def collect_runs(grid_dir: str) -> list:
     dirs[:] = sorted(d for d in dirs if ".tmp-" not in d)
     if "summary.json" in files:
       records.append(load_run(root))
+      dirs[:] = []  # a run's own subdirectories (checkpoints, tensorboard) hold no runs
   records.sort(key=lambda r: (dataset_sort_key(r.dataset), method_sort_key(r.method),
                               r.epsilon, r.run_dir))
   return records
@@ -314,7 +315,8 @@ def results_markdown(records: Sequence[RunRecord], date: str | None = None) -> s
 
 
 RESULTS_CSV_FIRST = ("run_dir", "dataset", "method", "epsilon_target", "epsilon_achieved",
-                     "delta", "z0", "z1", "z2", "local_epsilon1", "rounds", "final_accuracy",
+                     "delta", "z0", "z1", "z2", "local_epsilon1", "rounds", "rounds.stage0",
+                     "rounds.stage2", "final_accuracy",
                      "clustering_accuracy", "init_clustering_accuracy", "wall_clock_s",
                      "num_clusters")
 
@@ -324,10 +326,10 @@ def _flat_row(r: RunRecord) -> dict:
   for k, v in r.summary.items():
     if k == "noise_multipliers" and isinstance(v, Mapping):
       row.update({str(zk): zv for zk, zv in v.items()})
-    elif k == "config" and isinstance(v, Mapping):
-      for ck, cv in _flatten(v, "config."):
+    elif isinstance(v, Mapping):  # config, rounds {stage0, stage2}, privacy, ...
+      for ck, cv in _flatten(v, f"{k}."):
         row[ck] = cv
-    elif isinstance(v, (Mapping, list, tuple)):
+    elif isinstance(v, (list, tuple)):
       row[k] = json.dumps(v, sort_keys=True)
     else:
       row[k] = v
@@ -356,10 +358,12 @@ def _atomic_write(path: str, text: str) -> None:
 
 def results_csv_text(records: Sequence[RunRecord]) -> str:
   """CSV text, one row per run: every summary scalar, noise multipliers as z0/z1/z2,
-  config flattened as `config.<key>`; missing values empty."""
+  nested objects flattened as `<key>.<subkey>` (config.*, rounds.stage0, privacy.*),
+  lists as JSON; missing values empty."""
   rows = [_flat_row(r) for r in records]
-  cols = list(RESULTS_CSV_FIRST)
-  extra = sorted({k for row in rows for k in row} - set(cols))
+  present = {k for row in rows for k in row}
+  cols = [k for k in RESULTS_CSV_FIRST if k in present or "." not in k]
+  extra = sorted(present - set(cols))
   cols += [k for k in extra if not k.startswith("config.")] + [k for k in extra
                                                               if k.startswith("config.")]
   buf = io.StringIO()

@@ -1,6 +1,7 @@
 """Tests for pina_tff.reporting.results."""
 
 import csv
+import json
 import math
 import os
 
@@ -137,13 +138,43 @@ def test_results_csv_one_row_per_run(grid, tmp_path):
   assert {os.path.normpath(r["run_dir"]) for r in rows} == {
       os.path.normpath(r.run_dir) for r in recs}
   cols = list(rows[0])
-  assert cols[:16] == list(results.RESULTS_CSV_FIRST)
+  assert cols[:16] == [k for k in results.RESULTS_CSV_FIRST if "." not in k]
   assert {"config.seed", "config.clip.l2", "config.rotations_deg"} <= set(cols)
   by = {(r["dataset"], r["method"], r["epsilon_target"]): r for r in rows}
   assert by[("fashion_mnist", "pina", "inf")]["epsilon_achieved"] == ""
   assert float(by[("fashion_mnist", "pina", "2")]["z0"]) == 1.1
   assert float(by[("femnist", "fedavg", "2")]["final_accuracy"]) == 0.62
   assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_program_style_run(tmp_path):
+  """What computations/program.py writes: a `key` column from tff's CSV release manager,
+  quoted cells, rounds as {stage0, stage2}, 'inf' strings, extra objects, subdirs."""
+  run = tmp_path / "grid" / "digits" / "pina" / "eps_inf"
+  fakes.write_run(str(run), "pina", "digits", math.inf, 0.9, 0.95, num_clusters=2)
+  with open(run / "metrics.csv", newline="") as f:
+    rows = list(csv.reader(f))
+  with open(run / "metrics.csv", "w", newline="") as f:
+    w = csv.writer(f, quoting=csv.QUOTE_ALL)
+    w.writerow(["key"] + rows[0])
+    w.writerows([str(i + 1)] + r for i, r in enumerate(rows[1:]))
+  summary = json.loads((run / "summary.json").read_text())
+  summary.update(method_name="PINA", epsilon_achieved="inf", local_epsilon1="inf",
+                 rounds={"stage0": 2, "stage2": 8}, privacy={"kind": "ddp", "z": [1, 2]})
+  (run / "summary.json").write_text(json.dumps(summary))
+  os.makedirs(run / "checkpoints" / "program_state_10002")
+  (run / "checkpoints" / "summary.json").write_text("not a run")  # pruned: inside a run
+  recs = results.collect_runs(str(tmp_path / "grid"))
+  assert len(recs) == 1
+  r = recs[0]
+  assert r.stage_rows(2)["key"][0] == 3 and r.metrics["method"][0] == "pina"
+  md = results.write_results_table(recs, str(tmp_path / "r.md"), str(tmp_path / "r.csv"))
+  assert "| PINA | **90.0** |" in md and "ε achieved ∞" in md
+  with open(tmp_path / "r.csv", newline="") as f:
+    row = next(csv.DictReader(f))
+  assert row["rounds.stage2"] == "8" and row["rounds"] == ""
+  assert row["privacy.kind"] == "ddp" and row["privacy.z"] == "[1, 2]"
+  assert row["epsilon_target"] == "inf" and row["epsilon_achieved"] == "inf"
 
 
 if __name__ == "__main__":
