@@ -55,7 +55,8 @@ flags.DEFINE_enum("scaling", None, list(config_lib.SCALINGS), "PINA aggregate sc
 flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 aggregator.")
 flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
 flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
-flags.DEFINE_integer("workers", 1, "TFF executors (>1: mergeable-computation context).")
+flags.DEFINE_integer("workers", 1, "TFF executors (>1: mergeable-computation context; "
+                     "needs --aggregator=central).")
 flags.DEFINE_integer("shard_size", None, "Simulated clients per TFF client (auto).")
 flags.DEFINE_integer("checkpoint_every", 5, "Checkpoint every N rounds.")
 flags.DEFINE_integer("eval_every", 1, "Evaluate every N rounds.")
@@ -112,6 +113,15 @@ def main(argv):
     if not FLAGS.clients_dir or not FLAGS.root_dir:
       raise config_lib.ConfigError("--clients_dir and --root_dir are required")
     cfg = config_lib.validate(build_config(FLAGS))
+    if FLAGS.workers < 1:
+      raise config_lib.ConfigError(f"--workers must be >= 1, found {FLAGS.workers}")
+    if FLAGS.workers > 1 and cfg.stage2.aggregator != "central":
+      # TFF's mergeable-computation context splits a round at one merge point; the
+      # distributed-DP and secure-sum aggregators chain secure sums after each other.
+      raise config_lib.ConfigError(
+          f"--workers={FLAGS.workers} (TFF's mergeable-computation context) supports "
+          f"only --aggregator=central; found --aggregator={cfg.stage2.aggregator}, whose "
+          "chained secure sums cannot be split across workers. Use --workers=1.")
     from computations import context  # pylint: disable=g-import-not-at-top
     from computations import program  # pylint: disable=g-import-not-at-top
     options = program.ProgramOptions(

@@ -23,6 +23,8 @@ CASES = {
     "zero_clip": (["--clip=0", "--clients_dir={clients}"], ["clip"]),
     "missing_clients_dir": ([], ["--clients_dir"]),
     "clients_dir_does_not_exist": (["--clients_dir={missing}"], ["not found"]),
+    "workers_with_secure_sums": (["--workers=2", "--clients_dir={clients}"],
+                                 ["--workers", "central"]),
 }
 
 
