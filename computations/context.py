@@ -44,9 +44,7 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 import types
 from typing import Iterator, Optional
 

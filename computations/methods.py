@@ -52,9 +52,8 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
                 diagnostics: bool = True) -> lp.ProcessSpec:
   """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator."""
   s0 = cfg.stage0
-  kind = "sum" if cfg.stage2.aggregator == "sum" else cfg.stage2.aggregator
-  if cfg.method == "ifca_ldp":
-    kind = "ddp"  # stage 0 is the same central-model DP-FedAvg for every method
+  # Every method, IFCA+LDP included, warms the head up through the configured aggregator.
+  kind = cfg.stage2.aggregator
   return lp.ProcessSpec(
       local=local.LocalSpec(num_clusters=1, local_epochs=s0.local_epochs,
                             batch_size=batch_size, learning_rate=s0.lr,

@@ -12,8 +12,6 @@ Run it again with the same command after a crash to resume from the last checkpo
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import sys
 
 from absl import app
