@@ -6,15 +6,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install test demo lock bazel-install bazel-test clean-bazel
+.PHONY: install data test demo lock bazel-install bazel-test clean-bazel
 
 install:
 	scripts/install.sh "$(VENV)"
 
-test: install
+# Real Fashion-MNIST (Debian package dataset-fashion-mnist): installed with apt when root
+# (or password-less sudo); otherwise prints what to run and fails.
+data:
+	scripts/ensure_fmnist.sh
+
+test: install data
 	$(PY) -m pytest
 
-demo: install
+demo: install data
 	VENV="$(VENV)" scripts/demo.sh
 
 # Regenerates requirements/lock.txt from requirements/requirements.in in a

@@ -2,7 +2,7 @@
 
   python -m pipelines.embed --clients_dir=/tmp/digits \
       --weights=/tmp/digits/backbone/digits_tiny.weights.h5 --output_dir=/tmp/digits_emb \
-      [--backbone=digits_tiny] [--dtype=float32] [--batch_size=64] [-- beam options]
+      [--backbone=<dataset's preset>] [--dtype=float32] [--batch_size=64] [-- beam options]
 
 Unknown flags (e.g. --runner=...) are passed to Beam's PipelineOptions.
 """
@@ -23,7 +23,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("clients_dir", None, "Prepared data directory (pina-prepare output).")
 flags.DEFINE_string("weights", None, "Backbone weights (keras h5), e.g. from pina-pretrain; "
                     "default <clients_dir>/backbone/<backbone>.weights.h5.")
-flags.DEFINE_enum("backbone", "digits_tiny", ["digits_tiny", "vit_s16"], "Backbone preset.")
+flags.DEFINE_enum("backbone", None, ["digits_tiny", "fmnist_vit", "vit_s16"],
+                  "Backbone preset (default: the dataset's, digits -> digits_tiny, "
+                  "fashion_mnist -> fmnist_vit).")
 flags.DEFINE_string("output_dir", None, "Directory to write (must not exist).")
 flags.DEFINE_enum("dtype", "float32", ["float16", "float32"], "Stored embedding dtype.")
 flags.DEFINE_integer("batch_size", 64, "Examples per prefix call.", lower_bound=1)
@@ -32,11 +34,12 @@ flags.mark_flags_as_required(["clients_dir", "output_dir"])
 
 
 def main(argv):
-  weights = FLAGS.weights or os.path.join(FLAGS.clients_dir, "backbone",
-                                          f"{FLAGS.backbone}.weights.h5")
   try:
+    backbone = FLAGS.backbone or beam_embed.backbone_for_dir(FLAGS.clients_dir)
+    weights = FLAGS.weights or os.path.join(FLAGS.clients_dir, "backbone",
+                                            f"{backbone}.weights.h5")
     manifest = beam_embed.embed(FLAGS.clients_dir, weights, FLAGS.output_dir,
-                                backbone=FLAGS.backbone, dtype=FLAGS.dtype,
+                                backbone=backbone, dtype=FLAGS.dtype,
                                 batch_size=FLAGS.batch_size, overwrite=FLAGS.overwrite,
                                 beam_args=argv[1:])
   except PinaError as e:

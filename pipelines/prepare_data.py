@@ -1,6 +1,8 @@
 """pina-prepare: write rotated / partitioned client data as sharded TFRecords + manifest.
 
   python -m pipelines.prepare_data --dataset=digits --output_dir=/tmp/digits_clients
+  python -m pipelines.prepare_data --dataset=fashion_mnist --num_clients=10000 \
+      --output_dir=/tmp/fmnist_clients [--source_dir=DIR_WITH_IDX_FILES]
   python -m pipelines.prepare_data --dataset=cifar10 --output_dir=/shared/cifar_clients \\
       --runner=FlinkRunner ...   # any Beam PipelineOptions pass through
 
@@ -35,6 +37,13 @@ _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (cifa
                                      "fashion_mnist).")
 _TFF_CACHE_DIR = flags.DEFINE_string("tff_cache_dir", None, "Cache dir of TFF's EMNIST "
                                      "download (femnist).")
+_SOURCE_DIR = flags.DEFINE_string(
+    "source_dir", None, "fashion_mnist: directory of the four IDX files "
+    "(train-images-idx3-ubyte.gz, ...). Default: Debian's package location "
+    "(apt-get install dataset-fashion-mnist), else tfds.")
+_PUBLIC_SIZE = flags.DEFINE_integer(
+    "public_size", 10_000, "fashion_mnist: train images held out upright as the public "
+    "split (backbone pre-training; no client holds them).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the public split, partition, rotations.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Client shard files; 0 = auto "
                                    "(about 50 clients per shard, at most 256).")
@@ -66,6 +75,7 @@ def main(argv):
         num_clients=_NUM_CLIENTS.value, num_clusters=_NUM_CLUSTERS.value, seed=_SEED.value,
         num_shards=_NUM_SHARDS.value, overwrite=_OVERWRITE.value,
         test_fraction=_TEST_FRACTION.value, public_fraction=_PUBLIC_FRACTION.value,
+        public_size=_PUBLIC_SIZE.value, source_dir=_SOURCE_DIR.value,
         tfds_data_dir=_TFDS_DATA_DIR.value, tff_cache_dir=_TFF_CACHE_DIR.value)
     start = time.perf_counter()
     manifest = beam_prepare.prepare(cfg, beam_args)

@@ -49,8 +49,12 @@ class PrepareConfig:
     seed: seeds the public split, the partition and the rotations.
     num_shards: client shard files; 0 = auto (about 50 clients per shard, at most 256).
     overwrite: replace an existing prepared `output_dir`.
-    test_fraction: share of each client's examples held out as its test split.
+    test_fraction: share of each client's examples held out as its test split (not
+      used by sources with a fixed test split: fashion_mnist, femnist).
     public_fraction: digits only: share of all examples held out upright as `public`.
+    public_size: fashion_mnist only: train images held out upright as `public`.
+    source_dir: fashion_mnist only: directory of the four IDX files (default: Debian's
+      package location, else tfds).
     tfds_data_dir: TFDS `data_dir` (cifar10, fashion_mnist).
     tff_cache_dir: cache dir of TFF's EMNIST download (femnist).
   """
@@ -63,6 +67,8 @@ class PrepareConfig:
   overwrite: bool = False
   test_fraction: float = 0.2
   public_fraction: float = 0.2
+  public_size: int = sources.DEFAULT_PUBLIC_SIZE
+  source_dir: Optional[str] = None
   tfds_data_dir: Optional[str] = None
   tff_cache_dir: Optional[str] = None
 
@@ -81,7 +87,17 @@ class PrepareConfig:
       raise ConfigError(f"--test_fraction is {self.test_fraction}, expected 0 <= x < 1")
     if self.seed < 0:
       raise ConfigError(f"--seed is {self.seed}, expected >= 0")
+    if self.public_size < 0:
+      raise ConfigError(f"--public_size is {self.public_size}, expected >= 0")
     return self
+
+  def loader_kwargs(self) -> Dict[str, Any]:
+    """Dataset-specific arguments of `sources.LOADERS[self.dataset]`."""
+    if self.dataset == "digits":
+      return {"public_fraction": self.public_fraction}
+    if self.dataset == "fashion_mnist":
+      return {"public_size": self.public_size, "source_dir": self.source_dir}
+    return {}
 
 
 def num_shards_for(num_clients: int, requested: int) -> int:
@@ -207,9 +223,9 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
   _check_output_dir(cfg)
   info = sources.dataset_info(cfg.dataset)
   if source is None:
-    kwargs = {"public_fraction": cfg.public_fraction} if cfg.dataset == "digits" else {}
     source = sources.LOADERS[cfg.dataset](seed=cfg.seed, tfds_data_dir=cfg.tfds_data_dir,
-                                          tff_cache_dir=cfg.tff_cache_dir, **kwargs)
+                                          tff_cache_dir=cfg.tff_cache_dir,
+                                          **cfg.loader_kwargs())
   sources.check_images(source.images, cfg.dataset)
   num_clusters = info.num_clusters if cfg.num_clusters is None else cfg.num_clusters
   plans, rots = partition_lib.make_plan(source, cfg.num_clients, num_clusters, cfg.seed,
@@ -249,6 +265,19 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
   }
   if cfg.dataset == "digits":
     manifest["public_fraction"] = cfg.public_fraction
+  if source.is_test is not None:
+    # The source fixes the test split: test_fraction was not used.
+    manifest.pop("test_fraction")
+    manifest["test_split"] = "source"
+  if public_elems:
+    manifest["public_split"] = {
+        "num_records": int(len(source.public_labels)),
+        "upright": True, "held_by_clients": False,
+        "selection": ("seeded permutation ([seed, 1]) of the source's train split"
+                      if source.is_test is not None else
+                      "seeded permutation ([seed, 1]) of all examples")}
+  if source.origin:
+    manifest["source"] = source.origin
 
   tmp = f"{cfg.output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)

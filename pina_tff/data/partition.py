@@ -6,6 +6,11 @@ uniformly at random (cluster k <-> rotation `k * 360 / C` degrees, counter-clock
 `np.rot90`), and all its images carry that rotation. C must divide 360 into multiples of
 90 degrees: C in {1, 2, 4}.
 
+Rotated datasets whose source fixes a train/test split (fashion_mnist: `is_test` marks the
+held-out test images): train and test examples are shuffled and dealt separately, so each
+client holds ~N_train/P train and ~N_test/P test examples, both carrying its rotation;
+`test_fraction` is not used. The public split never reaches the partition.
+
 Natural partitions (femnist): one client per writer; no rotation; true cluster unknown (-1).
 
 Each client's examples are split into train/test by `test_fraction` (at least one train
@@ -77,7 +82,7 @@ def partition_rotated(num_examples: int, num_clients: int, num_clusters: int, se
     raise ConfigError(f"--num_clients is {num_clients}; with {num_examples} examples and at "
                       f"least {MIN_EXAMPLES_PER_CLIENT} per client, expected 1..{max_clients}")
   order = np.random.default_rng([seed, 2]).permutation(num_examples).astype(np.int64)
-  clusters = np.random.default_rng([seed, 3]).integers(0, num_clusters, size=num_clients)
+  clusters = _draw_clusters(num_clients, num_clusters, seed)
   plans = []
   for i, part in enumerate(np.array_split(order, num_clients)):
     n_test = _split_counts(len(part), test_fraction)
@@ -85,6 +90,39 @@ def partition_rotated(num_examples: int, num_clients: int, num_clusters: int, se
     plans.append(ClientPlan(client_id(i, num_clients), k, rots[k],
                             part[:len(part) - n_test], part[len(part) - n_test:]))
   return plans
+
+
+def _draw_clusters(num_clients: int, num_clusters: int, seed: int) -> np.ndarray:
+  """Each client's cluster index, uniform over C (seeded with [seed, 3])."""
+  return np.random.default_rng([seed, 3]).integers(0, num_clusters, size=num_clients)
+
+
+def partition_rotated_split(is_test: np.ndarray, num_clients: int, num_clusters: int,
+                            seed: int) -> List[ClientPlan]:
+  """Rotated partition that keeps the source's train/test split.
+
+  The train examples (`~is_test`) and the test examples (`is_test`) are each shuffled
+  (seeds [seed, 2] and [seed, 6]) and dealt into `num_clients` near-equal parts; client i
+  gets train part i and test part i, all with its rotation. Every client has at least
+  one train example; with fewer test examples than clients some have no test example.
+  """
+  rots = rotations_deg(num_clusters)
+  is_test = np.asarray(is_test, bool)
+  train = np.flatnonzero(~is_test).astype(np.int64)
+  test = np.flatnonzero(is_test).astype(np.int64)
+  max_clients = min(len(train), len(is_test) // MIN_EXAMPLES_PER_CLIENT)
+  if num_clients < 1 or num_clients > max_clients:
+    raise ConfigError(f"--num_clients is {num_clients}; with {len(train)} train + "
+                      f"{len(test)} test examples (at least one train and "
+                      f"{MIN_EXAMPLES_PER_CLIENT} in all per client), expected "
+                      f"1..{max_clients}")
+  train = np.random.default_rng([seed, 2]).permutation(train)
+  test = np.random.default_rng([seed, 6]).permutation(test)
+  clusters = _draw_clusters(num_clients, num_clusters, seed)
+  return [ClientPlan(client_id(i, num_clients), int(clusters[i]), rots[int(clusters[i])],
+                     tr, te)
+          for i, (tr, te) in enumerate(zip(np.array_split(train, num_clients),
+                                           np.array_split(test, num_clients)))]
 
 
 def partition_natural(writer_ids: np.ndarray, is_test: Optional[np.ndarray],
@@ -127,12 +165,16 @@ def make_plan(src: SourceData, num_clients: Optional[int], num_clusters: Optiona
   """Partition of `src` for its dataset kind. Returns (plans, rotations_deg of clusters).
 
   `num_clients` / `num_clusters` of None mean the dataset's default (FEMNIST: every
-  writer, up to the default P).
+  writer, up to the default P). A rotated source with `is_test` keeps its split
+  (`partition_rotated_split`, `test_fraction` unused).
   """
   info = dataset_info(src.name)
   num_clusters = info.num_clusters if num_clusters is None else num_clusters
   if info.rotated:
     n = info.default_num_clients if num_clients is None else num_clients
+    if src.is_test is not None:
+      return partition_rotated_split(src.is_test, n, num_clusters, seed), \
+          rotations_deg(num_clusters)
     return partition_rotated(len(src.labels), n, num_clusters, seed, test_fraction), \
         rotations_deg(num_clusters)
   if num_clusters < 1:

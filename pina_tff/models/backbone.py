@@ -7,6 +7,11 @@ Two presets:
   * `digits_tiny`: 8x8x1 digits, patch 2 (16 patches + class token = 17 tokens), width 64,
     4 heads, 3 blocks, MLP 128 [project choice]: pre-trained centrally on the upright public
     split by `pina-pretrain`.
+  * `fmnist_vit`: 28x28x1 Fashion-MNIST, patch 4 (49 patches + class token = 50 tokens),
+    width 64, 4 heads, 4 blocks, MLP 128 [project choice]: pre-trained centrally on the
+    upright public split (10,000 train images no client holds) by `pina-pretrain`.
+
+`backbone_for_dataset` is the one place that says which preset serves which dataset.
 
 Inputs are raw uint8-range images (0..255) as float; `include_rescaling=True` makes
 keras-cv divide by 255, then map [0, 1] to [-1, 1]. Dropout is 0 everywhere (the
@@ -120,7 +125,26 @@ PRESETS: dict[str, BackboneConfig] = {
     "digits_tiny": BackboneConfig(name="digits_tiny", image_shape=(8, 8, 1), patch_size=2,
                                   width=64, num_layers=3, num_heads=4, mlp_dim=128,
                                   num_classes=10, include_rescaling=True),
+    "fmnist_vit": BackboneConfig(name="fmnist_vit", image_shape=(28, 28, 1), patch_size=4,
+                                 width=64, num_layers=4, num_heads=4, mlp_dim=128,
+                                 num_classes=10, include_rescaling=True),
 }
+
+# Backbone preset pre-trained on each dataset's public split (pina-pretrain, and the
+# automatic pre-train + embed of `population.ensure_embeddings`).
+DATASET_BACKBONES: dict[str, str] = {
+    "digits": "digits_tiny",
+    "fashion_mnist": "fmnist_vit",
+}
+
+
+def backbone_for_dataset(dataset: str) -> str:
+  """Name of the backbone preset for prepared data of `dataset` (ConfigError if none)."""
+  if dataset not in DATASET_BACKBONES:
+    raise ConfigError(f"no backbone preset for dataset {dataset!r}; expected one of "
+                      f"{sorted(DATASET_BACKBONES)} (or embed with pina-embed --weights "
+                      f"--backbone)")
+  return DATASET_BACKBONES[dataset]
 
 
 def get_config(name: str, **overrides) -> BackboneConfig:

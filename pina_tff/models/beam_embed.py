@@ -122,10 +122,19 @@ def _check_weights_and_shape(config: bb.BackboneConfig, weights_file: str,
   return weights_lib.sha256_file(weights_file)
 
 
+def backbone_for_dir(clients_dir: str) -> str:
+  """The backbone preset of the dataset prepared in `clients_dir` (its manifest)."""
+  manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
+  return bb.backbone_for_dataset(manifest.get("dataset", ""))
+
+
 def embed(clients_dir: str, weights_file: str, output_dir: str,
-          backbone: str = "digits_tiny", dtype: str = "float32", batch_size: int = 64,
+          backbone: Optional[str] = None, dtype: str = "float32", batch_size: int = 64,
           overwrite: bool = False, beam_args: Optional[Sequence[str]] = None) -> dict:
-  """Runs the embed job; returns the manifest written to `output_dir`."""
+  """Runs the embed job; returns the manifest written to `output_dir`.
+
+  `backbone` None picks the preset of the manifest's dataset (backbone_for_dataset).
+  """
   if dtype not in schema.EMBEDDING_DTYPES:
     raise ConfigError(f"--dtype is {dtype!r}, expected one of {list(schema.EMBEDDING_DTYPES)}")
   if batch_size <= 0:
@@ -135,6 +144,7 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
     raise ConfigError(f"--output_dir {output_dir} already exists; expected a new path "
                       f"(or pass --overwrite)")
   manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
+  backbone = backbone or bb.backbone_for_dataset(manifest.get("dataset", ""))
   config = bb.get_config(backbone, num_classes=int(manifest["num_classes"]))
   weights_file = os.path.abspath(weights_file) if weights_file else weights_file
   sha = _check_weights_and_shape(config, weights_file, manifest, clients_dir)

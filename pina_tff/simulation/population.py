@@ -86,18 +86,19 @@ def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
   from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
   from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
   manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
-  config = bb.get_config("digits_tiny", image_shape=tuple(manifest["image_shape"]),
+  name = bb.backbone_for_dataset(manifest["dataset"])
+  config = bb.get_config(name, image_shape=tuple(manifest["image_shape"]),
                          num_classes=int(manifest["num_classes"]))
   weights_file = pretrain.default_output(clients_dir, config)
   if not os.path.exists(weights_file):
     if not manifest.get("public"):
       raise DataError(f"{clients_dir}: no backbone weights and no public split to "
                       "pre-train one; run pina-embed with --weights first")
-    _log("pre-training the digits backbone on the public split (cached in "
+    _log(f"pre-training the {name} backbone on the public split (cached in "
          f"{os.path.dirname(weights_file)})", log)
     pretrain.run_pretrain(clients_dir, output=weights_file, seed=seed)
   _log(f"embedding every example once (cached in {emb_dir})", log)
-  beam_embed.embed(clients_dir, weights_file, emb_dir, backbone="digits_tiny")
+  beam_embed.embed(clients_dir, weights_file, emb_dir, backbone=name)
   return emb_dir
 
 
