@@ -142,3 +142,44 @@ def test_femnist_fake_end_to_end(tmp_path, monkeypatch):
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("num_clusters", [2, 4])
+def test_fashion_mnist_public_split_and_client_test_split(tmp_path, num_clusters):
+  """Checked from the files alone: every record is traced back to its source image by
+  the markers `write_fake_fashion_mnist` puts in row 0 (after undoing the rotation)."""
+  from tests.data.fakes import write_fake_fashion_mnist  # pylint: disable=g-import-not-at-top
+  arrays = write_fake_fashion_mnist(str(tmp_path / "idx"), num_train=60, num_test=10)
+  (tr_x, tr_y), (te_x, te_y) = arrays["train"], arrays["test"]
+  out = tmp_path / "fm"
+  m = _prepare(out, dataset="fashion_mnist", num_clients=10, num_clusters=num_clusters,
+               source_dir=str(tmp_path / "idx"), public_size=20, seed=2)
+  assert m["public"] == {"path": "public.tfrecord", "num_records": 20}
+  assert m["public_split"]["num_records"] == 20 and not m["public_split"]["held_by_clients"]
+  assert m["test_split"] == "source" and "test_fraction" not in m
+  assert m["source"] == f"idx:{tmp_path / 'idx'}"
+  assert m["rotations_deg"] == [k * 360 // num_clusters for k in range(num_clusters)]
+  ds = readers.load_clients(str(out))
+  pub_x, pub_y = ds.public
+  pub_ids = pub_x[:, 0, 0, 0].astype(int) + 256 * pub_x[:, 0, 1, 0]
+  np.testing.assert_array_equal(pub_x[..., 0], tr_x[pub_ids])  # upright, unchanged
+  np.testing.assert_array_equal(pub_y, tr_y[pub_ids])
+  seen_train, seen_test = [], []
+  for cid in ds.client_ids:
+    k = ds.cluster(cid) * (4 // num_clusters)  # quarter turns of this client's rotation
+    x, y = ds.train(cid)
+    up = np.rot90(x, -k, axes=(1, 2))[..., 0]
+    ids = up[:, 0, 0].astype(int) + 256 * up[:, 0, 1]
+    np.testing.assert_array_equal(up, tr_x[ids])
+    np.testing.assert_array_equal(y, tr_y[ids])
+    seen_train += ids.tolist()
+    x, y = ds.test(cid)
+    assert len(y) == 1 and len(ds.train(cid)[1]) == 4
+    up = np.rot90(x, -k, axes=(1, 2))[..., 0]
+    ids = up[:, 0, 2].astype(int) - 1
+    np.testing.assert_array_equal(up, te_x[ids])  # test images carry the client's rotation
+    np.testing.assert_array_equal(y, te_y[ids])
+    seen_test += ids.tolist()
+  assert sorted(seen_train + pub_ids.tolist()) == list(range(60))  # disjoint, complete
+  assert sorted(seen_test) == list(range(10))
+  assert len(set(ds.clusters.tolist())) >= 2  # several rotations were exercised

@@ -80,3 +80,34 @@ def test_natural_partition_keeps_writers_and_source_split():
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("num_clusters", [2, 4])
+def test_partition_rotated_split_keeps_the_source_split(num_clusters):
+  is_test = np.zeros(70, bool)
+  is_test[[3, 10, 11, 40, 55, 56, 60, 61, 62, 69]] = True
+  plans = partition.partition_rotated_split(is_test, 10, num_clusters, seed=4)
+  train = np.concatenate([p.train_idx for p in plans])
+  test = np.concatenate([p.test_idx for p in plans])
+  np.testing.assert_array_equal(np.sort(train), np.flatnonzero(~is_test))
+  np.testing.assert_array_equal(np.sort(test), np.flatnonzero(is_test))
+  step = 360 // num_clusters
+  for p in plans:
+    assert len(p.train_idx) == 6 and len(p.test_idx) == 1
+    assert p.rotation_deg == step * p.cluster
+  assert {p.cluster for p in plans} <= set(range(num_clusters))
+  # Clusters are drawn like partition_rotated's (same seed, same draw).
+  same = partition.partition_rotated(70, 10, num_clusters, seed=4)
+  assert [p.cluster for p in plans] == [p.cluster for p in same]
+  with pytest.raises(ConfigError, match="--num_clients is 18; with 60 train \\+ 10 test"):
+    partition.partition_rotated_split(is_test, 18, num_clusters, seed=4)
+
+
+def test_make_plan_uses_the_source_split_for_rotated_sources():
+  src = sources.SourceData("fashion_mnist", np.zeros((16, 28, 28, 1), np.uint8),
+                           np.zeros(16, np.int64), 10, is_test=np.arange(16) >= 12)
+  plans, rots = partition.make_plan(src, 4, 2, seed=0, test_fraction=0.5)
+  assert rots == [0, 180]
+  assert all(len(p.train_idx) == 3 and len(p.test_idx) == 1 for p in plans)
+  assert all(src.is_test[p.test_idx].all() and not src.is_test[p.train_idx].any()
+             for p in plans)
