@@ -40,3 +40,30 @@ def test_bad_input_is_one_error_line():
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def test_fashion_mnist_missing_source_files_is_one_error_line(tmp_path):
+  (tmp_path / "idx").mkdir()
+  (tmp_path / "idx" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+  r = _run("--dataset=fashion_mnist", f"--source_dir={tmp_path / 'idx'}",
+           f"--output_dir={tmp_path / 'out'}")
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: --source_dir {tmp_path / 'idx'}: missing Fashion-MNIST IDX file(s) "
+      "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz;")
+  assert "apt-get install dataset-fashion-mnist" in lines[0]
+  assert not (tmp_path / "out").exists()
+
+
+def test_fashion_mnist_from_source_dir(tmp_path):
+  from tests.data.fakes import write_fake_fashion_mnist  # pylint: disable=g-import-not-at-top
+  write_fake_fashion_mnist(str(tmp_path / "idx"), num_train=30, num_test=6, compress=False)
+  out = tmp_path / "out"
+  r = _run("--dataset=fashion_mnist", f"--source_dir={tmp_path / 'idx'}", "--public_size=6",
+           "--num_clients=6", "--num_clusters=2", f"--output_dir={out}")
+  assert r.returncode == 0, r.stderr
+  assert "wrote 6 clients, 30 records in 1 shards (+6 public)" in r.stdout
+  m = json.loads((out / "manifest.json").read_text())
+  assert m["rotations_deg"] == [0, 180] and m["public_split"]["num_records"] == 6
+  assert all(c["num_train"] == 4 and c["num_test"] == 1 for c in m["clients"])
