@@ -34,6 +34,8 @@ flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 1e-3).",
 flags.DEFINE_float("holdout_fraction", None, "Share of the public split held out to "
                    "report accuracy (default: digits_tiny 0.2, fmnist_vit 0.1).",
                    lower_bound=0.0, upper_bound=0.9)
+flags.DEFINE_bool("cosine_decay", None, "Decay the learning rate to 0 along a cosine "
+                  "(default: digits_tiny no, fmnist_vit yes).")
 flags.DEFINE_string("backbone", None, "Backbone preset (default: the dataset's, "
                     "digits -> digits_tiny, fashion_mnist -> fmnist_vit).")
 flags.mark_flag_as_required("clients_dir")
@@ -45,7 +47,8 @@ def main(argv):
     report = pretrain.run_pretrain(
         FLAGS.clients_dir, output=FLAGS.output, epochs=FLAGS.epochs, seed=FLAGS.seed,
         backbone=FLAGS.backbone, batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate, holdout_fraction=FLAGS.holdout_fraction)
+        learning_rate=FLAGS.learning_rate, holdout_fraction=FLAGS.holdout_fraction,
+        cosine_decay=FLAGS.cosine_decay)
   except PinaError as e:
     raise app.UsageError(str(e)) from e
   print(json.dumps({k: report[k] for k in ("weights_file", "report_file", "train_accuracy",

@@ -27,12 +27,14 @@ from pina_tff.models import weights as weights_lib
 
 
 # Per-preset defaults of `pretrain` (any of them can be overridden by the caller).
-# fmnist_vit: 5 epochs on 9,000 public images (10 % of the 10,000 held out) [project choice].
+# fmnist_vit: 5 epochs on 9,000 public images (10 % of the 10,000 held out), Adam 1e-3
+# with cosine decay to 0 [project choice]: with a constant rate the held-out accuracy
+# swung between 80 % and 82 % from epoch 3 to 6.
 PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits_tiny": {"epochs": 30, "holdout_fraction": 0.2, "batch_size": 32,
-                    "learning_rate": 1e-3},
+                    "learning_rate": 1e-3, "cosine_decay": False},
     "fmnist_vit": {"epochs": 5, "holdout_fraction": 0.1, "batch_size": 32,
-                   "learning_rate": 1e-3},
+                   "learning_rate": 1e-3, "cosine_decay": True},
 }
 
 
@@ -55,8 +57,14 @@ def load_public_split(clients_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
 def pretrain(images: np.ndarray, labels: np.ndarray, config: bb.BackboneConfig,
              epochs: int = 30, seed: int = 0, batch_size: int = 32,
              learning_rate: float = 1e-3, holdout_fraction: float = 0.2,
-             verbose: int = 0) -> tuple[tf.keras.Model, dict[str, Any]]:
-  """Trains a fresh ViT of `config` on (images, labels); returns (model, report)."""
+             cosine_decay: bool = False, verbose: int = 0
+             ) -> tuple[tf.keras.Model, dict[str, Any]]:
+  """Trains a fresh ViT of `config` on (images, labels); returns (model, report).
+
+  Adam with `learning_rate` (decayed to 0 along a cosine over all steps when
+  `cosine_decay`); a seeded `holdout_fraction` of the examples is held out and its
+  accuracy reported after every epoch.
+  """
   bb.check_images_shape(config, images.shape, "public split")
   tf.keras.utils.set_random_seed(seed)
   rng = np.random.default_rng(seed)
@@ -65,7 +73,11 @@ def pretrain(images: np.ndarray, labels: np.ndarray, config: bb.BackboneConfig,
   hold, train = order[:n_hold], order[n_hold:]
   x = images.astype(np.float32)
   model = bb.build_vit(config)
-  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
+  lr = learning_rate
+  if cosine_decay:
+    steps = epochs * int(np.ceil(len(train) / batch_size))
+    lr = tf.keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps))
+  model.compile(optimizer=tf.keras.optimizers.Adam(lr),
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
   t0 = time.time()
@@ -76,7 +88,7 @@ def pretrain(images: np.ndarray, labels: np.ndarray, config: bb.BackboneConfig,
   report = {
       "backbone": config.to_json(),
       "epochs": epochs, "seed": seed, "batch_size": batch_size,
-      "learning_rate": learning_rate,
+      "learning_rate": learning_rate, "cosine_decay": cosine_decay,
       "num_train": int(len(train)), "num_holdout": int(n_hold),
       "holdout_fraction": holdout_fraction,
       "train_accuracy": float(hist.history["accuracy"][-1]),

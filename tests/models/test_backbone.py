@@ -21,6 +21,24 @@ def test_digits_tiny_builds_and_outputs_logits():
   assert split.build_prefix(model)(x).shape == (3, 17, 64)
 
 
+def test_fmnist_vit_preset():
+  cfg = bb.get_config("fmnist_vit")
+  assert cfg.image_shape == (28, 28, 1) and cfg.embedding_shape == (50, 64)  # 7 x 7 + 1
+  model = bb.build_vit(cfg)
+  assert len(bb.transformer_blocks(model)) == 4
+  assert bb.transformer_blocks(model)[-1].num_heads == 4
+  x = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.float32)
+  assert model(x).shape == (2, 10)
+  assert split.build_prefix(model)(x).shape == (2, 50, 64)
+
+
+def test_backbone_for_dataset():
+  assert bb.backbone_for_dataset("digits") == "digits_tiny"
+  assert bb.backbone_for_dataset("fashion_mnist") == "fmnist_vit"
+  with pytest.raises(ConfigError, match="no backbone preset for dataset 'cifar10'"):
+    bb.backbone_for_dataset("cifar10")
+
+
 def test_vit_s16_structure():
   cfg = bb.get_config("vit_s16")
   model = bb.build_vit(cfg)

@@ -19,7 +19,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def write_prepared(directory, image_shape=(8, 8, 1), num_clients=4, per_client=5,
-                   num_public=40, seed=0):
+                   num_public=40, seed=0, dataset="digits"):
   """A tiny `pina-clients/1` directory: 2 shards + public, random images."""
   rng = np.random.default_rng(seed)
   os.makedirs(directory)
@@ -45,7 +45,7 @@ def write_prepared(directory, image_shape=(8, 8, 1), num_clients=4, per_client=5
     for k, img in enumerate(pub_imgs):
       w.write(schema.encode_client_example("public", "train", img, k % 10, 0))
   schema.write_manifest(directory, {
-      "format": schema.CLIENTS_FORMAT, "dataset": "digits", "num_clients": num_clients,
+      "format": schema.CLIENTS_FORMAT, "dataset": dataset, "num_clients": num_clients,
       "num_clusters": 2, "rotations_deg": [0, 180], "image_shape": list(image_shape),
       "num_classes": 10, "seed": seed, "label_known_clusters": True,
       "shards": [{"path": n, "num_records": len(r)} for n, r in zip(names, shards)],
@@ -123,6 +123,43 @@ def test_cli_pretrain_smoke(prepared, tmp_path):
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.exists(out) and os.path.exists(str(tmp_path / "cli.json"))
+
+
+def test_fashion_mnist_data_gets_the_fmnist_backbone(tmp_path, monkeypatch):
+  """ensure_embeddings (the simulator's path): pre-trains fmnist_vit with its defaults on
+  the public split, then embeds with it; the preset follows the manifest's dataset."""
+  from pina_tff.simulation import population  # pylint: disable=g-import-not-at-top
+  defaults = dict(pretrain.PRETRAIN_DEFAULTS["fmnist_vit"], epochs=2)  # fast
+  monkeypatch.setitem(pretrain.PRETRAIN_DEFAULTS, "fmnist_vit", defaults)
+  d = str(tmp_path / "fm")
+  write_prepared(d, image_shape=(28, 28, 1), num_clients=2, per_client=2, num_public=20,
+                 dataset="fashion_mnist")
+  assert beam_embed.backbone_for_dir(d) == "fmnist_vit"
+  emb_dir = population.ensure_embeddings(d)
+  with open(os.path.join(d, "backbone", "fmnist_vit.json")) as f:
+    rep = json.load(f)
+  assert rep["backbone"]["name"] == "fmnist_vit" and rep["dataset"] == "fashion_mnist"
+  assert rep["epochs"] == defaults["epochs"] and rep["cosine_decay"] is True
+  assert rep["num_holdout"] == 2 and rep["num_train"] == 18  # 10 % of 20 held out
+  assert len(rep["holdout_accuracy_per_epoch"]) == defaults["epochs"]
+  assert rep["holdout_accuracy_per_epoch"][-1] == rep["holdout_accuracy"]
+  man = schema.read_manifest(emb_dir, schema.EMBEDDINGS_FORMAT)
+  assert man["backbone"]["name"] == "fmnist_vit" and man["embedding_shape"] == [50, 64]
+
+
+def test_cosine_decay_learning_rate_of_the_last_step():
+  x = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1)).astype(np.uint8)
+  y = np.arange(12) % 10
+  cfg = bb.get_config("digits_tiny", num_layers=1)
+  # 9 training examples in batches of 4 = 3 steps per epoch, 6 in all; the last step
+  # (index 5) uses 1e-3 * (1 + cos(pi * 5 / 6)) / 2 under cosine decay.
+  for cosine, final in [(True, 1e-3 * (1 + np.cos(np.pi * 5 / 6)) / 2), (False, 1e-3)]:
+    model, rep = pretrain.pretrain(x, y, cfg, epochs=2, batch_size=4, holdout_fraction=0.25,
+                                   cosine_decay=cosine)
+    opt = model.optimizer
+    assert int(opt.iterations.numpy()) == 6
+    assert float(opt.learning_rate) == pytest.approx(final, rel=1e-5)
+    assert rep["cosine_decay"] is cosine
 
 
 if __name__ == "__main__":
