@@ -140,9 +140,6 @@ def test_femnist_fake_end_to_end(tmp_path, monkeypatch):
   assert len(ds.test(w)[1]) == 2
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 @pytest.mark.parametrize("num_clusters", [2, 4])
 def test_fashion_mnist_public_split_and_client_test_split(tmp_path, num_clusters):
@@ -183,3 +180,7 @@ def test_fashion_mnist_public_split_and_client_test_split(tmp_path, num_clusters
   assert sorted(seen_train + pub_ids.tolist()) == list(range(60))  # disjoint, complete
   assert sorted(seen_test) == list(range(10))
   assert len(set(ds.clusters.tolist())) >= 2  # several rotations were exercised
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -68,3 +68,7 @@ def test_non_root_without_sudo_says_what_to_run(tmp_path):
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: real Fashion-MNIST not installed")
   assert "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist" in lines[0]
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -80,3 +80,7 @@ def test_cut_and_corrupt_gzip_streams(tmp_path):
     idx.read_idx(str(bad))
   with pytest.raises(DataError, match="missing.gz: IDX file not found"):
     idx.read_idx(str(tmp_path / "missing.gz"))
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -78,9 +78,6 @@ def test_natural_partition_keeps_writers_and_source_split():
     partition.partition_natural(writers, is_test, 4, seed=0)
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 @pytest.mark.parametrize("num_clusters", [2, 4])
 def test_partition_rotated_split_keeps_the_source_split(num_clusters):
@@ -111,3 +108,7 @@ def test_make_plan_uses_the_source_split_for_rotated_sources():
   assert all(len(p.train_idx) == 3 and len(p.test_idx) == 1 for p in plans)
   assert all(src.is_test[p.test_idx].all() and not src.is_test[p.train_idx].any()
              for p in plans)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

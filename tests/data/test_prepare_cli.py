@@ -38,9 +38,6 @@ def test_bad_input_is_one_error_line():
       "['cifar10', 'digits', 'fashion_mnist', 'femnist']"]
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 def test_fashion_mnist_missing_source_files_is_one_error_line(tmp_path):
   (tmp_path / "idx").mkdir()
@@ -67,3 +64,7 @@ def test_fashion_mnist_from_source_dir(tmp_path):
   m = json.loads((out / "manifest.json").read_text())
   assert m["rotations_deg"] == [0, 180] and m["public_split"]["num_records"] == 6
   assert all(c["num_train"] == 4 and c["num_test"] == 1 for c in m["clients"])
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

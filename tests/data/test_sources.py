@@ -5,7 +5,7 @@ import tensorflow_datasets as tfds
 
 from pina_tff.data import sources
 from pina_tff.errors import ConfigError, DataError
-from tests.data.fakes import make_fake_emnist
+from tests.data.fakes import make_fake_emnist, write_fake_fashion_mnist
 
 
 def test_digits_shapes_values_and_public_split():
@@ -82,12 +82,7 @@ def test_femnist_through_fake_tff_loader(monkeypatch):
   np.testing.assert_array_equal(src.labels[sel], train[w]["label"])
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
-
 # ------------------------------------------------------------------ Fashion-MNIST
-from tests.data.fakes import write_fake_fashion_mnist  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -191,3 +186,7 @@ def test_real_fashion_mnist_package():
   # The reader's slice equals the loader's full read of the same file.
   head = sources.read_fashion_mnist_files(files, max_items=64)
   np.testing.assert_array_equal(head[0][0], tr_x)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
