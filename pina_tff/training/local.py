@@ -130,7 +130,12 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
                 for k, v in features.items()}
     labels = tf.pad(labels, [[0, 0], [0, pad]])
     mask = tf.pad(mask, [[0, 0], [0, pad]])
-  perms = _epoch_permutations(mask, spec.local_epochs, spec.shuffle, seed)
+  # One minibatch per epoch holds every example: its loss (a masked mean) does not
+  # depend on the order, so no permutation is drawn (exactly the same steps, and no
+  # per-client RNG loop over the shard).
+  full_batch = batches_per_epoch == 1
+  perms = (None if full_batch else
+           _epoch_permutations(mask, spec.local_epochs, spec.shuffle, seed))
   train_keys = [k for k in model.param_keys if k in spec.train_keys]
   frozen = {k: v for k, v in init_params.items() if k not in train_keys}
   total_steps = spec.local_epochs * batches_per_epoch
@@ -138,10 +143,13 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
 
   def body(t, params, steps):
     epoch, b = t // batches_per_epoch, t % batches_per_epoch
-    idx = tf.gather(perms, epoch)[:, b * batch:(b + 1) * batch]
-    fb = {k: tf.gather(v, idx, batch_dims=1) for k, v in features.items()}
-    lb = tf.gather(labels, idx, batch_dims=1)
-    mb = tf.gather(mask, idx, batch_dims=1)
+    if full_batch:
+      fb, lb, mb = features, labels, mask
+    else:
+      idx = tf.gather(perms, epoch)[:, b * batch:(b + 1) * batch]
+      fb = {k: tf.gather(v, idx, batch_dims=1) for k, v in features.items()}
+      lb = tf.gather(labels, idx, batch_dims=1)
+      mb = tf.gather(mask, idx, batch_dims=1)
     with tf.GradientTape() as tape:
       tape.watch(params)
       full = dict(frozen, **params)
