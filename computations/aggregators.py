@@ -14,6 +14,11 @@ z/S: the central noise stddev stays z*clip (calibrated to one *simulated* client
 sensitivity), and for distributed DP each TFF client adds the share of S simulated
 clients (variance S * sigma^2 / M, the sum of S independent shares). With S = 1
 this is exactly the standard per-client configuration.
+
+Distributed DP: `AggregatorSpec.noise_multiplier` is the *effective* Gaussian multiplier
+the accountant uses; TFF's rounding inflates the sensitivity to clip + gamma*sqrt(d), so
+the factory is given the nominal multiplier whose effective value after rounding meets
+it (`pina_tff.privacy.ddp`, computed once the update dimension d is known).
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 # DistributedDpSumFactory is not exported under tff.aggregators in TFF 0.87, but it is
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
+
+from pina_tff.privacy import ddp as ddp_lib
 
 AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
 
@@ -40,7 +48,8 @@ class AggregatorSpec:
       (Gaussian added by the server, tensorflow_privacy GaussianSumQuery),
       'secure_sum' (secure sum, no noise) or 'sum' (plain federated_sum: the server
       sees each client's value; used for IFCA+LDP, whose clients add their own noise).
-    noise_multiplier: z, central noise std / clip (0 = no noise).
+    noise_multiplier: z, central noise std / clip (0 = no noise); for 'ddp' the
+      effective multiplier after TFF's rounding (what the accountant uses).
     clip_norm: per-simulated-client L2 bound (the client work clips; the factory's
       bound is only a safety net).
     expected_clients: M, the fixed denominator (expected simulated cohort size).
@@ -69,18 +78,53 @@ class AggregatorSpec:
     return 0.0 if self.kind in ("sum", "secure_sum") else self.noise_multiplier * self.clip_norm
 
 
+def _value_dim(value_type) -> int:
+  """Number of scalars in a (structure of) tensor type(s)."""
+  if isinstance(value_type, tff.TensorType):
+    return int(np.prod(value_type.shape))
+  return sum(_value_dim(t) for t in value_type.children())
+
+
+class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """TFF's DistributedDpSumFactory whose *effective* multiplier is `spec.noise_multiplier`.
+
+  At `create` (when the dimension d is known) the nominal multiplier z_nom is solved
+  from z_eff = z_nom * clip / (clip + gamma(z_nom) * sqrt(d_padded)), and the bit width
+  and discretization regime are checked (`pina_tff.privacy.ddp.check_ddp_regime`).
+  """
+
+  def __init__(self, spec: "AggregatorSpec"):
+    self._spec = spec
+    self.nominal_multiplier = None
+    self.ddp_parameters = None
+
+  def create(self, value_type):
+    spec = self._spec
+    dim = _value_dim(value_type)
+    z_nom = ddp_lib.nominal_for_effective(spec.noise_multiplier, spec.clip_norm,
+                                          spec.shard_size, spec.num_shards, dim,
+                                          spec.ddp_bits)
+    ddp_lib.check_ddp_regime(z_nom, spec.clip_norm, spec.shard_size, spec.num_shards,
+                             dim, spec.ddp_bits)
+    self.nominal_multiplier = z_nom
+    self.ddp_parameters = ddp_lib.ddp_parameters(z_nom, spec.clip_norm, spec.shard_size,
+                                                 spec.num_shards, dim, spec.ddp_bits)
+    return distributed_dp.DistributedDpSumFactory(
+        noise_multiplier=z_nom / spec.shard_size,
+        expected_clients_per_round=spec.num_shards,
+        bits=spec.ddp_bits,
+        l2_clip=spec.shard_size * spec.clip_norm,
+        modclip_prob=ddp_lib.DEFAULT_MODCLIP_PROB,
+        mechanism="distributed_dgauss",
+        rotation_type="hd",
+        auto_l2_clip=False).create(value_type)
+
+
 def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
   """The inner (unweighted) sum factory for one TFF client = one shard."""
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
-    return distributed_dp.DistributedDpSumFactory(
-        noise_multiplier=spec.noise_multiplier / spec.shard_size,
-        expected_clients_per_round=spec.num_shards,
-        bits=spec.ddp_bits,
-        l2_clip=shard_clip,
-        mechanism="distributed_dgauss",
-        rotation_type="hd",
-        auto_l2_clip=False)
+    return EffectiveDdpSumFactory(spec)
   if spec.kind == "central":
     query = tfp.GaussianSumQuery(l2_norm_clip=shard_clip,
                                  stddev=spec.noise_multiplier * spec.clip_norm)
