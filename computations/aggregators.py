@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-import tensorflow_privacy as tfp
 # DistributedDpSumFactory is not exported under tff.aggregators in TFF 0.87, but it is
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
@@ -45,7 +45,8 @@ class AggregatorSpec:
 
   Attributes:
     kind: 'ddp' (distributed discrete Gaussian over secure aggregation), 'central'
-      (Gaussian added by the server, tensorflow_privacy GaussianSumQuery),
+      (Gaussian added by the server from a seed in the aggregator state,
+      `SeededGaussianSumFactory`),
       'secure_sum' (secure sum, no noise) or 'sum' (plain federated_sum: the server
       sees each client's value; used for IFCA+LDP, whose clients add their own noise).
     noise_multiplier: z, central noise std / clip (0 = no noise); for 'ddp' the
@@ -120,15 +121,100 @@ class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
         auto_l2_clip=False).create(value_type)
 
 
+SEED_SHAPE = (2,)
+
+
+def random_seed() -> np.ndarray:
+  """A fresh noise seed from the operating system's entropy (secure noise mode)."""
+  return np.frombuffer(os.urandom(16), dtype=np.int64).copy()
+
+
+def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
+  """The noise seed of round ``rnd`` of ``stage`` in simulation mode (from the run seed)."""
+  words = np.random.SeedSequence([int(run_seed), int(stage), int(rnd), 0xD15C]
+                                 ).generate_state(4, np.uint32).astype(np.int64)
+  return np.array([words[0] << 31 | words[1], words[2] << 31 | words[3]], np.int64)
+
+
+class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """Central DP: clip each TFF client's value to ``l2_clip``, sum, and add N(0, stddev²)
+  per coordinate at the server from a *stateless* seed held in the aggregator state.
+
+  The state is the int64[2] seed of the next round (advanced by a stateless split each
+  round); the program overwrites it before every round with :func:`derived_seed`
+  (simulation: the run's seed fixes the noise, a resumed run repeats it exactly) or
+  :func:`random_seed` (secure: OS entropy, kept in memory only). Default initial seed:
+  OS entropy. Same mechanism as ``tfp.GaussianSumQuery`` (whose
+  ``tf.random_normal_initializer`` cannot be seeded per round).
+  """
+
+  def __init__(self, l2_clip: float, stddev: float):
+    self._clip = float(l2_clip)
+    self._stddev = float(stddev)
+
+  def create(self, value_type):
+    clip, stddev = self._clip, self._stddev
+    seed_type = tff.TensorType(np.int64, SEED_SHAPE)
+    initial = random_seed()
+
+    @tff.tensorflow.computation()
+    def init_seed():
+      return tf.constant(initial, tf.int64)
+
+    @tff.tensorflow.computation(value_type)
+    def clip_value(value):
+      flat = tf.nest.flatten(value)
+      clipped, _ = tf.clip_by_global_norm(flat, clip)
+      return tf.nest.pack_sequence_as(value, clipped)
+
+    @tff.tensorflow.computation(value_type, seed_type)
+    def add_noise(total, seed):
+      flat = tf.nest.flatten(total)
+      noised = [v + tf.cast(stddev, v.dtype) * tf.random.stateless_normal(
+          tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, i),
+          dtype=v.dtype) for i, v in enumerate(flat)]
+      return tf.nest.pack_sequence_as(total, noised)
+
+    @tff.tensorflow.computation(seed_type)
+    def advance(seed):
+      return tf.random.experimental.stateless_split(seed, 1)[0]
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_eval(init_seed, tff.SERVER)
+
+    @tff.federated_computation(tff.FederatedType(seed_type, tff.SERVER),
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      total = tff.federated_sum(tff.federated_map(clip_value, value))
+      result = tff.federated_map(add_noise, (total, state))
+      return tff.templates.MeasuredProcessOutput(
+          state=tff.federated_map(advance, state), result=result,
+          measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def has_noise_seed(spec: "AggregatorSpec") -> bool:
+  """Whether the aggregator's state is a noise seed (set per round by the program)."""
+  return spec.kind == "central"
+
+
+def with_noise_seed(state, seed):
+  """A learning-process state whose aggregator noise seed is ``seed`` (int64[2])."""
+  return tff.learning.templates.LearningAlgorithmState(
+      global_model_weights=state.global_model_weights, distributor=state.distributor,
+      client_work=state.client_work, aggregator=np.asarray(seed, np.int64),
+      finalizer=state.finalizer)
+
+
 def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
   """The inner (unweighted) sum factory for one TFF client = one shard."""
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
     return EffectiveDdpSumFactory(spec)
   if spec.kind == "central":
-    query = tfp.GaussianSumQuery(l2_norm_clip=shard_clip,
-                                 stddev=spec.noise_multiplier * spec.clip_norm)
-    return tff.aggregators.DifferentiallyPrivateFactory(query)
+    return SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)
   if spec.kind == "secure_sum":
     return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(shard_clip),
                                             lower_bound_threshold=-float(shard_clip))

@@ -8,9 +8,15 @@ every stage boundary; per-round metrics are released to a `CSVFileReleaseManager
 function of (seed, stage, round), so a run killed at any moment and started again
 with the same command continues from its last checkpoint and, where the aggregator
 adds no noise (epsilon = inf), ends with exactly the metrics of an uninterrupted run.
-(The DP aggregators draw their noise from TensorFlow's own generators, which are not
-part of the checkpoint: with noise the resumed run is statistically, not bitwise,
-the same.)
+Noise (`cfg.privacy.noise_mode`): in 'simulation' mode the local-DP noise (stage-1
+sketches, IFCA+LDP) and the central-DP noise are functions of (seed, stage, round), so
+with `aggregator='central'` two runs with the same seed, and a resumed run, are
+identical at any ε. TFF's distributed-DP factory cannot be seeded (TFF 0.87: its
+stochastic rounding seeds itself from `tf.timestamp()` at every call, and the discrete
+Gaussian noise comes from unseeded tensorflow_probability samplers): with
+`aggregator='ddp'` and finite ε a repeated or resumed run is statistically, not
+bitwise, the same. In 'secure' mode every noise seed comes from `os.urandom` and is
+never written (shards stay in memory).
 
 Privacy wiring (`docs/privacy.md`): cohorts of stages 0 and 2 follow
 `cfg.privacy.sampling` (`pina_tff.simulation.sampling`, Poisson by default), the mean
@@ -40,6 +46,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from scipy import optimize
 
+from computations import aggregators as agg
 from computations import client_work as cw
 from computations import learning_process as lp
 from computations import methods
@@ -142,6 +149,13 @@ def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simul
     return [(base, int(i)) for i in ids]
   base = (seed * 1_000_003 + stage * 7_919 + rnd) % (2 ** 31 - 1)
   return [(base, int(i)) for i in ids]
+
+
+def _noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
+  """Central-DP noise seed of a round: from the run seed, or OS entropy (secure)."""
+  if cfg.privacy.noise_mode == "secure":
+    return agg.random_seed()
+  return agg.derived_seed(cfg.seed, stage, rnd)
 
 
 def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
@@ -369,6 +383,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
           data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
                              _client_seeds(cfg.seed, 0, rnd, ids, cfg.privacy.noise_mode),
                              file_dir, num_shards0)
+          if agg.has_noise_seed(spec0.aggregator):
+            state = agg.with_noise_seed(state, _noise_seed(cfg, 0, rnd))
           out = proc0.next(state, data)
           state = out.state
           w = proc0.get_model_weights(state).trainable
@@ -430,6 +446,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
                            _client_seeds(cfg.seed, 2, rnd, ids, cfg.privacy.noise_mode),
                            file_dir, num_shards2)
+        if agg.has_noise_seed(spec2.aggregator):
+          state = agg.with_noise_seed(state, _noise_seed(cfg, 2, rnd))
         out = proc.next(state, data)
         state = out.state
         params = {k: np.asarray(v)
