@@ -577,6 +577,11 @@ def _privacy_summary(cfg, report, spec2, num_shards0, num_shards2, shard0, shard
       epsilon_server=_finite_or_str(report.epsilons["server"]),
       threat_model_calibrated=report.threat_model, sampling=p.sampling,
       noise_mode=p.noise_mode, accountant=report.accountant,
+      # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
+      # (whose rounding and discrete Gaussian noise cannot be seeded; docs/privacy.md).
+      noise_reproducible=(p.noise_mode == "simulation" and not any(
+          k == "ddp" and z > 0 for k, z in ((cfg.stage2.aggregator, report.z0),
+                                            (spec2.aggregator.kind, report.z2)))),
       local_epsilon1_sensitivity="2*S1 (any two inputs of one client)",
       local_epsilon_ifca_ldp=(_finite_or_str(report.local_epsilon2)
                               if report.local_epsilon2 is not None else None),

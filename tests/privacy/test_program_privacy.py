@@ -75,6 +75,7 @@ def test_summary_reports_both_threat_models_and_noise_settings(run_a):
   assert s["epsilon_release"] < s["epsilon_server"]
   assert s["delta"] == min(1e-5, 1 / (10 * NUM_CLIENTS))
   assert (s["sampling"], s["noise_mode"]) == ("poisson", "simulation")
+  assert s["noise_reproducible"] is True  # central DP, seeded
   # Constant shard count: enough for the largest Poisson cohort of each stage.
   big2 = sampling.max_cohort_size(3, 2, 2, NUM_CLIENTS, 10)
   assert s["tff_shards_per_round"]["stage2"] == math.ceil(big2 / 4)
