@@ -83,7 +83,8 @@ class ProgramOptions:
       computed on every client's data); False turns them all off.
     shard_transport: 'file' (each round's shards are written to files that the TFF
       clients' datasets read: the computation ships file names) or 'inline' (the data
-      itself is serialized into each round's datasets).
+      itself is serialized into each round's datasets). With
+      privacy.noise_mode='secure' the shards always stay in memory ('inline').
   """
   shard_size: Optional[int] = None
   checkpoint_every: int = 5
