@@ -14,19 +14,27 @@ z/S: the central noise stddev stays z*clip (calibrated to one *simulated* client
 sensitivity), and for distributed DP each TFF client adds the share of S simulated
 clients (variance S * sigma^2 / M, the sum of S independent shares). With S = 1
 this is exactly the standard per-client configuration.
+
+Distributed DP: `AggregatorSpec.noise_multiplier` is the *effective* Gaussian multiplier
+the accountant uses; TFF's rounding inflates the sensitivity to clip + gamma*sqrt(d), so
+the factory is given the nominal multiplier whose effective value after rounding meets
+it (`pina_tff.privacy.ddp`, computed once the update dimension d is known).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-import tensorflow_privacy as tfp
 # DistributedDpSumFactory is not exported under tff.aggregators in TFF 0.87, but it is
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
+
+from pina_tff.privacy import ddp as ddp_lib
 
 AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
 
@@ -37,10 +45,12 @@ class AggregatorSpec:
 
   Attributes:
     kind: 'ddp' (distributed discrete Gaussian over secure aggregation), 'central'
-      (Gaussian added by the server, tensorflow_privacy GaussianSumQuery),
+      (Gaussian added by the server from a seed in the aggregator state,
+      `SeededGaussianSumFactory`),
       'secure_sum' (secure sum, no noise) or 'sum' (plain federated_sum: the server
       sees each client's value; used for IFCA+LDP, whose clients add their own noise).
-    noise_multiplier: z, central noise std / clip (0 = no noise).
+    noise_multiplier: z, central noise std / clip (0 = no noise); for 'ddp' the
+      effective multiplier after TFF's rounding (what the accountant uses).
     clip_norm: per-simulated-client L2 bound (the client work clips; the factory's
       bound is only a safety net).
     expected_clients: M, the fixed denominator (expected simulated cohort size).
@@ -69,22 +79,142 @@ class AggregatorSpec:
     return 0.0 if self.kind in ("sum", "secure_sum") else self.noise_multiplier * self.clip_norm
 
 
+def _value_dim(value_type) -> int:
+  """Number of scalars in a (structure of) tensor type(s)."""
+  if isinstance(value_type, tff.TensorType):
+    return int(np.prod(value_type.shape))
+  return sum(_value_dim(t) for t in value_type.children())
+
+
+class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """TFF's DistributedDpSumFactory whose *effective* multiplier is `spec.noise_multiplier`.
+
+  At `create` (when the dimension d is known) the nominal multiplier z_nom is solved
+  from z_eff = z_nom * clip / (clip + gamma(z_nom) * sqrt(d_padded)), and the bit width
+  and discretization regime are checked (`pina_tff.privacy.ddp.check_ddp_regime`).
+  """
+
+  def __init__(self, spec: "AggregatorSpec"):
+    self._spec = spec
+    self.nominal_multiplier = None
+    self.ddp_parameters = None
+
+  def create(self, value_type):
+    spec = self._spec
+    dim = _value_dim(value_type)
+    z_nom = ddp_lib.nominal_for_effective(spec.noise_multiplier, spec.clip_norm,
+                                          spec.shard_size, spec.num_shards, dim,
+                                          spec.ddp_bits)
+    ddp_lib.check_ddp_regime(z_nom, spec.clip_norm, spec.shard_size, spec.num_shards,
+                             dim, spec.ddp_bits)
+    self.nominal_multiplier = z_nom
+    self.ddp_parameters = ddp_lib.ddp_parameters(z_nom, spec.clip_norm, spec.shard_size,
+                                                 spec.num_shards, dim, spec.ddp_bits)
+    return distributed_dp.DistributedDpSumFactory(
+        noise_multiplier=z_nom / spec.shard_size,
+        expected_clients_per_round=spec.num_shards,
+        bits=spec.ddp_bits,
+        l2_clip=spec.shard_size * spec.clip_norm,
+        modclip_prob=ddp_lib.DEFAULT_MODCLIP_PROB,
+        mechanism="distributed_dgauss",
+        rotation_type="hd",
+        auto_l2_clip=False).create(value_type)
+
+
+SEED_SHAPE = (2,)
+
+
+def random_seed() -> np.ndarray:
+  """A fresh noise seed from the operating system's entropy (secure noise mode)."""
+  return np.frombuffer(os.urandom(16), dtype=np.int64).copy()
+
+
+def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
+  """The noise seed of round ``rnd`` of ``stage`` in simulation mode (from the run seed)."""
+  words = np.random.SeedSequence([int(run_seed), int(stage), int(rnd), 0xD15C]
+                                 ).generate_state(4, np.uint32).astype(np.int64)
+  return np.array([words[0] << 31 | words[1], words[2] << 31 | words[3]], np.int64)
+
+
+class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """Central DP: clip each TFF client's value to ``l2_clip``, sum, and add N(0, stddev²)
+  per coordinate at the server from a *stateless* seed held in the aggregator state.
+
+  The state is the int64[2] seed of the next round (advanced by a stateless split each
+  round); the program overwrites it before every round with :func:`derived_seed`
+  (simulation: the run's seed fixes the noise, a resumed run repeats it exactly) or
+  :func:`random_seed` (secure: OS entropy, kept in memory only). Default initial seed:
+  OS entropy. Same mechanism as ``tfp.GaussianSumQuery`` (whose
+  ``tf.random_normal_initializer`` cannot be seeded per round).
+  """
+
+  def __init__(self, l2_clip: float, stddev: float):
+    self._clip = float(l2_clip)
+    self._stddev = float(stddev)
+
+  def create(self, value_type):
+    clip, stddev = self._clip, self._stddev
+    seed_type = tff.TensorType(np.int64, SEED_SHAPE)
+    initial = random_seed()
+
+    @tff.tensorflow.computation()
+    def init_seed():
+      return tf.constant(initial, tf.int64)
+
+    @tff.tensorflow.computation(value_type)
+    def clip_value(value):
+      flat = tf.nest.flatten(value)
+      clipped, _ = tf.clip_by_global_norm(flat, clip)
+      return tf.nest.pack_sequence_as(value, clipped)
+
+    @tff.tensorflow.computation(value_type, seed_type)
+    def add_noise(total, seed):
+      flat = tf.nest.flatten(total)
+      noised = [v + tf.cast(stddev, v.dtype) * tf.random.stateless_normal(
+          tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, i),
+          dtype=v.dtype) for i, v in enumerate(flat)]
+      return tf.nest.pack_sequence_as(total, noised)
+
+    @tff.tensorflow.computation(seed_type)
+    def advance(seed):
+      return tf.random.experimental.stateless_split(seed, 1)[0]
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_eval(init_seed, tff.SERVER)
+
+    @tff.federated_computation(tff.FederatedType(seed_type, tff.SERVER),
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      total = tff.federated_sum(tff.federated_map(clip_value, value))
+      result = tff.federated_map(add_noise, (total, state))
+      return tff.templates.MeasuredProcessOutput(
+          state=tff.federated_map(advance, state), result=result,
+          measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def has_noise_seed(spec: "AggregatorSpec") -> bool:
+  """Whether the aggregator's state is a noise seed (set per round by the program)."""
+  return spec.kind == "central"
+
+
+def with_noise_seed(state, seed):
+  """A learning-process state whose aggregator noise seed is ``seed`` (int64[2])."""
+  return tff.learning.templates.LearningAlgorithmState(
+      global_model_weights=state.global_model_weights, distributor=state.distributor,
+      client_work=state.client_work, aggregator=np.asarray(seed, np.int64),
+      finalizer=state.finalizer)
+
+
 def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
   """The inner (unweighted) sum factory for one TFF client = one shard."""
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
-    return distributed_dp.DistributedDpSumFactory(
-        noise_multiplier=spec.noise_multiplier / spec.shard_size,
-        expected_clients_per_round=spec.num_shards,
-        bits=spec.ddp_bits,
-        l2_clip=shard_clip,
-        mechanism="distributed_dgauss",
-        rotation_type="hd",
-        auto_l2_clip=False)
+    return EffectiveDdpSumFactory(spec)
   if spec.kind == "central":
-    query = tfp.GaussianSumQuery(l2_norm_clip=shard_clip,
-                                 stddev=spec.noise_multiplier * spec.clip_norm)
-    return tff.aggregators.DifferentiallyPrivateFactory(query)
+    return SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)
   if spec.kind == "secure_sum":
     return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(shard_clip),
                                             lower_bound_threshold=-float(shard_clip))

@@ -49,8 +49,14 @@ def _aggregator_kind(kind: str, noise_multiplier: float) -> str:
 
 
 def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
-                diagnostics: bool = True) -> lp.ProcessSpec:
-  """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator."""
+                diagnostics: bool = True, num_shards: int | None = None
+                ) -> lp.ProcessSpec:
+  """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator.
+
+  ``num_shards``: TFF clients per round, constant over the stage (the program pads
+  Poisson cohorts to it so the distributed-DP noise shares stay the same); default
+  ceil(cohort / shard_size). The denominator is the expected cohort qP = cohort.
+  """
   s0 = cfg.stage0
   # Every method, IFCA+LDP included, warms the head up through the configured aggregator.
   kind = cfg.stage2.aggregator
@@ -62,16 +68,21 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
       aggregator=agg.AggregatorSpec(kind=_aggregator_kind(kind, z0), noise_multiplier=z0,
                                     clip_norm=s0.clip, expected_clients=s0.cohort,
                                     shard_size=shard_size,
-                                    num_shards=_num_shards(s0.cohort, shard_size),
+                                    num_shards=num_shards or _num_shards(s0.cohort,
+                                                                         shard_size),
                                     ddp_bits=cfg.stage2.ddp_bits),
       shard_size=shard_size, n_max=n_max, scaling_mode="none",
       server_learning_rate=cfg.stage2.server_lr, simulation_diagnostics=diagnostics)
 
 
 def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
-                expected_local_steps: float = 1.0, diagnostics: bool = True
-                ) -> lp.ProcessSpec:
-  """The stage-2 process of `cfg.method` (see the module table)."""
+                expected_local_steps: float = 1.0, diagnostics: bool = True,
+                num_shards: int | None = None) -> lp.ProcessSpec:
+  """The stage-2 process of `cfg.method` (see the module table).
+
+  ``num_shards`` as in :func:`stage0_spec`. IFCA+LDP: each client adds N(0, (z2·S2)²)
+  itself (local DP; the aggregate is a plain sum).
+  """
   s2, method = cfg.stage2, cfg.method
   clustered = method in CLUSTERED
   ldp = method == "ifca_ldp"
@@ -86,7 +97,7 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
       kind="sum" if ldp else _aggregator_kind(s2.aggregator, z2),
       noise_multiplier=0.0 if ldp else z2,
       clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
-      num_shards=_num_shards(s2.cohort, shard_size), ddp_bits=s2.ddp_bits)
+      num_shards=num_shards or _num_shards(s2.cohort, shard_size), ddp_bits=s2.ddp_bits)
   scaling = s2.scaling if method in ("pina", "pina_ri") else "none"
   return lp.ProcessSpec(
       local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,

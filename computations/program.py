@@ -8,9 +8,23 @@ every stage boundary; per-round metrics are released to a `CSVFileReleaseManager
 function of (seed, stage, round), so a run killed at any moment and started again
 with the same command continues from its last checkpoint and, where the aggregator
 adds no noise (epsilon = inf), ends with exactly the metrics of an uninterrupted run.
-(The DP aggregators draw their noise from TensorFlow's own generators, which are not
-part of the checkpoint: with noise the resumed run is statistically, not bitwise,
-the same.)
+Noise (`cfg.privacy.noise_mode`): in 'simulation' mode the local-DP noise (stage-1
+sketches, IFCA+LDP) and the central-DP noise are functions of (seed, stage, round), so
+with `aggregator='central'` two runs with the same seed, and a resumed run, are
+identical at any ε. TFF's distributed-DP factory cannot be seeded (TFF 0.87: its
+stochastic rounding seeds itself from `tf.timestamp()` at every call, and the discrete
+Gaussian noise comes from unseeded tensorflow_probability samplers): with
+`aggregator='ddp'` and finite ε a repeated or resumed run is statistically, not
+bitwise, the same. In 'secure' mode every noise seed comes from `os.urandom` and is
+never written (shards stay in memory).
+
+Privacy wiring (`docs/privacy.md`): cohorts of stages 0 and 2 follow
+`cfg.privacy.sampling` (`pina_tff.simulation.sampling`, Poisson by default), the mean
+keeps the fixed denominator qP, and each stage runs a constant number of TFF shards
+(enough for its largest cohort; empty shards send zero) so the distributed-DP noise
+shares per round stay constant. `summary.json` reports ε under both threat models,
+which one the noise was calibrated to, δ, the sampling scheme, every noise multiplier,
+the local ε's, the noise mode, and the released metrics that ε does not cover.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from scipy import optimize
 
+from computations import aggregators as agg
 from computations import client_work as cw
 from computations import learning_process as lp
 from computations import methods
@@ -42,7 +57,9 @@ from pina_tff.clustering import metrics as cluster_metrics
 from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
+from pina_tff.privacy import ddp as ddp_lib
 from pina_tff.simulation import population as population_lib
+from pina_tff.simulation import sampling as sampling_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import shards as shards_lib
@@ -61,10 +78,13 @@ class ProgramOptions:
     progress: 'auto' (bar on a terminal, log lines otherwise), 'bar', 'log', 'none'.
     stop_after_rounds: stop (as if killed) after this many rounds of this invocation;
       for tests of resume.
-    simulation_diagnostics: report simulation-only per-cluster counts.
+    simulation_diagnostics: compute and release the diagnostics that ε does not cover
+      (per-cluster counts and mean training loss summed in the clear, accuracies
+      computed on every client's data); False turns them all off.
     shard_transport: 'file' (each round's shards are written to files that the TFF
       clients' datasets read: the computation ships file names) or 'inline' (the data
-      itself is serialized into each round's datasets).
+      itself is serialized into each round's datasets). With
+      privacy.noise_mode='secure' the shards always stay in memory ('inline').
   """
   shard_size: Optional[int] = None
   checkpoint_every: int = 5
@@ -106,23 +126,63 @@ class _Progress:
       self.bar.close()
 
 
-def _cohort(rng_seed, size: int, population: int) -> np.ndarray:
-  rng = np.random.default_rng(rng_seed)
-  return np.sort(rng.choice(population, size=min(size, population), replace=False))
+#: Released metrics that ε does not cover (simulation diagnostics), by where they go.
+UNPROTECTED_METRICS = {
+    "metrics.csv": ["test_accuracy", "clustering_accuracy", "train_loss", "count_*"],
+    "summary.json": ["final_accuracy", "clustering_accuracy", "init_clustering_accuracy"],
+}
+_NOTE_UNPROTECTED = (
+    "simulation diagnostics, not covered by epsilon: accuracies are computed on every "
+    "client's data; train_loss and the per-cluster counts count_* are summed in the "
+    "clear. The norm_*/w_*/scale_* columns are functions of the noised aggregate "
+    "(covered).")
 
 
-def _client_seeds(seed: int, stage: int, rnd: int, ids) -> list:
+def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simulation"
+                  ) -> list:
+  """Each client's stateless seed (training shuffles and its local-DP noise).
+
+  'simulation': a function of (seed, stage, round, client id), so runs repeat;
+  'secure': drawn from os.urandom for every round, kept in memory only.
+  """
+  if noise_mode == "secure":
+    base = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1)
+    return [(base, int(i)) for i in ids]
   base = (seed * 1_000_003 + stage * 7_919 + rnd) % (2 ** 31 - 1)
   return [(base, int(i)) for i in ids]
 
 
-def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=None):
-  """The round's TFF client datasets: shards of the cohort (file-backed if file_dir)."""
+def _noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
+  """Central-DP noise seed of a round: from the run seed, or OS entropy (secure)."""
+  if cfg.privacy.noise_mode == "secure":
+    return agg.random_seed()
+  return agg.derived_seed(cfg.seed, stage, rnd)
+
+
+def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
+                shard_size: int) -> int:
+  """TFF clients per round of ``stage``: enough for its largest scheduled cohort."""
+  largest = sampling_lib.max_cohort_size(cfg.seed, stage, rounds, population, cohort,
+                                         cfg.privacy.sampling)
+  return max(1, math.ceil(max(largest, 1) / shard_size))
+
+
+def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=None,
+                num_shards=None):
+  """The round's TFF client datasets: shards of the cohort (file-backed if file_dir),
+  padded with empty shards to ``num_shards``."""
   datasets = []
-  for i, chunk in enumerate(shards_lib.split_cohort(list(range(len(ids))), shard_size)):
+  chunks = shards_lib.split_cohort(list(range(len(ids))), shard_size)
+  if num_shards is not None:
+    if len(chunks) > num_shards:
+      raise ValueError(f"a cohort of {len(ids)} needs {len(chunks)} shards > {num_shards}")
+    chunks += [[] for _ in range(num_shards - len(chunks))]
+  feature_shapes = {k: clients[0][k].shape[1:] for k in feature_keys}
+  for i, chunk in enumerate(chunks):
     members = [clients[ids[j]] for j in chunk]
     shard = shards_lib.pack_shard(members, feature_keys, n_max, num_slots=shard_size,
-                                  client_seeds=[seeds[j] for j in chunk])
+                                  client_seeds=[seeds[j] for j in chunk],
+                                  feature_shapes=feature_shapes)
     datasets.append(cw.shard_to_file_dataset(shard, file_dir, f"shard{i:05d}")
                     if file_dir else cw.shard_to_dataset(shard))
   return datasets
@@ -220,7 +280,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
                       f"larger than the population of {size} clients in {clients_dir}")
   if cfg.population != size:
     # The data decides the population; a delta that was only the default 1/P follows it.
-    default_delta = math.isclose(cfg.privacy.delta, 1.0 / cfg.population)
+    default_delta = math.isclose(cfg.privacy.delta,
+                                 config_lib.default_delta(cfg.population))
     cfg = config_lib.validate(dataclasses.replace(
         cfg, population=size,
         privacy=dataclasses.replace(cfg.privacy,
@@ -240,12 +301,17 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
   expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
                                                                 cfg.stage2.batch_size))
-  spec2 = methods.stage2_spec(cfg, z2, shard_size, n_max, pop.num_true_clusters,
-                              expected_steps, options.simulation_diagnostics)
-  update_size = tm.vector_size(shapes, spec2.local.send_keys)
   t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
   t2 = cfg.stage2.rounds
+  num_shards2 = _num_shards(cfg, 2, t2, pop.size, cfg.stage2.cohort, shard_size)
+  num_shards0 = _num_shards(cfg, 0, t0, pop.size, cfg.stage0.cohort, shard0)
+  spec2 = methods.stage2_spec(cfg, z2, shard_size, n_max, pop.num_true_clusters,
+                              expected_steps, options.simulation_diagnostics,
+                              num_shards=num_shards2)
+  update_size = tm.vector_size(shapes, spec2.local.send_keys)
   plan = accounting.plan_from_config(cfg)
+  secure = cfg.privacy.noise_mode == "secure"
+  diagnostics = options.simulation_diagnostics
 
   manager = tff.program.FileProgramStateManager(os.path.join(root_dir, "checkpoints"),
                                                 keep_total=2)
@@ -260,7 +326,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   csv_manager = tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
                                                   key_fieldname="key")
   tb_manager = tff.program.TensorBoardReleaseManager(os.path.join(root_dir, "tensorboard"))
-  evaluator = _Evaluator(pop, num_clusters)
+  evaluator = _Evaluator(pop, num_clusters) if diagnostics else None
+  nan2 = (float("nan"), float("nan"))
   start_time = time.monotonic() - float(st["elapsed"])
   rounds_this_call = 0
   progress = _Progress(options.progress, t0 + t2,
@@ -295,7 +362,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
     raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
                       f"{options.shard_transport!r}")
   file_dir = None
-  if options.shard_transport == "file":
+  # Secure noise mode: client seeds never touch a file (shards stay in memory).
+  if options.shard_transport == "file" and not secure:
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     file_dir = tempfile.mkdtemp(prefix="pina-shards-", dir=shm)
   try:
@@ -303,7 +371,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
     if int(st["phase"]) == PHASE_STAGE0:
       if t0 > 0:
         spec0 = methods.stage0_spec(cfg, z0, shard0, n_max, cfg.stage2.batch_size,
-                                    options.simulation_diagnostics)
+                                    diagnostics, num_shards=num_shards0)
         proc0 = lp.build_process(model, spec0)
         base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
         state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
@@ -311,21 +379,27 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         for rnd in range(int(st["round"]) + 1, t0 + 1):
           if stop_requested():
             return {"interrupted": True}
-          ids = _cohort([cfg.seed, 0, rnd], cfg.stage0.cohort, pop.size)
+          ids = sampling_lib.cohort(cfg.seed, 0, rnd, pop.size, cfg.stage0.cohort,
+                                    cfg.privacy.sampling)
           data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
-                             _client_seeds(cfg.seed, 0, rnd, ids), file_dir)
+                             _client_seeds(cfg.seed, 0, rnd, ids, cfg.privacy.noise_mode),
+                             file_dir, num_shards0)
+          if agg.has_noise_seed(spec0.aggregator):
+            state = agg.with_noise_seed(state, _noise_seed(cfg, 0, rnd))
           out = proc0.next(state, data)
           state = out.state
           w = proc0.get_model_weights(state).trainable
           st["head_kernel"] = np.asarray(w["head_kernel"][0])
           st["head_bias"] = np.asarray(w["head_bias"][0])
           params = {k: np.asarray(v) for k, v in w.items()}
-          acc = evaluator(params)[0] if _due(rnd, t0, options.eval_every) else float("nan")
-          eps = accounting.epsilon_spent_after(rnd, "stage0", plan, report.noise_multipliers,
-                                               report.delta) if z0 > 0 else float("inf")
+          acc = (evaluator(params)[0] if diagnostics and _due(rnd, t0, options.eval_every)
+                 else float("nan"))
+          eps = accounting.epsilon_spent_after(
+              rnd, "stage0", plan, report.noise_multipliers, report.delta,
+              report.accountant, report.threat_model) if z0 > 0 else float("inf")
           loss = float(out.metrics["client_work"]["loss_sum"]) / max(
               1.0, float(out.metrics["client_work"]["num_clients"])) \
-              if options.simulation_diagnostics else float("nan")
+              if diagnostics else float("nan")
           release(0, rnd, acc, float("nan"), loss, eps)
           rounds_this_call += 1
           st["round"] = np.int32(rnd)
@@ -339,7 +413,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
       init = {k: np.repeat(v[None], num_clusters, axis=0) for k, v in base.items()}
       if cfg.method == "pina":
-        centroids, acc1 = _stage1(cfg, pop, base, z1, n_max, log)
+        centroids, acc1 = _stage1(cfg, pop, base, z1, n_max, log, diagnostics)
         st["init_clustering_accuracy"] = np.float64(acc1)
         delta = tm.unflatten(tf.constant(centroids), shapes, tm.LORA_KEYS,
                              lead_shape=(num_clusters,))
@@ -368,23 +442,28 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       for rnd in range(int(st["round"]) + 1, t2 + 1):
         if stop_requested():
           return {"interrupted": True}
-        ids = _cohort([cfg.seed, 2, rnd], cfg.stage2.cohort, pop.size)
+        ids = sampling_lib.cohort(cfg.seed, 2, rnd, pop.size, cfg.stage2.cohort,
+                                  cfg.privacy.sampling)
         data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
-                           _client_seeds(cfg.seed, 2, rnd, ids), file_dir)
+                           _client_seeds(cfg.seed, 2, rnd, ids, cfg.privacy.noise_mode),
+                           file_dir, num_shards2)
+        if agg.has_noise_seed(spec2.aggregator):
+          state = agg.with_noise_seed(state, _noise_seed(cfg, 2, rnd))
         out = proc.next(state, data)
         state = out.state
         params = {k: np.asarray(v)
                   for k, v in proc.get_model_weights(state).trainable.items()}
         st["weights"] = collections.OrderedDict((k, params[k]) for k in shapes)
         st["velocity"] = np.asarray(state.finalizer["velocity"])
-        acc, clus = (evaluator(params) if _due(rnd, t2, options.eval_every)
-                     else (float("nan"), float("nan")))
-        eps = (accounting.epsilon_spent_after(rnd, "stage2", plan, report.noise_multipliers,
-                                              report.delta) if z2 > 0 else float("inf"))
+        acc, clus = (evaluator(params) if diagnostics and _due(rnd, t2, options.eval_every)
+                     else nan2)
+        eps = (accounting.epsilon_spent_after(
+            rnd, "stage2", plan, report.noise_multipliers, report.delta,
+            report.accountant, report.threat_model) if z2 > 0 else float("inf"))
         cwm = out.metrics["client_work"]
-        counts = np.asarray(cwm["cluster_counts"]) if options.simulation_diagnostics else None
+        counts = np.asarray(cwm["cluster_counts"]) if diagnostics else None
         loss = (float(cwm["loss_sum"]) / max(1.0, float(cwm["num_clients"]))
-                if options.simulation_diagnostics else float("nan"))
+                if diagnostics else float("nan"))
         release(2, rnd, acc, clus, loss, eps, counts, out.metrics["finalizer"])
         rounds_this_call += 1
         st["round"] = np.int32(rnd)
@@ -395,7 +474,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         if rnd % options.checkpoint_every == 0 or rnd == t2:
           save(PHASE_STAGE2, rnd)
       if t2 == 0:
-        acc, clus = evaluator(params)
+        acc, clus = evaluator(params) if diagnostics else nan2
         st["final_accuracy"], st["final_clustering_accuracy"] = acc, clus
       save(PHASE_DONE, t2)
   finally:
@@ -403,6 +482,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
     if file_dir is not None:
       shutil.rmtree(file_dir, ignore_errors=True)
 
+  privacy_summary = _privacy_summary(cfg, report, spec2, num_shards0, num_shards2,
+                                     shard0, shard_size, shapes, diagnostics)
   summary = collections.OrderedDict(
       method=cfg.method, method_name=methods.METHOD_NAMES[cfg.method],
       dataset=pop.dataset, epsilon_target=_finite_or_str(cfg.privacy.epsilon),
@@ -419,7 +500,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       init_clustering_accuracy=(float(st["init_clustering_accuracy"])
                                 if cfg.method == "pina" else None),
       wall_clock_s=float(st["elapsed"]), privacy=report.to_dict(),
-      config=config_lib.to_dict(cfg))
+      config=config_lib.to_dict(cfg), **privacy_summary)
   _write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
   return summary
 
@@ -478,11 +559,46 @@ def _with_finalizer_state(state, rnd: int, velocity):
       client_work=state.client_work, aggregator=state.aggregator, finalizer=fin)
 
 
-def _stage1(cfg, pop, base, z1, n_max, log):
+def _privacy_summary(cfg, report, spec2, num_shards0, num_shards2, shard0, shard2,
+                     shapes, diagnostics) -> dict:
+  """The privacy fields of summary.json (see the module docstring)."""
+  nominal = {}
+  for stage, kind, z, clip, shard, n, keys, clusters in (
+      ("stage0", cfg.stage2.aggregator, report.z0, cfg.stage0.clip, shard0, num_shards0,
+       tm.HEAD_KEYS, 1),
+      ("stage2", spec2.aggregator.kind, report.z2, cfg.stage2.clip, shard2, num_shards2,
+       spec2.local.send_keys, spec2.local.num_clusters)):
+    if kind == "ddp" and z > 0:
+      dim = clusters * tm.vector_size(shapes, keys)
+      nominal[stage] = ddp_lib.nominal_for_effective(z, clip, shard, n, dim,
+                                                     cfg.stage2.ddp_bits)
+  p = cfg.privacy
+  return dict(
+      epsilon_release=_finite_or_str(report.epsilons["release"]),
+      epsilon_server=_finite_or_str(report.epsilons["server"]),
+      threat_model_calibrated=report.threat_model, sampling=p.sampling,
+      noise_mode=p.noise_mode, accountant=report.accountant,
+      # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
+      # (whose rounding and discrete Gaussian noise cannot be seeded; docs/privacy.md).
+      noise_reproducible=(p.noise_mode == "simulation" and not any(
+          k == "ddp" and z > 0 for k, z in ((cfg.stage2.aggregator, report.z0),
+                                            (spec2.aggregator.kind, report.z2)))),
+      local_epsilon1_sensitivity="2*S1 (any two inputs of one client)",
+      local_epsilon_ifca_ldp=(_finite_or_str(report.local_epsilon2)
+                              if report.local_epsilon2 is not None else None),
+      max_participations=report.max_participations,
+      ddp_nominal_noise_multipliers=nominal,
+      tff_shards_per_round={"stage0": num_shards0, "stage2": num_shards2},
+      simulation_diagnostics=diagnostics,
+      released_outside_epsilon=(dict(UNPROTECTED_METRICS, note=_NOTE_UNPROTECTED)
+                                if diagnostics else {}))
+
+
+def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True):
   """Sketch computation over M1 clients + server k-means. Returns (centroids, acc)."""
   s1 = cfg.stage1
   m1 = min(s1.num_sketch_clients, pop.size)
-  ids = _cohort([cfg.seed, 1, 0], m1, pop.size)
+  ids = sampling_lib.sketch_cohort(cfg.seed, pop.size, m1)
   model = pop.model
   shard_size = shards_lib.default_shard_size(m1)
   spec = local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
@@ -491,7 +607,7 @@ def _stage1(cfg, pop, base, z1, n_max, log):
   comp = stage1_lib.build_sketch_computation(model, spec, s1.top_k, s1.clip, z1,
                                              shard_size, n_max)
   data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
-                     _client_seeds(cfg.seed, 1, 0, ids))
+                     _client_seeds(cfg.seed, 1, 0, ids, cfg.privacy.noise_mode))
   weights = lp.model_weights({k: v[None] for k, v in base.items()})
   log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, z1={z1:.3f})")
   sketches = stage1_lib.collect_sketches(comp(weights, data))
@@ -499,6 +615,8 @@ def _stage1(cfg, pop, base, z1, n_max, log):
   centroids, labels = kmeans_lib.kmeans_init(sketches, cfg.num_clusters, cfg.seed,
                                              n_init=s1.kmeans_restarts,
                                              post_process_k=post_k)
+  if not diagnostics:
+    return centroids, float("nan")
   acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
   log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
   return centroids, acc

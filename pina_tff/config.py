@@ -2,10 +2,11 @@
 
 ``validate(cfg)`` raises :class:`pina_tff.errors.ConfigError` with one clear message
 per problem (the first one found) and returns the config with defaults resolved:
-``privacy.delta`` = 1/P when unset (spec: default δ ≤ 1/P) and ``privacy.budget_split``
-= the accounting default when unset. δ > 1/P is an error unless
-``privacy.allow_delta_above_inverse_population`` is set, in which case it is a warning
-[project choice].
+``privacy.delta`` = min(1e-5, 1/(10·P)) when unset (``default_delta``; the reasoning is in
+``pina_tff.privacy.accounting``) and ``privacy.budget_split`` = the accounting default
+when unset. δ > 1/P is an error unless ``privacy.allow_delta_above_inverse_population``
+is set, in which case it is a warning [project choice]. A finite ε with a noise-free
+aggregator (``secure_sum``) is an error, and so is ``ddp_bits`` outside [16, 22].
 
 Files: :func:`load_config` reads JSON (``.json``) or YAML (``.yaml``/``.yml``, needs
 pyyaml); unknown keys are rejected with the list of valid ones. ``epsilon`` accepts
@@ -28,18 +29,30 @@ METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova"
 AGGREGATORS = ("ddp", "central", "secure_sum")
 SCALINGS = ("none", "min_norm", "normality", "pina")
 ACCOUNTANTS = ("rdp", "pld")
+THREAT_MODELS = ("server", "release")
+NOISE_MODES = ("simulation", "secure")
+SAMPLINGS = ("poisson", "fixed")
+DDP_BITS = (16, 22)
 BUDGET_STAGES = ("stage0", "stage1", "stage2")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyConfig:
-  """Total (ε, δ) against the server and how to spend it.
+  """Total (ε, δ), how to spend it, and against whom (see ``pina_tff.privacy``).
 
-  epsilon: total ε (> 0; ``math.inf`` = no DP). delta: total δ in (0, 1); None → 1/P.
+  epsilon: total ε (> 0; ``math.inf`` = no DP). delta: total δ in (0, 1); None →
+  ``default_delta(P)`` = min(1e-5, 1/(10·P)).
   budget_split: ε share per stage ({'stage0','stage1','stage2'} → fraction); None →
   ``pina_tff.privacy.accounting.DEFAULT_BUDGET_SPLIT`` (0.1 / 0.2 / 0.7).
   accountant: 'rdp' (default) or 'pld'. local_delta: δ1 for the reported local ε1 of the
   sketches (None → delta).
+  threat_model: 'server' (default: the server knows who took part; no amplification)
+  or 'release' (anyone who sees the released models; amplification by Poisson
+  sampling): the ε the noise is calibrated to. Both are reported.
+  sampling: cohorts of stages 0 and 2: 'poisson' (default; each client joins with
+  probability cohort/P) or 'fixed' (exactly `cohort` clients; no amplification).
+  noise_mode: 'simulation' (default: every noise seed derives from the run's seed, runs
+  repeat exactly) or 'secure' (noise seeds from os.urandom, never stored).
   """
   epsilon: float = 8.0
   delta: Optional[float] = None
@@ -47,6 +60,9 @@ class PrivacyConfig:
   accountant: str = "rdp"
   local_delta: Optional[float] = None
   allow_delta_above_inverse_population: bool = False
+  threat_model: str = "server"
+  sampling: str = "poisson"
+  noise_mode: str = "simulation"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +129,11 @@ _SECTIONS = {"privacy": PrivacyConfig, "stage0": Stage0Config, "stage1": Stage1C
              "stage2": Stage2Config}
 
 
+def default_delta(population: int) -> float:
+  """Default δ = min(1e-5, 1/(10·P)) (justified in ``pina_tff.privacy.accounting``)."""
+  return min(1e-5, 1.0 / (10.0 * population))
+
+
 def _err(where: str, expected: str, found: Any) -> ConfigError:
   return ConfigError(f"{where}: expected {expected}, found {found!r}.")
 
@@ -132,6 +153,9 @@ def validate(cfg: RunConfig) -> RunConfig:
   _choice("stage2.aggregator", s2.aggregator, AGGREGATORS)
   _choice("stage2.scaling", s2.scaling, SCALINGS)
   _choice("privacy.accountant", p.accountant, ACCOUNTANTS)
+  _choice("privacy.threat_model", p.threat_model, THREAT_MODELS)
+  _choice("privacy.sampling", p.sampling, SAMPLINGS)
+  _choice("privacy.noise_mode", p.noise_mode, NOISE_MODES)
   if cfg.population < 1:
     raise _err("population", "an integer >= 1", cfg.population)
   if cfg.num_clusters < 1:
@@ -146,7 +170,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     raise _err("privacy.epsilon", "a value > 0 (inf = no DP)", eps)
   delta = p.delta
   if delta is None:
-    delta = 1.0 / cfg.population
+    delta = default_delta(cfg.population)
   if not 0.0 < delta < 1.0:
     raise _err("privacy.delta", "a value in (0, 1)", delta)
   if delta > 1.0 / cfg.population:
@@ -219,8 +243,16 @@ def validate(cfg: RunConfig) -> RunConfig:
     raise _err("stage2.server_momentum", "a value in [0, 1)", s2.server_momentum)
   if s2.fedprox_mu < 0:
     raise _err("stage2.fedprox_mu", "a value >= 0", s2.fedprox_mu)
-  if not 1 <= s2.ddp_bits <= 32:
-    raise _err("stage2.ddp_bits", "an integer in [1, 32]", s2.ddp_bits)
+  if not DDP_BITS[0] <= s2.ddp_bits <= DDP_BITS[1]:
+    raise _err("stage2.ddp_bits", f"an integer in [{DDP_BITS[0]}, {DDP_BITS[1]}] "
+               "(TFF accepts at most 22; below 16 the Gaussian accounting of the "
+               "distributed discrete Gaussian does not hold)", s2.ddp_bits)
+  if s2.aggregator == "secure_sum" and math.isfinite(eps):
+    stage0_on = s0.enabled and s0.rounds > 0
+    if cfg.method != "ifca_ldp" or stage0_on:
+      raise ConfigError(
+          f"stage2.aggregator: 'secure_sum' adds no noise, so privacy.epsilon={eps} "
+          "cannot hold; use 'ddp' or 'central', or privacy.epsilon=inf.")
   return dataclasses.replace(
       cfg, privacy=dataclasses.replace(p, delta=delta, budget_split=dict(split)))
 

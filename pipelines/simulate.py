@@ -31,7 +31,17 @@ flags.DEFINE_string("root_dir", None, "Run directory: checkpoints, metrics, summ
 flags.DEFINE_string("config", None, "Optional JSON/YAML RunConfig; flags override it.")
 flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Method (default: pina).")
 flags.DEFINE_string("epsilon", None, "Total epsilon: a number or 'inf' (default 8).")
-flags.DEFINE_float("delta", None, "Total delta (default 1/population).")
+flags.DEFINE_float("delta", None, "Total delta (default min(1e-5, 1/(10*population))).")
+flags.DEFINE_enum("threat_model", None, list(config_lib.THREAT_MODELS),
+                  "Epsilon the noise is calibrated to: 'server' (knows who took part; "
+                  "default) or 'release' (sees only the models). Both are reported.")
+flags.DEFINE_enum("sampling", None, list(config_lib.SAMPLINGS),
+                  "Cohorts of stages 0 and 2: 'poisson' (default) or 'fixed'.")
+flags.DEFINE_enum("noise_mode", None, list(config_lib.NOISE_MODES),
+                  "'simulation' (noise from --seed; default) or 'secure' (OS entropy).")
+flags.DEFINE_bool("diagnostics", True,
+                  "Release the diagnostics epsilon does not cover (accuracies on client "
+                  "data, cluster counts, training loss); --diagnostics=false: none.")
 flags.DEFINE_integer("rounds", None, "Stage-2 rounds T2.")
 flags.DEFINE_integer("stage0_rounds", None, "Stage-0 head warm-up rounds T0 (0: off).")
 flags.DEFINE_integer("cohort", None, "Clients per round M (stages 0 and 2).")
@@ -69,6 +79,9 @@ def build_config(flag_values) -> config_lib.RunConfig:
   over = {
       ("method",): flag_values.method, ("num_clusters",): flag_values.num_clusters,
       ("seed",): flag_values.seed, ("privacy", "delta"): flag_values.delta,
+      ("privacy", "threat_model"): flag_values.threat_model,
+      ("privacy", "sampling"): flag_values.sampling,
+      ("privacy", "noise_mode"): flag_values.noise_mode,
       ("stage2", "rounds"): flag_values.rounds,
       ("stage0", "rounds"): flag_values.stage0_rounds,
       ("stage2", "cohort"): flag_values.cohort, ("stage0", "cohort"): flag_values.cohort,
@@ -124,14 +137,17 @@ def main(argv):
     from computations import program  # pylint: disable=g-import-not-at-top
     options = program.ProgramOptions(
         shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
-        eval_every=FLAGS.eval_every, progress=FLAGS.progress)
+        eval_every=FLAGS.eval_every, progress=FLAGS.progress,
+        simulation_diagnostics=FLAGS.diagnostics)
     with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers):
       summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"{summary['method_name']} on {summary['dataset']}, eps={summary['epsilon_target']}"
-        f" (achieved {summary['epsilon_achieved']}): final accuracy "
+        f" (achieved: server {summary['epsilon_server']}, release "
+        f"{summary['epsilon_release']}; calibrated to {summary['threat_model_calibrated']})"
+        f": final accuracy "
         f"{summary['final_accuracy']:.4f}, clustering accuracy "
         f"{summary['clustering_accuracy']}; summary in {FLAGS.root_dir}/summary.json")
   return 0

@@ -1,71 +1,88 @@
 """Privacy accounting and noise calibration for a PINA run (and the baselines).
 
-Everything is computed with Google's `dp_accounting` library: the RDP accountant by
-default (``accountant='rdp'``), the PLD accountant as an option (``accountant='pld'``).
-Neighbouring relation: add-or-remove one client (user-level DP, the client is the unit).
+Computed with Google's `dp_accounting` (RDP accountant by default, PLD as an option);
+cross-checked in the tests against Microsoft's independent `prv-accountant`.
 
-Composition against the (untrusted) server for one run:
+**Unit and neighbouring relation (per stage).** The unit is one client (user-level DP).
 
-* stage 0 (head warm-up, DP-FedAvg):   ``PoissonSampled(q0, Gaussian(z0))`` x T0,
-  with q0 = cohort0 / P;
-* stage 1 (sketches, local DP):         ``Gaussian(z1)`` once. No amplification by
-  sampling: the server sees who sent a sketch, and every client sends at most one;
-* stage 2 (clustered training):         ``PoissonSampled(q2, Gaussian(z2))`` x T2,
-  with q2 = M / P.
+* Stages 0 and 2 (DP-FedAvg with central or distributed DP, or a secure sum):
+  *zero-out* neighbours: the two datasets differ in one client's data being replaced by
+  nothing (the client then sends a zero update). A clipped update moves the sum by at
+  most the clip S, so ``Gaussian(z)`` with noise std z·S is the per-round mechanism.
+  (Add-or-remove does not hold as such: the aggregate divides by the fixed qP.)
+* Stage 1 (sketches), against the server: zero-out as well (an empty client's sketch is
+  the zero vector), so the sketch is ``Gaussian(z1)`` with sensitivity S1.
+* *Local* DP (the reported local ε1 of a sketch, and IFCA+LDP's local ε): any two inputs
+  of one client, so a vector clipped to S has sensitivity 2·S: noise std z·S is
+  ``Gaussian(z/2)``.
 
-**Approximation (stage 0 and stage 2 with distributed DP).** TFF's
-``tff.learning.ddp_secure_aggregator`` adds *distributed discrete Gaussian* noise over
-secure aggregation (each client adds a share of discrete Gaussian noise to its
-integer-quantized, randomly rotated update; the sum carries the total noise). We account
-for it as the *continuous* Gaussian mechanism with the same noise multiplier
-z = (total noise stddev) / (L2 clip). That is the standard approximation used for DDP
-(Kairouz et al. 2021, "The Distributed Discrete Gaussian Mechanism"): it is accurate when
-the quantization granularity is fine (many bits, ``ddp_bits`` ≥ ~16) so that the
-discrete Gaussian's scale is large compared with 1; it ignores the small extra
-sensitivity from rounding and modular clipping (which the DDP factory bounds by its
-``beta``/``k_stddevs`` settings). The aggregator must therefore be built so that its
-*effective* continuous noise multiplier equals the z reported here.
+**Two threat models, both computed for every run** (``THREAT_MODELS``):
 
-**IFCA+LDP** (the paper's ablation): every participating client sends its own noised
-update in the clear, so the server sees who participated and there is no amplification
-by subsampling: ``Gaussian(z)`` composed K times, K = the maximum number of rounds in
-which one client takes part (``max_participations``; with a fixed cohort schedule this is
-known from the schedule, its upper bound is T2).
+* ``'release'`` — anyone who sees the released models (not who took part). With Poisson
+  sampling (``sampling='poisson'``): stage 0 ``PoissonSampled(q0, Gaussian(z0))``^T0,
+  stage 1 ``Gaussian(z1)`` once (the k-means init is post-processing of the sketches,
+  which cost their Gaussian once; the fixed-size sketch cohort gets no amplification),
+  stage 2 ``PoissonSampled(q2, Gaussian(z2))``^T2. With fixed-size cohorts
+  (``sampling='fixed'``) the Poisson bound does not hold: no amplification, as below.
+* ``'server'`` — the server, which knows who took part: no amplification. A client that
+  took part in K0 stage-0 rounds, sent a sketch (s1 ∈ {0, 1}) and took part in K2 stage-2
+  rounds is protected by ``Gaussian(z0)``^K0 ∘ ``Gaussian(z1)``^s1 ∘ ``Gaussian(z2)``^K2.
+  The counts come from the run's cohort schedule (``pina_tff.simulation.sampling``,
+  known in advance from the seed) and ε is the maximum over the clients (exact: every
+  distinct Pareto-maximal (K0, s1, K2) row is accounted, not max K0 and max K2
+  separately). Without a seed the upper bound (T0, 1, T2) is used.
 
-**Calibration.** Given a target total (ε, δ) and a budget split (fractions of ε per
-active stage, default :data:`DEFAULT_BUDGET_SPLIT` = {stage0: 0.1, stage1: 0.2,
-stage2: 0.7}, re-normalized over the stages a plan actually runs), each stage's noise
-multiplier is calibrated with ``dp_accounting.calibrate_dp_mechanism`` so that the stage
-alone is (share·ε, δ)-DP. The composed total is then computed with the accountant (RDP
-composition across stages is usually tighter than the sum of the shares) and checked:
-if it exceeds the target (possible because the per-stage optima sit at different RDP
-orders), all shares are scaled down by bisection until the composed ε ≤ target
-(``fit_total='check'``, the default, as the spec asks). With ``fit_total='tighten'``
-[project choice, option] the shares are instead scaled *up* (or down) by bisection so the
-composed total uses the budget, within ``total_tolerance``, never above it.
-ε = inf means "no DP": every noise multiplier is 0 and the achieved ε is inf.
+IFCA+LDP's stage 2 sends individually noised updates in the clear: ``Gaussian(z2)``^K2
+with no amplification under both models.
 
-The local ε1 of the sketches is Gaussian(z1) alone at δ1 (``local_delta``, default δ);
-it is reported in :class:`PrivacyReport`.
+**Distributed DP.** ``z`` here is always the *effective* Gaussian multiplier; with TFF's
+distributed discrete Gaussian the aggregator sets its nominal multiplier so that the
+effective one after rounding, z·c/(c + γ√d), equals it (``pina_tff.privacy.ddp``).
+
+**δ.** Default ``default_delta`` (owned by ``pina_tff.config``) = min(1e-5, 1/(10·P)): a mechanism that publishes
+one random client's data in full with probability δ per client is (0, δ)-DP, so δ must
+be well below 1/P for (ε, δ) to mean anything; δ ≤ 1/(10·P) bounds the expected number
+of clients exposed that way by 0.1, and the 1e-5 cap keeps small simulated populations
+at the value common in the DP-FL literature.
+
+**Calibration.** Given a target ε, δ and a budget split (fractions of ε per active stage,
+default :data:`DEFAULT_BUDGET_SPLIT`, re-normalized over the stages a plan runs), each
+stage's multiplier is calibrated with ``dp_accounting.calibrate_dp_mechanism`` for its
+share under the chosen threat model; then every z is divided by one common factor,
+bisected so that the composed ε of the chosen threat model lies in [(1 − tol)·ε, ε]
+(``fit_total='tighten'``, default, tol = 1%): every method in a comparison spends the
+same ε. ``fit_total='check'`` only scales the noise up when the composition exceeds ε.
+(The search runs on an integer-order RDP accountant, fast and conservative; the final
+fit and every reported ε use ``accountant``.)
+ε = inf means "no DP": every multiplier is 0 and every ε is inf.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import dp_accounting
+import numpy as np
 
+from pina_tff.config import default_delta  # pylint: disable=unused-import (re-export)
 from pina_tff.errors import ConfigError
+from pina_tff.simulation import sampling as sampling_lib
 
 STAGES = ("stage0", "stage1", "stage2")
 ACCOUNTANTS = ("rdp", "pld")
+THREAT_MODELS = ("server", "release")
 #: Default share of ε per stage (re-normalized over the stages a plan runs).
 DEFAULT_BUDGET_SPLIT = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
-#: Lower end of the noise-multiplier search (z = 0 has ε = inf under RDP/PLD).
+#: Relative tolerance of the default calibration (achieved ∈ [(1 - tol)·ε, ε]).
+DEFAULT_TOLERANCE = 0.01
 _Z_LOWER = 1e-3
 _PLD_DISCRETIZATION = 1e-3  # PLD grid step (pessimistic rounding: still an upper bound)
+#: Integer RDP orders of the fast search accountant (a valid, slightly looser bound;
+#: only the calibration search uses it, the reported ε uses ``accountant``).
+_FAST_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +115,14 @@ class AccountingPlan:
   """What a run does that costs privacy (independent of the noise multipliers).
 
   Attributes:
-    population: number of clients P (sampling probabilities are cohort / P).
+    population: number of clients P.
     stage0_rounds, stage0_cohort: T0 and the expected cohort of stage 0 (0 rounds = off).
-    stage1_enabled: whether sketches are sent (PINA: yes; PINA+RI and baselines: no).
-    stage2_rounds, stage2_cohort: T2 and the expected cohort M of stage 2.
-    stage2_local_dp: True for IFCA+LDP (individually noised updates, no amplification).
-    stage2_max_participations: K for ``stage2_local_dp`` (None → T2, the upper bound).
+    stage1_enabled: whether sketches are sent (PINA only).
+    stage2_rounds, stage2_cohort: T2 and the expected cohort of stage 2.
+    stage2_local_dp: IFCA+LDP (individually noised updates, no amplification).
+    sampling: 'poisson' or 'fixed' (``pina_tff.simulation.sampling``).
+    seed: the run's seed (fixes the cohort schedule); None: counts bounded by T0, T2.
+    stage1_clients: how many clients send a sketch (None: possibly every client).
   """
   population: int
   stage0_rounds: int = 0
@@ -112,7 +131,9 @@ class AccountingPlan:
   stage2_rounds: int = 0
   stage2_cohort: int = 0
   stage2_local_dp: bool = False
-  stage2_max_participations: Optional[int] = None
+  sampling: str = "poisson"
+  seed: Optional[int] = None
+  stage1_clients: Optional[int] = None
 
   def active_stages(self) -> List[str]:
     out = []
@@ -124,26 +145,80 @@ class AccountingPlan:
       out.append("stage2")
     return out
 
+  def truncated(self, stage: str, rounds_done: int) -> "AccountingPlan":
+    """The plan after ``rounds_done`` rounds of ``stage`` (earlier stages complete)."""
+    if stage not in STAGES:
+      raise ConfigError(f"Unknown stage {stage!r}; expected one of {list(STAGES)}.")
+    idx = STAGES.index(stage)
+    t0 = self.stage0_rounds if idx > 0 else min(rounds_done, self.stage0_rounds)
+    s1 = self.stage1_enabled and (idx > 1 or (idx == 1 and rounds_done > 0))
+    t2 = min(rounds_done, self.stage2_rounds) if idx == 2 else 0
+    return dataclasses.replace(self, stage0_rounds=t0, stage1_enabled=s1,
+                               stage2_rounds=t2)
+
+  def client_rows(self) -> Tuple[Tuple[int, int, int], ...]:
+    """Pareto-maximal (K0, s1, K2) participation rows over the clients."""
+    return _client_rows(self.population, self.stage0_rounds, self.stage0_cohort,
+                        self.stage1_enabled, self.stage1_clients, self.stage2_rounds,
+                        self.stage2_cohort, self.sampling, self.seed)
+
+  def max_participations(self) -> Tuple[int, int]:
+    """(max K0, max K2) over the clients."""
+    rows = self.client_rows()
+    return (max(r[0] for r in rows), max(r[2] for r in rows))
+
+  def amplified(self, stage: str, threat_model: str) -> bool:
+    """Whether ``stage`` gets Poisson amplification under ``threat_model``."""
+    _check_threat_model(threat_model)
+    if threat_model == "server" or self.sampling != "poisson" or stage == "stage1":
+      return False
+    return not (stage == "stage2" and self.stage2_local_dp)
+
   def stage_event(self, stage: str, noise_multiplier: float,
-                  rounds: Optional[int] = None) -> StageEvent:
-    """The :class:`StageEvent` of ``stage`` (``rounds`` overrides its round count)."""
-    if stage == "stage0":
-      count = self.stage0_rounds if rounds is None else rounds
-      return StageEvent(stage, noise_multiplier, count,
-                        _sampling_probability(self.stage0_cohort, self.population))
+                  threat_model: str = "release",
+                  row: Optional[Tuple[int, int, int]] = None) -> StageEvent:
+    """The :class:`StageEvent` of ``stage`` for one client row (default: the maxima)."""
+    if stage not in STAGES:
+      raise ConfigError(f"Unknown stage {stage!r}; expected one of {list(STAGES)}.")
+    if row is None:
+      k0, k2 = self.max_participations()
+      row = (k0, 1 if self.stage1_enabled else 0, k2)
     if stage == "stage1":
-      count = (1 if self.stage1_enabled else 0) if rounds is None else min(rounds, 1)
-      return StageEvent(stage, noise_multiplier, count, None)
-    if stage == "stage2":
-      if self.stage2_local_dp:
-        k = self.stage2_max_participations
-        k = self.stage2_rounds if k is None else k
-        count = k if rounds is None else min(rounds, k)
-        return StageEvent(stage, noise_multiplier, count, None)
-      count = self.stage2_rounds if rounds is None else rounds
-      return StageEvent(stage, noise_multiplier, count,
-                        _sampling_probability(self.stage2_cohort, self.population))
-    raise ConfigError(f"Unknown stage {stage!r}; expected one of {list(STAGES)}.")
+      return StageEvent(stage, noise_multiplier, row[1] if self.stage1_enabled else 0)
+    rounds, cohort, k = ((self.stage0_rounds, self.stage0_cohort, row[0])
+                         if stage == "stage0" else
+                         (self.stage2_rounds, self.stage2_cohort, row[2]))
+    if self.amplified(stage, threat_model):
+      return StageEvent(stage, noise_multiplier, rounds,
+                        _sampling_probability(cohort, self.population))
+    return StageEvent(stage, noise_multiplier, k)
+
+  def events(self, noise_multipliers: Mapping[str, float], threat_model: str,
+             row: Tuple[int, int, int]) -> List[StageEvent]:
+    return [self.stage_event(s, noise_multipliers.get(s, 0.0), threat_model, row)
+            for s in self.active_stages()]
+
+
+@functools.lru_cache(maxsize=64)
+def _client_rows(population, t0, m0, s1_enabled, m1, t2, m2, scheme, seed):
+  if seed is None:
+    return ((t0, 1 if s1_enabled else 0, t2),)
+  k0 = (sampling_lib.participation_counts(seed, 0, t0, population, m0, scheme)
+        if t0 > 0 else np.zeros(population, np.int64))
+  k2 = (sampling_lib.participation_counts(seed, 2, t2, population, m2, scheme)
+        if t2 > 0 else np.zeros(population, np.int64))
+  s1 = np.zeros(population, np.int64)
+  if s1_enabled:
+    if m1 is None or m1 >= population:
+      s1[:] = 1
+    else:
+      s1[sampling_lib.sketch_cohort(seed, population, m1)] = 1
+  rows = sorted(set(zip(k0.tolist(), s1.tolist(), k2.tolist())), reverse=True)
+  pareto = []
+  for r in rows:
+    if not any(all(p[i] >= r[i] for i in range(3)) for p in pareto):
+      pareto.append(r)
+  return tuple(pareto)
 
 
 def _sampling_probability(cohort: int, population: int) -> float:
@@ -155,19 +230,34 @@ def _sampling_probability(cohort: int, population: int) -> float:
   return float(cohort) / float(population)
 
 
+def _check_threat_model(threat_model: str) -> None:
+  if threat_model not in THREAT_MODELS:
+    raise ConfigError(f"unknown threat model {threat_model!r}; valid: "
+                      f"{', '.join(THREAT_MODELS)}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class PrivacyReport:
-  """Result of a calibration (or of accounting fixed noise multipliers)."""
+  """Result of a calibration (or of accounting fixed noise multipliers).
+
+  ``epsilon_achieved`` is ε under ``threat_model`` (the one calibrated);
+  ``epsilons`` has both ('server', 'release'). ``local_epsilon1``: the sketches' local
+  ε1 (sensitivity 2·S1); ``local_epsilon2``: IFCA+LDP's local ε (2·S2, K2 rounds).
+  """
   epsilon_target: float
   epsilon_achieved: float
   delta: float
   accountant: str
+  threat_model: str
+  epsilons: Dict[str, float]
   noise_multipliers: Dict[str, float]
   stage_epsilons: Dict[str, float]
   stage_epsilon_targets: Dict[str, float]
   budget_split: Dict[str, float]
   local_epsilon1: Optional[float]
   local_delta1: Optional[float]
+  local_epsilon2: Optional[float]
+  max_participations: Dict[str, int]
   plan: Dict[str, Any]
 
   @property
@@ -193,6 +283,8 @@ def make_accountant(accountant: str = "rdp") -> dp_accounting.PrivacyAccountant:
   if accountant == "pld":
     return dp_accounting.pld.PLDAccountant(
         value_discretization_interval=_PLD_DISCRETIZATION)
+  if accountant == "rdp_fast":  # internal: calibration search only
+    return dp_accounting.rdp.RdpAccountant(list(_FAST_ORDERS))
   raise ConfigError(
       f"Unknown accountant {accountant!r}; expected one of {list(ACCOUNTANTS)}.")
 
@@ -217,15 +309,37 @@ def epsilon_for(stages: Sequence[StageEvent], delta: float,
   return float(acc.get_epsilon(delta))
 
 
-def local_epsilon(noise_multiplier: float, delta: float,
-                  accountant: str = "rdp") -> float:
-  """ε of one Gaussian(z) release (the stage-1 sketch) at ``delta``."""
-  return epsilon_for([StageEvent("stage1", noise_multiplier, 1)], delta, accountant)
+def run_epsilon(plan: AccountingPlan, noise_multipliers: Mapping[str, float],
+                delta: float, threat_model: str, accountant: str = "rdp") -> float:
+  """ε of the whole plan under ``threat_model``: the maximum over the client rows."""
+  _check_threat_model(threat_model)
+  if not plan.active_stages():
+    return 0.0
+  seen, worst = set(), 0.0
+  for row in plan.client_rows():
+    events = tuple(plan.events(noise_multipliers, threat_model, row))
+    if events in seen:
+      continue
+    seen.add(events)
+    worst = max(worst, epsilon_for(events, delta, accountant))
+  return worst
+
+
+def local_epsilon(noise_multiplier: float, delta: float, accountant: str = "rdp",
+                  count: int = 1) -> float:
+  """Local ε of ``count`` releases of a vector clipped to S with noise std z·S.
+
+  Local DP covers any two inputs of one client: sensitivity 2·S, i.e. Gaussian(z/2).
+  """
+  if count <= 0:
+    return 0.0
+  return epsilon_for([StageEvent("local", noise_multiplier / 2.0, count)], delta,
+                     accountant)
 
 
 def ifca_ldp_epsilon(noise_multiplier: float, max_participations: int, delta: float,
                      accountant: str = "rdp") -> float:
-  """IFCA+LDP: Gaussian(z) composed over K participations, no amplification."""
+  """IFCA+LDP against the server (zero-out): Gaussian(z)^K, no amplification."""
   return epsilon_for([StageEvent("stage2", noise_multiplier, max_participations)],
                      delta, accountant)
 
@@ -234,14 +348,15 @@ def _calibrate_stage(event_of_z, target_epsilon: float, delta: float,
                      accountant: str) -> float:
   """Smallest z with ε(event_of_z(z)) ≤ target_epsilon (brentq within a bracket).
 
-  RDP: bracket search upward from [1e-3, 1]. PLD: the RDP answer z_rdp is an upper
-  bound (RDP is looser), so PLD searches in [z_rdp / 4, z_rdp] (a tiny z would make
-  the PLD grid explode).
+  The calibration passes accountant 'rdp_fast' (integer orders): the search is fast
+  and the answer conservative; :func:`_fit_common_factor` then fits the real one.
   """
   if math.isinf(target_epsilon):
     return 0.0
   if target_epsilon <= 0:
     raise ConfigError(f"a stage's target epsilon must be > 0, found {target_epsilon}.")
+  if event_of_z(1.0).count <= 0:
+    return 0.0
 
   def run(acc_name, bracket, tol):
     return float(dp_accounting.calibrate_dp_mechanism(
@@ -249,17 +364,7 @@ def _calibrate_stage(event_of_z, target_epsilon: float, delta: float,
         lambda z: event_of_z(z).dp_event(),
         target_epsilon, delta, bracket_interval=bracket, tol=tol))
 
-  z_rdp = run("rdp", dp_accounting.LowerEndpointAndGuess(_Z_LOWER, 1.0), 1e-5)
-  if accountant == "rdp":
-    return z_rdp
-  z_low = z_rdp / 4.0
-  eps_low = epsilon_for([event_of_z(z_low)], delta, "pld")
-  if eps_low <= target_epsilon:  # PLD much tighter than RDP: widen downwards
-    z_low = max(z_rdp / 32.0, _Z_LOWER)
-  try:
-    return run("pld", dp_accounting.ExplicitBracketInterval(z_low, z_rdp), 1e-4)
-  except ValueError:
-    return z_rdp  # no bracket: the RDP value is a valid (conservative) answer
+  return run(accountant, dp_accounting.LowerEndpointAndGuess(_Z_LOWER, 1.0), 1e-6)
 
 
 def resolve_budget_split(plan: AccountingPlan,
@@ -280,28 +385,69 @@ def resolve_budget_split(plan: AccountingPlan,
   return {s: split[s] / total for s in active}
 
 
+def _local_epsilons(plan, zs, local_delta, accountant):
+  eps1 = (local_epsilon(zs["stage1"], local_delta, accountant)
+          if plan.stage1_enabled else None)
+  eps2 = None
+  if plan.stage2_local_dp and plan.stage2_rounds > 0:
+    eps2 = local_epsilon(zs["stage2"], local_delta, accountant,
+                         count=plan.max_participations()[1])
+  return eps1, eps2
+
+
+def account(plan: AccountingPlan, noise_multipliers: Mapping[str, float], delta: float,
+            threat_model: str = "server", accountant: str = "rdp",
+            local_delta: Optional[float] = None,
+            epsilon_target: float = math.nan) -> PrivacyReport:
+  """A :class:`PrivacyReport` for fixed (effective) noise multipliers."""
+  _check_delta(delta)
+  _check_threat_model(threat_model)
+  zs = {s: float(noise_multipliers.get(s, 0.0)) for s in STAGES}
+  local_delta = delta if local_delta is None else local_delta
+  active = plan.active_stages()
+  eps = {m: run_epsilon(plan, zs, delta, m, accountant) for m in THREAT_MODELS}
+  stage_eps = {s: 0.0 for s in STAGES}
+  for s in active:
+    stage_eps[s] = max(epsilon_for([plan.stage_event(s, zs[s], threat_model, row)],
+                                   delta, accountant) for row in plan.client_rows())
+  eps1, eps2 = _local_epsilons(plan, zs, local_delta, accountant)
+  k0, k2 = plan.max_participations()
+  return PrivacyReport(
+      epsilon_target=float(epsilon_target), epsilon_achieved=eps[threat_model],
+      delta=float(delta), accountant=accountant, threat_model=threat_model,
+      epsilons=eps, noise_multipliers=zs, stage_epsilons=stage_eps,
+      stage_epsilon_targets={s: math.nan for s in STAGES},
+      budget_split=resolve_budget_split(plan, None) if active else {},
+      local_epsilon1=eps1, local_delta1=local_delta if eps1 is not None else None,
+      local_epsilon2=eps2, max_participations={"stage0": k0, "stage2": k2},
+      plan=dataclasses.asdict(plan))
+
+
 def calibrate_noise_multipliers(target_epsilon: float, delta: float,
                                 plan: AccountingPlan,
                                 budget_split: Optional[Mapping[str, float]] = None,
                                 accountant: str = "rdp",
                                 local_delta: Optional[float] = None,
-                                fit_total: str = "check",
-                                total_tolerance: float = 0.01) -> PrivacyReport:
-  """Calibrates z0, z1, z2 for a total (ε, δ) split between the active stages.
+                                fit_total: str = "tighten",
+                                total_tolerance: float = DEFAULT_TOLERANCE,
+                                threat_model: str = "server") -> PrivacyReport:
+  """Calibrates z0, z1, z2 so ``threat_model``'s ε uses the target (ε, δ).
 
-  See the module docstring for the procedure. Inactive stages get z = 0 and ε = 0.
+  See the module docstring. Inactive stages get z = 0 and ε = 0.
 
   Args:
     target_epsilon: total ε of the run (> 0; inf = no DP).
-    delta: total δ in (0, 1); each stage is calibrated at this δ.
+    delta: total δ in (0, 1).
     plan: the :class:`AccountingPlan`.
     budget_split: share of ε per stage (default :data:`DEFAULT_BUDGET_SPLIT`).
     accountant: 'rdp' (default) or 'pld'.
-    local_delta: δ1 for the reported local ε1 of the sketches (default ``delta``).
-    fit_total: 'check' (default) or 'tighten' (see module docstring).
-    total_tolerance: relative tolerance of 'tighten' (achieved ≥ (1 - tol)·target).
+    local_delta: δ of the reported local ε's (default ``delta``).
+    fit_total: 'tighten' (default: achieved ∈ [(1 - tol)·ε, ε]) or 'check'.
+    total_tolerance: relative tolerance of 'tighten'.
+    threat_model: 'server' (default) or 'release': the ε the noise is calibrated to.
   """
   _check_delta(delta)
+  _check_threat_model(threat_model)
   if not target_epsilon > 0:
     raise ConfigError(f"target epsilon must be > 0 (or inf), found {target_epsilon}.")
   if fit_total not in ("check", "tighten"):
@@ -311,76 +457,91 @@ def calibrate_noise_multipliers(target_epsilon: float, delta: float,
   split = resolve_budget_split(plan, budget_split)
   active = list(split)
   plan_dict = dataclasses.asdict(plan)
+  k0, k2 = plan.max_participations()
 
   if math.isinf(target_epsilon):
-    zs = {s: 0.0 for s in STAGES}
+    inf_or_0 = math.inf if active else 0.0
     return PrivacyReport(
-        epsilon_target=math.inf, epsilon_achieved=math.inf if active else 0.0,
-        delta=delta, accountant=accountant, noise_multipliers=zs,
+        epsilon_target=math.inf, epsilon_achieved=inf_or_0, delta=delta,
+        accountant=accountant, threat_model=threat_model,
+        epsilons={m: inf_or_0 for m in THREAT_MODELS},
+        noise_multipliers={s: 0.0 for s in STAGES},
         stage_epsilons={s: (math.inf if s in active else 0.0) for s in STAGES},
         stage_epsilon_targets={s: (math.inf if s in active else 0.0) for s in STAGES},
         budget_split=split,
-        local_epsilon1=math.inf if "stage1" in active else None,
-        local_delta1=local_delta if "stage1" in active else None, plan=plan_dict)
+        local_epsilon1=math.inf if plan.stage1_enabled else None,
+        local_delta1=local_delta if plan.stage1_enabled else None,
+        local_epsilon2=(math.inf if plan.stage2_local_dp and plan.stage2_rounds > 0
+                        else None),
+        max_participations={"stage0": k0, "stage2": k2}, plan=plan_dict)
 
   def calibrate_all(scale: float):
     zs = {s: 0.0 for s in STAGES}
     for s in active:
-      zs[s] = _calibrate_stage(lambda z, s=s: plan.stage_event(s, z),
-                               scale * split[s] * target_epsilon, delta, accountant)
-    total = epsilon_for([plan.stage_event(s, zs[s]) for s in active], delta,
-                        accountant)
-    return zs, total
+      zs[s] = _calibrate_stage(lambda z, s=s: plan.stage_event(s, z, threat_model),
+                               scale * split[s] * target_epsilon, delta, "rdp_fast")
+    return zs, run_epsilon(plan, zs, delta, threat_model, "rdp_fast")
 
-  scale = 1.0
-  zs, total = calibrate_all(scale)
-  if total > target_epsilon or (
-      fit_total == "tighten" and total < (1 - total_tolerance) * target_epsilon):
-    # Bisection on the common scale of the shares: composed ε is increasing in it.
-    if total > target_epsilon:
-      lo, hi, best = 0.0, 1.0, None
+  zs, _ = calibrate_all(1.0)
+  tol = total_tolerance if fit_total == "tighten" else 1.0
+  # One common factor on every z fits the total: first with the fast (conservative)
+  # accountant, then with the real one (a few evaluations from a close start).
+  zs = _fit_common_factor(plan, zs, delta, threat_model, "rdp_fast", target_epsilon,
+                          tol / 2)
+  zs = _fit_common_factor(plan, zs, delta, threat_model, accountant, target_epsilon, tol)
+
+  report = account(plan, zs, delta, threat_model, accountant, local_delta,
+                   epsilon_target=float(target_epsilon))
+  return dataclasses.replace(
+      report, budget_split=split,
+      stage_epsilon_targets={s: (split[s] * target_epsilon if s in active else 0.0)
+                             for s in STAGES})
+
+
+def _fit_common_factor(plan, zs, delta, threat_model, accountant, target, tol):
+  """zs / t with t bisected so the real accountant's ε ∈ [(1 - tol)·target, target]."""
+  def f(t):
+    zt = {s: z / t for s, z in zs.items()}
+    return zt, run_epsilon(plan, zt, delta, threat_model, accountant)
+
+  def good(e):
+    return (1 - tol) * target <= e <= target
+
+  best, e = f(1.0)
+  if good(e):
+    return best
+  if e > target:
+    lo, hi = 1.0, 1.0
+    while e > target:
+      lo /= 1.05
+      best, e = f(lo)
+    if good(e):
+      return best
+  else:
+    lo, hi = 1.0, 1.0
+    while e <= target:
+      if good(e):
+        return best
+      lo = hi
+      hi *= 1.05
+      zt, e = f(hi)
+      if e <= target:
+        best = zt
+  for _ in range(40):
+    mid = 0.5 * (lo + hi)
+    zt, e = f(mid)
+    if e <= target:
+      lo, best = mid, zt
+      if good(e):
+        break
     else:
-      lo, hi, best = 1.0, target_epsilon / max(total, 1e-12), (scale, zs, total)
-      hi /= 1.25
-      while True:  # find an upper end that overshoots
-        hi *= 1.25
-        zs_h, tot_h = calibrate_all(hi)
-        if tot_h > target_epsilon or hi > 1e3:
-          break
-        lo, best = hi, (hi, zs_h, tot_h)
-    for _ in range(40):
-      mid = 0.5 * (lo + hi)
-      zs_m, tot_m = calibrate_all(mid)
-      if tot_m <= target_epsilon:
-        lo, best = mid, (mid, zs_m, tot_m)
-        if fit_total == "check" or tot_m >= (1 - total_tolerance) * target_epsilon:
-          break
-      else:
-        hi = mid
-    if best is None:
-      raise ConfigError(
-          f"could not calibrate noise for epsilon={target_epsilon}, delta={delta} "
-          f"with plan {plan_dict}.")
-    scale, zs, total = best
-
-  stage_eps = {s: 0.0 for s in STAGES}
-  targets = {s: 0.0 for s in STAGES}
-  for s in active:
-    stage_eps[s] = epsilon_for([plan.stage_event(s, zs[s])], delta, accountant)
-    targets[s] = scale * split[s] * target_epsilon
-  eps1 = (local_epsilon(zs["stage1"], local_delta, accountant)
-          if "stage1" in active else None)
-  return PrivacyReport(
-      epsilon_target=float(target_epsilon), epsilon_achieved=float(total),
-      delta=float(delta), accountant=accountant, noise_multipliers=zs,
-      stage_epsilons=stage_eps, stage_epsilon_targets=targets, budget_split=split,
-      local_epsilon1=eps1, local_delta1=local_delta if eps1 is not None else None,
-      plan=plan_dict)
+      hi = mid
+  return best
 
 
 def calibrate_ifca_ldp(target_epsilon: float, delta: float, max_participations: int,
                        accountant: str = "rdp") -> float:
-  """Noise multiplier z of IFCA+LDP: Gaussian(z) × K is (ε, δ)-DP (0 if ε = inf)."""
+  """Noise multiplier z of IFCA+LDP: Gaussian(z)^K is (ε, δ)-DP (0 if ε = inf)."""
   _check_delta(delta)
   if not target_epsilon > 0:
     raise ConfigError(f"target epsilon must be > 0 (or inf), found {target_epsilon}.")
@@ -391,32 +552,26 @@ def calibrate_ifca_ldp(target_epsilon: float, delta: float, max_participations: 
 
 def epsilon_spent_after(rounds_done: int, stage: str, plan: AccountingPlan,
                         noise_multipliers: Mapping[str, float], delta: float,
-                        accountant: str = "rdp") -> float:
+                        accountant: str = "rdp",
+                        threat_model: str = "server") -> float:
   """ε spent once ``rounds_done`` rounds of ``stage`` are done (per-round reporting).
 
   Stages before ``stage`` (in the order stage0, stage1, stage2) count as complete;
   later ones as not started. For stage1, ``rounds_done`` ≥ 1 means "sketches sent".
+  Server model: each client's participations in the rounds done so far.
   """
-  if stage not in STAGES:
-    raise ConfigError(f"Unknown stage {stage!r}; expected one of {list(STAGES)}.")
   if rounds_done < 0:
     raise ConfigError(f"rounds_done must be >= 0, found {rounds_done}.")
-  idx = STAGES.index(stage)
-  events = []
-  for s in STAGES[:idx]:
-    if s in plan.active_stages():
-      events.append(plan.stage_event(s, noise_multipliers.get(s, 0.0)))
-  if stage in plan.active_stages() and rounds_done > 0:
-    events.append(plan.stage_event(stage, noise_multipliers.get(stage, 0.0),
-                                   rounds=rounds_done))
-  return epsilon_for(events, delta, accountant)
+  return run_epsilon(plan.truncated(stage, rounds_done), noise_multipliers, delta,
+                     threat_model, accountant)
 
 
 def plan_from_config(cfg) -> AccountingPlan:
-  """The :class:`AccountingPlan` of a :class:`pina_tff.config.RunConfig`.
+  """The :class:`AccountingPlan` of a validated :class:`pina_tff.config.RunConfig`.
 
-  Stage 1 runs only for method 'pina'. Stage 0 runs when enabled with T0 > 0.
-  'ifca_ldp' accounts stage 2 as local DP with K = T2 (upper bound).
+  Stage 1 runs only for method 'pina' (``num_sketch_clients`` clients); stage 0 when
+  enabled with T0 > 0; 'ifca_ldp' accounts stage 2 as local DP. The cohort schedule
+  is the one the program draws from ``cfg.seed`` with ``cfg.privacy.sampling``.
   """
   s0, s2 = cfg.stage0, cfg.stage2
   t0 = s0.rounds if s0.enabled else 0
@@ -426,13 +581,14 @@ def plan_from_config(cfg) -> AccountingPlan:
       stage1_enabled=cfg.method == "pina",
       stage2_rounds=s2.rounds, stage2_cohort=s2.cohort,
       stage2_local_dp=cfg.method == "ifca_ldp",
-      stage2_max_participations=None)
+      sampling=cfg.privacy.sampling, seed=int(cfg.seed),
+      stage1_clients=min(cfg.stage1.num_sketch_clients, cfg.population))
 
 
 def calibrate_from_config(cfg, **kwargs) -> PrivacyReport:
   """:func:`calibrate_noise_multipliers` for a validated RunConfig."""
   p = cfg.privacy
-  delta = p.delta if p.delta is not None else 1.0 / cfg.population
+  delta = p.delta if p.delta is not None else default_delta(cfg.population)
   return calibrate_noise_multipliers(
       p.epsilon, delta, plan_from_config(cfg), p.budget_split, p.accountant,
-      local_delta=getattr(p, "local_delta", None), **kwargs)
+      local_delta=p.local_delta, threat_model=p.threat_model, **kwargs)

@@ -1,115 +1,150 @@
-"""Tests of pina_tff.privacy.accounting against dp_accounting used directly."""
+"""pina_tff.privacy.accounting checked against references computed another way:
+closed-form Gaussian compositions (analytic Gaussian mechanism, Balle & Wang 2018),
+Microsoft's independent `prv-accountant`, and the cohort schedule counted by hand.
+"""
 import math
 
-import dp_accounting
+import numpy as np
 import pytest
+from prv_accountant import PRVAccountant
+from prv_accountant.privacy_random_variables import (GaussianMechanism,
+                                                     PoissonSubsampledGaussianMechanism)
+from scipy import optimize, stats
 
+from pina_tff import config as config_lib
 from pina_tff.errors import ConfigError
 from pina_tff.privacy import accounting as acc
+from pina_tff.simulation import sampling
 
-PLAN = acc.AccountingPlan(population=1000, stage0_rounds=5, stage0_cohort=50,
-                          stage1_enabled=True, stage2_rounds=30, stage2_cohort=40)
-
-
-def _hand_rdp(z0, z1, z2, delta, plan=PLAN):
-  a = dp_accounting.rdp.RdpAccountant()
-  a.compose(dp_accounting.PoissonSampledDpEvent(
-      plan.stage0_cohort / plan.population, dp_accounting.GaussianDpEvent(z0)),
-      plan.stage0_rounds)
-  a.compose(dp_accounting.GaussianDpEvent(z1))
-  a.compose(dp_accounting.PoissonSampledDpEvent(
-      plan.stage2_cohort / plan.population, dp_accounting.GaussianDpEvent(z2)),
-      plan.stage2_rounds)
-  return a.get_epsilon(delta)
+PLAN = acc.AccountingPlan(population=200, stage0_rounds=5, stage0_cohort=40,
+                          stage1_enabled=True, stage2_rounds=20, stage2_cohort=50,
+                          seed=7, stage1_clients=200)
 
 
-def test_epsilon_for_matches_hand_built_rdp_composition():
-  zs = {"stage0": 1.1, "stage1": 3.0, "stage2": 0.9}
-  got = acc.epsilon_for([PLAN.stage_event(s, z) for s, z in zs.items()], 1e-3)
-  assert got == pytest.approx(_hand_rdp(1.1, 3.0, 0.9, 1e-3), rel=1e-9)
+def gaussian_eps(mu: float, delta: float) -> float:
+  """Exact ε(δ) of a Gaussian mechanism with sensitivity/std = mu (Balle & Wang)."""
+  def d(eps):
+    return (stats.norm.cdf(-eps / mu + mu / 2)
+            - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2) - delta)
+  return optimize.brentq(d, 0.0, 500.0, xtol=1e-12)
 
 
-def test_epsilon_for_pld_matches_hand_built_pld():
-  ev = [acc.StageEvent("stage2", 1.0, 10, 0.05), acc.StageEvent("stage1", 4.0, 1)]
-  got = acc.epsilon_for(ev, 1e-4, accountant="pld")
-  a = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
-  a.compose(dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.0)), 10)
-  a.compose(dp_accounting.GaussianDpEvent(4.0))
-  assert got == pytest.approx(a.get_epsilon(1e-4), rel=1e-6)
+def prv_eps(events, delta):
+  """prv-accountant's (lower, estimate, upper) ε of [(prv, count), ...]."""
+  a = PRVAccountant(prvs=[e for e, _ in events], max_self_compositions=[k for _, k in events],
+                    eps_error=0.05, delta_error=delta * 1e-3)
+  return a.compute_epsilon(delta=delta, num_self_compositions=[k for _, k in events])
 
 
-def test_calibration_hits_each_share_and_total_below_target():
-  target, delta = 4.0, 1e-3
-  split = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
-  r = acc.calibrate_noise_multipliers(target, delta, PLAN, split)
-  for s, share in split.items():
-    assert r.stage_epsilons[s] == pytest.approx(share * target, rel=1e-3)
-    assert r.stage_epsilons[s] <= share * target + 1e-9
-  indep = _hand_rdp(r.z0, r.z1, r.z2, delta)
-  assert r.epsilon_achieved == pytest.approx(indep, rel=1e-9)
-  assert r.epsilon_achieved <= target
-  # local ε1 is Gaussian(z1) alone.
-  a = dp_accounting.rdp.RdpAccountant()
-  a.compose(dp_accounting.GaussianDpEvent(r.z1))
-  assert r.local_epsilon1 == pytest.approx(a.get_epsilon(delta), rel=1e-9)
-  d = r.to_dict()
-  assert d["accountant"] == "rdp" and d["noise_multipliers"]["stage2"] == r.z2
+def test_server_model_is_the_worst_clients_gaussian_composition():
+  zs = {"stage0": 3.0, "stage1": 2.5, "stage2": 4.0}
+  delta = 1e-5
+  k0 = sampling.participation_counts(7, 0, 5, 200, 40)
+  k2 = sampling.participation_counts(7, 2, 20, 200, 50)
+  rho = k0 / 9.0 + 1 / 6.25 + k2 / 16.0  # Σ K/z² per client (sketch: every client)
+  want = gaussian_eps(math.sqrt(rho.max()), delta)
+  got_pld = acc.run_epsilon(PLAN, zs, delta, "server", "pld")
+  got_rdp = acc.run_epsilon(PLAN, zs, delta, "server", "rdp")
+  assert got_pld == pytest.approx(want, rel=0.01) and got_pld >= want - 1e-6
+  assert want <= got_rdp <= 1.25 * want  # RDP is a valid, looser bound
+  # The worst client is not (max K0, max K2) unless one client has both.
+  assert PLAN.max_participations() == (k0.max(), k2.max())
 
 
-def test_tighten_uses_the_budget_without_exceeding_it():
-  plan = acc.AccountingPlan(population=1000, stage1_enabled=True, stage2_rounds=10,
-                            stage2_cohort=50)
-  r = acc.calibrate_noise_multipliers(2.0, 1e-3, plan, fit_total="tighten",
-                                      total_tolerance=0.02)
-  assert 0.98 * 2.0 <= r.epsilon_achieved <= 2.0
+def test_release_model_matches_prv_accountant_poisson_compositions():
+  zs = {"stage0": 1.2, "stage1": 2.0, "stage2": 0.9}
+  delta = 1e-5
+  lo, est, hi = prv_eps([(PoissonSubsampledGaussianMechanism(0.2, 1.2), 5),
+                         (GaussianMechanism(2.0), 1),
+                         (PoissonSubsampledGaussianMechanism(0.25, 0.9), 20)], delta)
+  pld = acc.run_epsilon(PLAN, zs, delta, "release", "pld")
+  rdp = acc.run_epsilon(PLAN, zs, delta, "release", "rdp")
+  assert pld >= lo and pld == pytest.approx(est, rel=0.03)
+  assert rdp >= lo and rdp <= 1.3 * hi
+  # Release (amplified) is below server (not amplified) for the same noise.
+  assert rdp < acc.run_epsilon(PLAN, zs, delta, "server", "rdp")
+
+
+def test_fixed_size_sampling_gets_no_amplification():
+  fixed = acc.AccountingPlan(**{**PLAN.__dict__, "sampling": "fixed"})
+  zs = {"stage0": 1.2, "stage1": 2.0, "stage2": 0.9}
+  k0, k2 = fixed.max_participations()
+  assert k2 == sampling.participation_counts(7, 2, 20, 200, 50, "fixed").max()
+  release = acc.run_epsilon(fixed, zs, 1e-5, "release", "pld")
+  assert release == pytest.approx(acc.run_epsilon(fixed, zs, 1e-5, "server", "pld"))
+  assert release > 2 * acc.run_epsilon(PLAN, zs, 1e-5, "release", "pld")
+
+
+def test_local_epsilon_uses_sensitivity_two_clip():
+  # noise std z·S on a vector clipped to S: any two inputs differ by 2·S.
+  z = 3.0
+  assert acc.local_epsilon(z, 1e-5, "pld") == pytest.approx(
+      gaussian_eps(2.0 / z, 1e-5), rel=0.01)
+  lo, est, _ = prv_eps([(GaussianMechanism(z / 2), 4)], 1e-5)
+  assert acc.local_epsilon(z, 1e-5, "pld", count=4) == pytest.approx(est, rel=0.03)
+  r = acc.calibrate_noise_multipliers(8.0, 1e-5, PLAN)
+  assert r.local_epsilon1 == pytest.approx(acc.local_epsilon(r.z1, 1e-5))
+  assert r.local_epsilon1 > acc.epsilon_for([acc.StageEvent("s", r.z1, 1)], 1e-5) * 1.8
+
+
+@pytest.mark.parametrize("threat_model,method", [
+    ("server", "pina"), ("server", "pina_ri"), ("server", "fedavg"),
+    ("server", "ifca_ldp"), ("release", "pina"), ("release", "ifca_ldp")])
+def test_every_method_spends_the_whole_target(threat_model, method):
+  target, delta = 4.0, 1e-5
+  plan = acc.AccountingPlan(**{**PLAN.__dict__, "stage1_enabled": method == "pina",
+                               "stage2_local_dp": method == "ifca_ldp"})
+  r = acc.calibrate_noise_multipliers(target, delta, plan, threat_model=threat_model)
+  assert 0.99 * target <= r.epsilon_achieved <= target
   assert r.epsilon_achieved == pytest.approx(
-      acc.epsilon_for([plan.stage_event("stage1", r.z1),
-                       plan.stage_event("stage2", r.z2)], 1e-3), rel=1e-9)
+      acc.run_epsilon(plan, r.noise_multipliers, delta, threat_model, "rdp"))
+  assert r.epsilons[threat_model] == r.epsilon_achieved
+  other = "release" if threat_model == "server" else "server"
+  if method == "ifca_ldp" and plan.stage0_rounds == 0:
+    assert r.epsilons[other] == pytest.approx(r.epsilon_achieved)
+  elif threat_model == "server":
+    assert r.epsilons["release"] < r.epsilon_achieved
+  else:
+    assert r.epsilons["server"] > r.epsilon_achieved
+
+
+def test_default_delta_is_well_below_one_over_population():
+  assert config_lib.default_delta(100) == 1e-5
+  assert config_lib.default_delta(10 ** 6) == 1e-7
+  for pop in (10 ** 4, 10 ** 6):
+    cfg = config_lib.validate(config_lib.RunConfig(population=pop))
+    assert cfg.privacy.delta <= 1 / (10 * pop) and cfg.privacy.delta <= 1e-5
 
 
 def test_infinite_epsilon_means_no_noise():
-  r = acc.calibrate_noise_multipliers(math.inf, 1e-3, PLAN)
+  r = acc.calibrate_noise_multipliers(math.inf, 1e-5, PLAN)
   assert r.noise_multipliers == {"stage0": 0.0, "stage1": 0.0, "stage2": 0.0}
-  assert math.isinf(r.epsilon_achieved)
-
-
-def test_pina_ri_plan_has_no_stage1():
-  plan = acc.AccountingPlan(population=1000, stage1_enabled=False, stage2_rounds=10,
-                            stage2_cohort=50)
-  r = acc.calibrate_noise_multipliers(3.0, 1e-3, plan)
-  assert r.z1 == 0.0 and r.local_epsilon1 is None
-  assert r.budget_split == {"stage2": 1.0}
-  assert r.stage_epsilons["stage2"] == pytest.approx(3.0, rel=1e-3)
-
-
-def test_ifca_ldp_has_no_amplification():
-  z = acc.calibrate_ifca_ldp(8.0, 1e-3, max_participations=5)
-  a = dp_accounting.rdp.RdpAccountant()
-  a.compose(dp_accounting.GaussianDpEvent(z), 5)
-  assert a.get_epsilon(1e-3) == pytest.approx(8.0, rel=1e-3)
-  assert acc.ifca_ldp_epsilon(z, 5, 1e-3) == pytest.approx(a.get_epsilon(1e-3))
-  # With subsampling amplification the same z would cost much less.
-  sub = acc.epsilon_for([acc.StageEvent("s", z, 5, 0.05)], 1e-3)
-  assert sub < 0.5 * a.get_epsilon(1e-3)
+  assert math.isinf(r.epsilon_achieved) and math.isinf(r.epsilons["release"])
 
 
 def test_epsilon_spent_after_is_monotone_and_ends_at_total():
   zs = {"stage0": 1.0, "stage1": 3.0, "stage2": 0.8}
-  e0 = acc.epsilon_spent_after(0, "stage0", PLAN, zs, 1e-3)
-  e1 = acc.epsilon_spent_after(2, "stage0", PLAN, zs, 1e-3)
-  e2 = acc.epsilon_spent_after(1, "stage1", PLAN, zs, 1e-3)
-  e3 = acc.epsilon_spent_after(10, "stage2", PLAN, zs, 1e-3)
-  e4 = acc.epsilon_spent_after(30, "stage2", PLAN, zs, 1e-3)
-  assert e0 == 0.0 and e0 < e1 < e2 < e3 < e4
-  assert e4 == pytest.approx(_hand_rdp(1.0, 3.0, 0.8, 1e-3), rel=1e-9)
+  for tm in acc.THREAT_MODELS:
+    if tm == "release":
+      e = [acc.epsilon_spent_after(2, "stage0", PLAN, zs, 1e-5, threat_model=tm),
+           acc.epsilon_spent_after(20, "stage2", PLAN, zs, 1e-5, threat_model=tm)]
+      assert e[0] < e[1] == pytest.approx(acc.run_epsilon(PLAN, zs, 1e-5, tm))
+      continue
+    e = [acc.epsilon_spent_after(0, "stage0", PLAN, zs, 1e-5, threat_model=tm),
+         acc.epsilon_spent_after(2, "stage0", PLAN, zs, 1e-5, threat_model=tm),
+         acc.epsilon_spent_after(1, "stage1", PLAN, zs, 1e-5, threat_model=tm),
+         acc.epsilon_spent_after(10, "stage2", PLAN, zs, 1e-5, threat_model=tm),
+         acc.epsilon_spent_after(20, "stage2", PLAN, zs, 1e-5, threat_model=tm)]
+    assert e[0] == 0.0 and all(a < b for a, b in zip(e, e[1:]))
+    assert e[-1] == pytest.approx(acc.run_epsilon(PLAN, zs, 1e-5, tm))
 
 
 @pytest.mark.parametrize("kwargs", [dict(delta=0.0), dict(delta=1.5),
-                                    dict(accountant="foo"),
+                                    dict(accountant="foo"), dict(threat_model="x"),
                                     dict(budget_split={"stage9": 1.0}),
                                     dict(budget_split={"stage0": 1.0})])
 def test_bad_inputs_raise_config_error(kwargs):
-  args = dict(target_epsilon=2.0, delta=1e-3, plan=PLAN)
+  args = dict(target_epsilon=2.0, delta=1e-5, plan=PLAN)
   args.update(kwargs)
   with pytest.raises(ConfigError):
     acc.calibrate_noise_multipliers(**args)

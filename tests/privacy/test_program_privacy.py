@@ -1,0 +1,121 @@
+"""The program's privacy wiring end to end on a tiny digits population: both threat
+models and the noise settings in summary.json, a seeded (simulation-mode) DP run that a
+resumed run repeats exactly, secure-mode seeds, and the diagnostics switch."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from computations import aggregators as agg
+from computations import context
+from computations import program
+from pina_tff import config as config_lib
+from pina_tff.data import beam_prepare
+from pina_tff.privacy import accounting
+from pina_tff.simulation import sampling
+
+NUM_CLIENTS = 24
+
+
+@pytest.fixture(scope="module")
+def clients_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("privacy_program") / "digits"
+  beam_prepare.prepare(beam_prepare.PrepareConfig(
+      output_dir=str(out), dataset="digits", num_clients=NUM_CLIENTS, num_shards=1,
+      seed=0))
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def tff_ctx():
+  with context.tff_context() as ctx:
+    yield ctx
+
+
+def _cfg(t0=1, t2=2, **privacy):
+  return config_lib.RunConfig(
+      method="fedavg", num_clusters=1, population=NUM_CLIENTS, seed=3, model_width=64,
+      privacy=config_lib.PrivacyConfig(**{"epsilon": 8.0, **privacy}),
+      stage0=config_lib.Stage0Config(enabled=t0 > 0, rounds=t0, cohort=10, clip=0.5),
+      stage1=config_lib.Stage1Config(num_sketch_clients=20, top_k=8),
+      stage2=config_lib.Stage2Config(rounds=t2, cohort=10, batch_size=16, clip=0.5,
+                                     aggregator="central"))
+
+
+def _opts(**kw):
+  return program.ProgramOptions(shard_size=4, checkpoint_every=1, progress="none", **kw)
+
+
+def _rows(root):
+  with open(root / "metrics.csv", newline="") as f:
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def run_a(clients_dir, tff_ctx, tmp_path_factory):
+  root = tmp_path_factory.mktemp("a")
+  program.run_simulation(_cfg(), clients_dir, str(root), _opts(), log=lambda m: None)
+  return root
+
+
+def test_summary_reports_both_threat_models_and_noise_settings(run_a):
+  s = json.loads((run_a / "summary.json").read_text())
+  cfg = config_lib.validate(_cfg())
+  plan = accounting.plan_from_config(cfg)
+  zs = {"stage0": s["noise_multipliers"]["z0"], "stage1": 0.0,
+        "stage2": s["noise_multipliers"]["z2"]}
+  assert s["threat_model_calibrated"] == "server"
+  assert 0.99 * 8.0 <= s["epsilon_server"] <= 8.0
+  assert s["epsilon_server"] == pytest.approx(
+      accounting.run_epsilon(plan, zs, s["delta"], "server"))
+  assert s["epsilon_release"] == pytest.approx(
+      accounting.run_epsilon(plan, zs, s["delta"], "release"))
+  assert s["epsilon_release"] < s["epsilon_server"]
+  assert s["delta"] == min(1e-5, 1 / (10 * NUM_CLIENTS))
+  assert (s["sampling"], s["noise_mode"]) == ("poisson", "simulation")
+  assert s["noise_reproducible"] is True  # central DP, seeded
+  # Constant shard count: enough for the largest Poisson cohort of each stage.
+  big2 = sampling.max_cohort_size(3, 2, 2, NUM_CLIENTS, 10)
+  assert s["tff_shards_per_round"]["stage2"] == math.ceil(big2 / 4)
+  assert "train_loss" in s["released_outside_epsilon"]["metrics.csv"]
+
+
+def test_seeded_dp_run_resumed_equals_uninterrupted(run_a, clients_dir, tff_ctx,
+                                                    tmp_path):
+  root_b = tmp_path / "b"
+  assert program.run_simulation(_cfg(), clients_dir, str(root_b),
+                                _opts(stop_after_rounds=2),
+                                log=lambda m: None) == {"interrupted": True}
+  program.run_simulation(_cfg(), clients_dir, str(root_b), _opts(), log=lambda m: None)
+  rows_a, rows_b = _rows(run_a), _rows(root_b)
+  assert len(rows_a) == 3 and rows_b == rows_a
+  a = json.loads((run_a / "summary.json").read_text())
+  b = json.loads((root_b / "summary.json").read_text())
+  assert b["final_accuracy"] == a["final_accuracy"]
+
+
+def test_diagnostics_off_releases_nothing_outside_epsilon(clients_dir, tff_ctx, tmp_path):
+  root = tmp_path / "c"
+  s = program.run_simulation(_cfg(t0=0, t2=1), clients_dir, str(root),
+                             _opts(simulation_diagnostics=False), log=lambda m: None)
+  assert s["released_outside_epsilon"] == {} and s["simulation_diagnostics"] is False
+  (row,) = _rows(root)
+  for key in ("test_accuracy", "clustering_accuracy", "train_loss", "count_0"):
+    assert math.isnan(float(row[key])), key
+  assert math.isnan(s["final_accuracy"])
+
+
+def test_noise_seeds_simulation_vs_secure():
+  sim = config_lib.validate(_cfg())
+  sec = config_lib.validate(_cfg(noise_mode="secure"))
+  assert np.array_equal(program._noise_seed(sim, 2, 5), program._noise_seed(sim, 2, 5))
+  assert not np.array_equal(program._noise_seed(sim, 2, 5), program._noise_seed(sim, 2, 6))
+  assert not np.array_equal(program._noise_seed(sec, 2, 5), program._noise_seed(sec, 2, 5))
+  ids = [0, 1, 2]
+  assert program._client_seeds(3, 1, 0, ids) == program._client_seeds(3, 1, 0, ids)
+  a = program._client_seeds(3, 1, 0, ids, "secure")
+  b = program._client_seeds(3, 1, 0, ids, "secure")
+  assert a != b and a != program._client_seeds(3, 1, 0, ids)
+  assert agg.derived_seed(3, 2, 5).dtype == np.int64
