@@ -603,7 +603,8 @@ def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True):
   shard_size = shards_lib.default_shard_size(m1)
   spec = local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
                          batch_size=cfg.stage2.batch_size, learning_rate=s1.lr,
-                         train_keys=tm.LORA_KEYS + tm.HEAD_KEYS, send_keys=tm.LORA_KEYS)
+                         train_keys=tm.LORA_KEYS + (tm.HEAD_KEYS if s1.train_head else ()),
+                         send_keys=tm.LORA_KEYS)
   comp = stage1_lib.build_sketch_computation(model, spec, s1.top_k, s1.clip, z1,
                                              shard_size, n_max)
   data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
