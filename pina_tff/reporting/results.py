@@ -290,13 +290,14 @@ def format_mean_std(values: Sequence[float], decimals: int = 1) -> str:
   return text
 
 
-def best_baseline(records: Iterable[RunRecord], dataset: str, epsilon,
+def best_baseline(records: Iterable[RunRecord], dataset: str | None, epsilon,
                   seed: int | None = None, baselines: Sequence[str] = BASELINES):
   """The baseline that pina-grid gives extra seeds: among the finished runs of
   (dataset, ε) of the methods in `baselines` (FedAvg, FedProx, FedNova, IFCA, IFCA+LDP)
   with the given seed (any seed if None), the method with the highest final test
   accuracy (summary `final_accuracy`; runs without a finite one are ignored); a tie goes
-  to the method listed first in `baselines`. None when no such run exists.
+  to the method listed first in `baselines`. None when no such run exists. dataset None:
+  any dataset (the records are already one dataset's).
   """
   best, best_acc = None, -math.inf
   for m in baselines:
