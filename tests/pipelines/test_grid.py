@@ -1,7 +1,7 @@
 """Tests for pipelines/grid.py: seeds, best-baseline extra seeds, resume, one population
 load per dataset, grid.json. The simulation itself is replaced by a recorder that writes
-a realistic run directory (tests/reporting/fakes.py); the real program runs in
-test_grid_e2e.py."""
+a realistic run directory (tests/reporting/fakes.py) and checks that it is handed the
+shared population."""
 
 import contextlib
 import json

@@ -80,6 +80,12 @@ def test_build_report(tmp_path):
   out = report.build_report(str(tmp_path / "grid"), str(tmp_path / "out"), date="x")
   assert out["num_runs"] == 12 and len(out["plots"]) == 12
   assert open(out["results_md"]).read().startswith("# Results (x)")
+  assert "## Grid run" not in open(out["results_md"]).read()
+  (tmp_path / "grid" / "grid.json").write_text(
+      '{"invocations": [{"wall_s": 61, "command": "pina-grid --preset=x"}]}')
+  out = report.build_report(str(tmp_path / "grid"), str(tmp_path / "out"), date="x")
+  md = open(out["results_md"]).read()
+  assert "Wall clock of the whole grid:** 61 s" in md and "`pina-grid --preset=x`" in md
   os.makedirs(tmp_path / "empty")
   with pytest.raises(errors.DataError, match="at least one run"):
     report.build_report(str(tmp_path / "empty"), str(tmp_path / "o2"))
