@@ -362,7 +362,8 @@ def _fmt(v: float, spec: str = ".3g") -> str:
 
 
 def _footnote(records, col, methods) -> str:
-  """Per method: achieved ε, δ, noise multipliers, local ε1 (distinct texts over seeds)."""
+  """Per method: achieved ε (`epsilon_achieved`: under the threat model calibrated), δ,
+  noise multipliers, local ε1 (distinct texts over seeds)."""
   dataset, eps = col
   parts = []
   for m in methods:
@@ -370,7 +371,7 @@ def _footnote(records, col, methods) -> str:
     for r in select(records, dataset=dataset, epsilon=eps, method=m):
       z = r.summary.get("noise_multipliers") or {}
       zs = ", ".join(f"{k}={_fmt(_to_float(z[k]))}" for k in sorted(z))
-      bits = [f"\u03b5 achieved {_fmt(r.privacy_epsilons()[0])}"]
+      bits = [f"\u03b5 achieved {_fmt(r.scalar('epsilon_achieved'))}"]
       if math.isfinite(r.scalar("delta")):
         bits.append(f"\u03b4={_fmt(r.scalar('delta'))}")
       if zs:
@@ -402,6 +403,17 @@ def _epsilon_table(records, methods, columns, head) -> list:
     if any(c != MISSING for c in cells):
       lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
   return lines
+
+
+def _calibrated_note(records) -> str:
+  """' Noise calibrated to the <m> threat model.' from the summaries (if recorded)."""
+  models = []
+  for r in records:
+    priv = r.summary.get("privacy") if isinstance(r.summary.get("privacy"), Mapping) else {}
+    m = r.summary.get("threat_model_calibrated", priv.get("threat_model"))
+    if m and m not in models:
+      models.append(str(m))
+  return f" Noise calibrated to the {' / '.join(models)} threat model." if models else ""
 
 
 def _duration(seconds: float) -> str:
@@ -485,7 +497,8 @@ def results_markdown(records: Sequence[RunRecord], date: str | None = None,
   out += ["", "## Achieved \u03b5 (server / release)", "",
           "Every method in a column is calibrated to the column's target \u03b5; the "
           "achieved \u03b5 against an honest-but-curious server and against the released "
-          "model (n/a: not recorded by this run's summary).", ""]
+          "model (n/a: not recorded by this run's summary)." + _calibrated_note(records),
+          ""]
   out += _epsilon_table(records, methods, columns, head)
   out += ["", "Achieved privacy and noise multipliers per column:", ""]
   out += [f"[^{i + 1}]: {_footnote(records, col, methods)}" for i, col in enumerate(columns)]

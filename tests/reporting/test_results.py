@@ -262,7 +262,8 @@ def test_achieved_epsilon_server_and_release(tmp_path):
   b = fakes.write_run(str(g / "b"), "fedavg", "digits", 8, 0.4)
   c = fakes.write_run(str(g / "c"), "ifca", "digits", 8, 0.4)
   fakes.write_run(str(g / "d"), "fedprox", "digits", 8, 0.4)        # today's fields only
-  _set_summary(a, epsilon_server=7.5, epsilon_release=3.25)          # top level
+  _set_summary(a, epsilon_server=7.5, epsilon_release=3.25,         # top level
+               threat_model_calibrated="release")
   _set_summary(b, privacy={"epsilon_server": "inf", "epsilon_release": 6.0})
   _set_summary(c, privacy={"epsilons": {"server": 7.0, "release": 5.0}})
   recs = {r.method: r for r in results.collect_runs(str(g))}
@@ -279,7 +280,8 @@ def test_achieved_epsilon_server_and_release(tmp_path):
   assert eps["IFCA"][col] == "7 / 5"
   assert eps["FedProx"][col] == "7.84 / n/a"
   assert "FedNova" not in eps                                        # no run at all
-  assert "PINA: ε achieved 7.5, δ=1e-05, z0=1.1" in md               # footnote kept
+  assert "PINA: ε achieved 7.84, δ=1e-05, z0=1.1" in md              # footnote kept
+  assert "Noise calibrated to the release threat model." in md
 
 
 def test_grid_section_from_grid_json(tmp_path):
