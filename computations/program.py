@@ -266,9 +266,13 @@ def calibrate(cfg) -> accounting.PrivacyReport:
 def run_simulation(cfg, clients_dir: str, root_dir: str,
                    options: ProgramOptions = ProgramOptions(),
                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr,
-                                                                flush=True)) -> dict:
+                                                                flush=True),
+                   population: Optional[population_lib.Population] = None) -> dict:
   """Runs (or resumes) one simulation; returns the summary also written to
   `<root_dir>/summary.json`.
+
+  `population`: the already loaded `load_population(clients_dir, ...)` to reuse (pina-grid
+  loads it once per dataset); None loads it here.
 
   The caller installs the TFF execution context (`computations.context.tff_context`).
   """
@@ -287,7 +291,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         privacy=dataclasses.replace(cfg.privacy,
                                     delta=None if default_delta else cfg.privacy.delta)))
   os.makedirs(root_dir, exist_ok=True)
-  pop = population_lib.load_population(clients_dir, cfg.stage1.lora_rank, cfg.seed, log)
+  pop = population or population_lib.load_population(clients_dir, cfg.stage1.lora_rank,
+                                                     cfg.seed, log)
   _write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
   report = calibrate(cfg)
   z0, z1, z2 = report.z0, report.z1, report.z2

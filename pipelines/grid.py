@@ -1,20 +1,46 @@
-"""pina-grid: the Table-1 grid (datasets x epsilon x methods), results table and plots.
+"""pina-grid: the Table-1 grid (datasets x epsilon x methods x seeds), table and plots.
 
   pina-grid --preset=digits --output_dir=runs/grid_digits
+  pina-grid --preset=fmnist --output_dir=runs/grid_fmnist --data_dir=data
 
-Writes `<output_dir>/<dataset>/<method>/eps_<e>/` (one resumable pina-simulate run
-each; finished runs are skipped when the grid is started again), then
-`results.md`, `results.csv` and `plots/*.png` in `<output_dir>`.
+Runs every cell as one resumable pina-simulate run in
+`<output_dir>/<dataset>/<method>/eps_<e>/seed_<s>/` (finished runs are skipped when the
+grid is started again; a run of the older layout `<dataset>/<method>/eps_<e>/` with the
+same seed counts as finished), then writes `results.md`, `results.csv`, `plots/*.png`
+and `grid.json` (start/end time, command line, git commit, per-run wall clock, seeds and
+the best baselines picked) in `<output_dir>`.
+
+Seeds. Pass 1 runs every cell with each seed of --seeds (default: --seed). Pass 2 (a
+preset's `extra_seeds`, unless --noextra_seeds) runs the extra seeds for PINA, PINA+RI
+and the BEST BASELINE at the extra-seed epsilons. Best-baseline rule: among FedAvg,
+FedProx, FedNova, IFCA and IFCA+LDP, the method whose finished run with the base seed
+(the first of --seeds) has the highest final test accuracy at that dataset and ε; a tie
+goes to the first in that order (`pina_tff.reporting.results.best_baseline`).
+
+Population. Each dataset's population (cached embeddings reduced to tail features) is
+loaded ONCE for the whole grid and shared by every run on it (loading 10,000 Fashion-MNIST
+clients takes ~90 s). `load_population`'s seed only seeds the backbone pre-training when
+no backbone is cached in the dataset directory yet; the cache is then built once, with
+the grid's base seed, and reused by every run whatever its seed (as separate runs
+would reuse it), so sharing does not change any run's result.
+
 Presets: `digits` (the embedded default; prepares the data itself), `tiny` (a smoke
-test in seconds), `paper` (rotated CIFAR-10, rotated Fashion-MNIST, FEMNIST with
-10,000 clients; needs the datasets, i.e. internet access, and a large machine).
+test in seconds), `fmnist` (rotated Fashion-MNIST, 10,000 clients, C = 4, extra seeds
+1 and 2 at ε = 2 and 8), `fmnist_demo` (2,000 Fashion-MNIST clients prepared as
+`fashion_mnist_2k`), `paper` (rotated CIFAR-10, rotated Fashion-MNIST, FEMNIST with
+10,000 clients; needs the datasets and a large machine). The Fashion-MNIST presets
+prepare from Debian's IDX files (`scripts/ensure_fmnist.sh`).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
+import json
 import math
 import os
+import shlex
+import subprocess
 import sys
 import time
 
@@ -24,25 +50,33 @@ from absl import flags
 from pina_tff import config as config_lib
 from pina_tff.errors import PinaError
 from pina_tff.models import backbone as _backbone  # pylint: disable=unused-import
+from pina_tff.reporting import results as results_lib
 from pipelines import presets
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "digits", ["digits", "tiny", "paper"], "Grid preset.")
-flags.DEFINE_string("output_dir", None, "Grid output directory.")
-flags.DEFINE_string("data_dir", None, "Where prepared datasets live (default "
-                    "<output_dir>/data); a dataset missing there is prepared first.")
-flags.DEFINE_list("methods", None, "Subset of methods (default: all seven).")
-flags.DEFINE_list("epsilons", None, "Subset of epsilons, e.g. 2,8,inf.")
-flags.DEFINE_integer("seed", 0, "Seed of every run.")
-flags.DEFINE_enum("progress", "log", ["auto", "bar", "log", "none"], "Per-run progress.")
 
 ALL_METHODS = list(config_lib.METHODS)
+PINA_METHODS = ("pina", "pina_ri")
 
 
 def _digits_config():
   return copy.deepcopy(presets.DIGITS_DEFAULTS)
 
 
+def _fmnist_config(population: int = 10000):
+  cfg = copy.deepcopy(presets.FMNIST_DEFAULTS)
+  if population != cfg["population"]:
+    cfg["population"] = population
+    cfg["stage0"]["cohort"] = min(cfg["stage0"]["cohort"], population)
+    cfg["stage2"]["cohort"] = min(cfg["stage2"]["cohort"], population)
+    cfg["stage1"]["num_sketch_clients"] = min(cfg["stage1"]["num_sketch_clients"],
+                                              population)
+  return cfg
+
+
+# datasets: {key: {num_clients, num_clusters, source}}; the key names the prepared
+# directory and the grid's subdirectory, `source` (default: the key) is the dataset
+# pina-prepare builds. extra_seeds: {seeds, epsilons} of pass 2 (see the module doc).
 PRESETS = {
     "digits": {"datasets": {"digits": {"num_clients": 100, "num_clusters": 4}},
                "epsilons": [2.0, 8.0, math.inf], "config": _digits_config()},
@@ -54,6 +88,14 @@ PRESETS = {
                                     "top_k": 8, "kmeans_restarts": 2},
                             stage2={"rounds": 2, "cohort": 8, "warm_rounds": 1,
                                     "aggregator": "ddp"})},
+    "fmnist": {"datasets": {"fashion_mnist": {"num_clients": 10000, "num_clusters": 4}},
+               "epsilons": [2.0, 8.0, math.inf],
+               "extra_seeds": {"seeds": [1, 2], "epsilons": [2.0, 8.0]},
+               "config": _fmnist_config(10000)},
+    "fmnist_demo": {"datasets": {"fashion_mnist_2k": {"source": "fashion_mnist",
+                                                      "num_clients": 2000,
+                                                      "num_clusters": 4}},
+                    "epsilons": [2.0, 8.0, math.inf], "config": _fmnist_config(2000)},
     "paper": {"datasets": {"cifar10": {"num_clients": 10000, "num_clusters": 2},
                            "fashion_mnist": {"num_clients": 10000, "num_clusters": 4},
                            "femnist": {"num_clients": 10000, "num_clusters": 2}},
@@ -63,62 +105,229 @@ PRESETS = {
                          "stage2": {"rounds": 200, "cohort": 1000}}},
 }
 
+flags.DEFINE_enum("preset", "digits", list(PRESETS), "Grid preset.")
+flags.DEFINE_string("output_dir", None, "Grid output directory.")
+flags.DEFINE_string("data_dir", None, "Where prepared datasets live (default "
+                    "<output_dir>/data); a dataset missing there is prepared first.")
+flags.DEFINE_list("methods", None, "Subset of methods (default: all seven).")
+flags.DEFINE_list("epsilons", None, "Subset of epsilons, e.g. 2,8,inf.")
+flags.DEFINE_integer("seed", 0, "Seed of every run (when --seeds is not given).")
+flags.DEFINE_list("seeds", None, "Seeds of pass 1, e.g. 0,1,2: every cell runs with "
+                  "each; the first is the base seed of the best-baseline pick.")
+flags.DEFINE_bool("extra_seeds", True, "Run the preset's extra seeds (pass 2) for "
+                  "PINA, PINA+RI and the best baseline.")
+flags.DEFINE_enum("progress", "log", ["auto", "bar", "log", "none"], "Per-run progress.")
+
 
 def eps_dirname(eps: float) -> str:
   return "eps_inf" if math.isinf(eps) else f"eps_{eps:g}"
 
 
+def run_dir_for(output_dir: str, dataset: str, method: str, eps: float, seed: int) -> str:
+  """`<output_dir>/<dataset>/<method>/eps_<e>/seed_<s>`."""
+  return os.path.join(output_dir, dataset, method, eps_dirname(eps), f"seed_{seed}")
+
+
+def finished_run(run_dir: str, seed: int):
+  """The directory holding the finished run of this cell and seed, or None.
+
+  `run_dir` (the seed_<s> layout) if it has a summary.json; else the older layout's
+  parent `eps_<e>` directory if its summary.json was written with this seed.
+  """
+  if os.path.exists(os.path.join(run_dir, "summary.json")):
+    return run_dir
+  old = os.path.dirname(run_dir)
+  if os.path.exists(os.path.join(old, "summary.json")):
+    if results_lib.load_run(old).seed == seed:
+      return old
+  return None
+
+
 def ensure_dataset(name: str, spec: dict, data_dir: str, seed: int, log) -> str:
-  """Prepared clients of `name` under data_dir (runs pina-prepare's pipeline if absent)."""
+  """Prepared clients of `name` under data_dir (runs pina-prepare's pipeline for
+  spec['source'] (default: name) with spec['num_clients'] clients if absent)."""
   path = os.path.join(data_dir, name)
   if os.path.exists(os.path.join(path, "manifest.json")):
     return path
   from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
-  log(f"preparing {name} ({spec['num_clients']} clients) in {path}")
+  source = spec.get("source", name)
+  log(f"preparing {name} ({source}, {spec['num_clients']} clients) in {path}")
   os.makedirs(data_dir, exist_ok=True)
   beam_prepare.prepare(beam_prepare.PrepareConfig(
-      dataset=name, num_clients=spec["num_clients"], num_clusters=spec["num_clusters"],
+      dataset=source, num_clients=spec["num_clients"], num_clusters=spec["num_clusters"],
       output_dir=path, seed=seed))
   return path
 
 
+def _utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+  """HEAD of the checkout this file is in ('-dirty' appended with uncommitted changes);
+  None outside a git checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, timeout=20, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "-uno"],
+                           capture_output=True, text=True, timeout=20).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ("-dirty" if dirty else "") if head else None
+
+
+class _GridRecord:
+  """grid.json: every invocation of the grid on this output_dir (a restart appends one),
+  rewritten atomically after each run so that a killed grid keeps its record."""
+
+  def __init__(self, output_dir: str, entry: dict):
+    self.path = os.path.join(output_dir, results_lib.GRID_JSON)
+    self.previous = (results_lib.read_grid_info(output_dir) or {}).get("invocations", [])
+    self.entry = entry
+    self.t0 = time.monotonic()
+
+  def write(self, end: bool = False) -> dict:
+    self.entry["wall_s"] = round(time.monotonic() - self.t0, 3)
+    if end:
+      self.entry["end"] = _utc_now()
+    info = {"invocations": self.previous + [self.entry],
+            "wall_clock_s": round(sum(i.get("wall_s") or 0.0 for i in self.previous)
+                                  + self.entry["wall_s"], 3)}
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = f"{self.path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(info, f, indent=1)
+    os.replace(tmp, self.path)
+    return info
+
+
+def _eta(done_walls: list, remaining: int) -> str:
+  if not done_walls:
+    return "ETA unknown"
+  s = int(round(sum(done_walls) / len(done_walls) * remaining))
+  return f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons=None,
-             seed: int = 0, progress: str = "log", log=None) -> list:
-  """Runs every (dataset, epsilon, method) cell, then writes the table and plots."""
+             seed: int = 0, progress: str = "log", log=None, seeds=None,
+             extra_seeds: bool = True, command: str | None = None) -> list:
+  """Runs every (dataset, ε, method, seed) cell, then writes the table, plots, grid.json.
+
+  Args:
+    seeds: seeds of pass 1 (every cell); default [seed]. seeds[0] is the base seed.
+    extra_seeds: run the preset's `extra_seeds` pass (PINA, PINA+RI and the best
+      baseline at the preset's extra-seed epsilons; see the module docstring).
+    command: the command line recorded in grid.json (default: this Python call).
+  Returns the written plot paths.
+  """
   from computations import context  # pylint: disable=g-import-not-at-top
   from computations import program  # pylint: disable=g-import-not-at-top
   from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
-  from pina_tff.reporting import results  # pylint: disable=g-import-not-at-top
+  from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
   log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+  if preset not in PRESETS:
+    raise config_lib.ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
   p = PRESETS[preset]
   methods = methods or ALL_METHODS
   for m in methods:
     if m not in ALL_METHODS:
       raise config_lib.ConfigError(f"unknown method {m!r}; valid: {', '.join(ALL_METHODS)}")
   epsilons = epsilons if epsilons is not None else p["epsilons"]
+  seeds = [int(s) for s in (seeds if seeds else [seed])]
+  if len(set(seeds)) != len(seeds):
+    raise config_lib.ConfigError(f"--seeds must not repeat a seed, found {seeds}")
+  base_seed = seeds[0]
+  extra = p.get("extra_seeds") if extra_seeds else None
+  extra_s = [s for s in (extra or {}).get("seeds", []) if s not in seeds]
+  extra_eps = [e for e in (extra or {}).get("epsilons", []) if e in epsilons]
+  extra_methods = [m for m in PINA_METHODS if m in methods]
+  has_baseline = any(m in results_lib.BASELINES for m in methods)
+  per_dataset = len(seeds) * len(epsilons) * len(methods) + len(extra_s) * len(
+      extra_eps) * (len(extra_methods) + int(has_baseline))
+  total = per_dataset * len(p["datasets"])
   data_dir = data_dir or os.path.join(output_dir, "data")
-  start = time.monotonic()
+  record = _GridRecord(output_dir, {
+      "start": _utc_now(), "end": None, "wall_s": 0.0,
+      "command": command or (f"run_grid(preset={preset!r}, output_dir={output_dir!r}, "
+                             f"seeds={seeds})"),
+      "git_commit": git_commit(), "preset": preset, "seeds": seeds,
+      "methods": list(methods), "epsilons": [results_lib.epsilon_token(e)
+                                             for e in epsilons],
+      "extra_seeds": {"seeds": extra_s, "epsilons": [results_lib.epsilon_token(e)
+                                                     for e in extra_eps]},
+      "best_baselines": {}, "population_load_s": {}, "runs": []})
+  record.write()
+  state = {"i": 0, "walls": []}
+
+  def run_cell(dataset, dspec, clients_dir, pops, method, eps, s):
+    state["i"] += 1
+    run_dir = run_dir_for(output_dir, dataset, method, eps, s)
+    entry = {"dataset": dataset, "method": method, "epsilon": results_lib.epsilon_token(eps),
+             "seed": s, "run_dir": os.path.relpath(run_dir, output_dir)}
+    done = finished_run(run_dir, s)
+    if done is not None:
+      log(f"[{state['i']}/{total}] skip {done} (done)")
+      record.entry["runs"].append(dict(entry, run_dir=os.path.relpath(done, output_dir),
+                                       status="skipped", wall_s=None))
+      record.write()
+      return
+    cfg_dict = copy.deepcopy(p["config"])
+    cfg_dict.update(method=method, num_clusters=dspec["num_clusters"], seed=s)
+    cfg_dict.setdefault("privacy", {})["epsilon"] = eps
+    cfg = config_lib.validate(config_lib.from_dict(cfg_dict))
+    key = (clients_dir, cfg.stage1.lora_rank)
+    if key not in pops:
+      t = time.monotonic()
+      log(f"loading the {dataset} population once for the grid (backbone cache seed "
+          f"{base_seed})")
+      pops[key] = population_lib.load_population(clients_dir, cfg.stage1.lora_rank,
+                                                 base_seed, log)
+      record.entry["population_load_s"][dataset] = round(time.monotonic() - t, 3)
+    log(f"[{state['i']}/{total}] run {dataset} {method} eps={results_lib.epsilon_token(eps)}"
+        f" seed={s} ({_eta(state['walls'], total - state['i'] + 1)})")
+    t = time.monotonic()
+    program.run_simulation(cfg, clients_dir, run_dir,
+                           program.ProgramOptions(progress=progress), log=log,
+                           population=pops[key])
+    wall = time.monotonic() - t
+    state["walls"].append(wall)
+    record.entry["runs"].append(dict(entry, status="ran", wall_s=round(wall, 3)))
+    record.write()
+
   with context.tff_context(device="cpu"):
     for dataset, dspec in p["datasets"].items():
-      clients_dir = ensure_dataset(dataset, dspec, data_dir, seed, log)
-      for eps in epsilons:
-        for method in methods:
-          run_dir = os.path.join(output_dir, dataset, method, eps_dirname(eps))
-          if os.path.exists(os.path.join(run_dir, "summary.json")):
-            log(f"skip {run_dir} (done)")
-            continue
-          cfg_dict = copy.deepcopy(p["config"])
-          cfg_dict.update(method=method, num_clusters=dspec["num_clusters"], seed=seed)
-          cfg_dict.setdefault("privacy", {})["epsilon"] = eps
-          cfg = config_lib.validate(config_lib.from_dict(cfg_dict))
-          log(f"run {dataset} {method} eps={eps}")
-          program.run_simulation(cfg, clients_dir, run_dir,
-                                 program.ProgramOptions(progress=progress), log=log)
-  records = results.collect_runs(output_dir)
-  results.write_results_table(records, os.path.join(output_dir, "results.md"),
-                              os.path.join(output_dir, "results.csv"))
+      clients_dir = ensure_dataset(dataset, dspec, data_dir, base_seed, log)
+      pops = {}  # (clients_dir, lora_rank) -> Population, loaded at the first run
+      for s in seeds:
+        for eps in epsilons:
+          for method in methods:
+            run_cell(dataset, dspec, clients_dir, pops, method, eps, s)
+      if not extra_s or not extra_eps:
+        continue
+      base = [r for r in results_lib.collect_runs(os.path.join(output_dir, dataset))
+              if r.seed == base_seed]
+      picks = record.entry["best_baselines"].setdefault(dataset, {})
+      for eps in extra_eps:
+        best = results_lib.best_baseline(
+            base, None, eps, seed=base_seed,
+            baselines=[m for m in results_lib.BASELINES if m in methods])
+        picks[results_lib.epsilon_token(eps)] = best
+        log(f"best baseline at {dataset} eps={results_lib.epsilon_token(eps)} (seed "
+            f"{base_seed}): {best}")
+        if best is None and has_baseline:
+          total -= len(extra_s)
+        for s in extra_s:
+          for method in extra_methods + ([best] if best else []):
+            run_cell(dataset, dspec, clients_dir, pops, method, eps, s)
+  info = record.write(end=True)
+  records = results_lib.collect_runs(output_dir)
+  results_lib.write_results_table(records, os.path.join(output_dir, "results.md"),
+                                  os.path.join(output_dir, "results.csv"), grid_info=info)
   pngs = plots.make_all_plots(records, os.path.join(output_dir, "plots"))
-  log(f"grid done in {time.monotonic() - start:.0f} s: {len(records)} runs")
+  log(f"grid done in {record.entry['wall_s']:.0f} s ({len(records)} runs in the table; "
+      f"whole grid {info['wall_clock_s']:.0f} s over {len(info['invocations'])} "
+      f"invocation(s))")
   return pngs
 
 
@@ -130,8 +339,17 @@ def main(argv):
     if not FLAGS.output_dir:
       raise config_lib.ConfigError("--output_dir is required")
     eps = [presets.parse_epsilon(e) for e in FLAGS.epsilons] if FLAGS.epsilons else None
+    seeds = None
+    if FLAGS.seeds:
+      try:
+        seeds = [int(x) for x in FLAGS.seeds]
+      except ValueError:
+        raise config_lib.ConfigError(
+            f"--seeds must be integers separated by commas, found {FLAGS.seeds}") from None
     pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
-                    FLAGS.seed, FLAGS.progress)
+                    FLAGS.seed, FLAGS.progress, seeds=seeds,
+                    extra_seeds=FLAGS.extra_seeds,
+                    command="pina-grid " + shlex.join(sys.argv[1:]))
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -20,6 +20,20 @@ DIGITS_DEFAULTS = {
                "fedprox_mu": 0.1},
 }
 
+# Rotated Fashion-MNIST (10,000 clients, C = 4), the paper's Table-1 setting. Placeholder
+# values to be tuned by the lead engineer; cohort == population is full participation.
+# Keys not given take pina_tff.config's defaults.
+FMNIST_DEFAULTS = {
+    "method": "pina", "num_clusters": 4, "population": 10000, "seed": 0,
+    "privacy": {"epsilon": 8.0},
+    "stage0": {"enabled": True, "rounds": 5, "cohort": 10000},
+    "stage1": {"num_sketch_clients": 2000, "local_epochs": 5, "lr": 1.0, "top_k": 16,
+               "clip": 1.0},
+    "stage2": {"rounds": 20, "cohort": 10000, "local_epochs": 5, "batch_size": 16,
+               "client_lr": 1.0, "server_lr": 4.0, "server_momentum": 0.0, "clip": 1.0,
+               "warm_rounds": 1, "scaling": "pina", "aggregator": "ddp"},
+}
+
 
 def parse_epsilon(text: str) -> float:
   """'inf' / '∞' or a positive number; ConfigError otherwise."""

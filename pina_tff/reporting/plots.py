@@ -2,10 +2,12 @@
 
   plot_accuracy_curves    test accuracy per stage-2 round, one line per method
   plot_clustering_curves  (a) clustering accuracy per round, PINA / PINA+RI / IFCA+LDP
-                          (paper Fig. 3a); (b) test accuracy, PINA vs PINA+RI (Fig. 3b)
+                          (paper Fig. 3a); (b) test accuracy, PINA vs PINA+RI, with
+                          the round each reaches its final clustering (Fig. 3b)
   plot_normality          per-cluster Shapiro-Wilk W, scale factor and ‖u_c‖ of one run
   make_all_plots          one set per dataset × ε; returns the written paths
-Accuracies in metrics.csv are fractions; plots show %.
+Accuracies in metrics.csv are fractions; plots show %. Several runs of one method (seeds)
+are drawn as their mean per round with a shaded min-max band.
 """
 
 from __future__ import annotations
@@ -64,34 +66,78 @@ def _markevery(n: int):
   return max(1, n // 12)
 
 
-def _plot_series(ax, record: res.RunRecord, column: str, label: str | None,
-                 prepend_init: bool = False) -> bool:
-  """Plot column (fraction -> %) over stage-2 rounds; False if nothing finite."""
+def _series(record: res.RunRecord, column: str, prepend_init: bool = False):
+  """(rounds, values in %) of a stage-2 column; None if nothing finite."""
   rows = record.stage_rows(res.STAGE_TRAIN)
   if column not in rows:
-    return False
+    return None
   x = rows["round"].astype(float)
   y = 100.0 * rows[column].astype(float)
   if not np.isfinite(y).any():
-    return False
+    return None
   if prepend_init:
     init = record.scalar("init_clustering_accuracy")
     if math.isfinite(init):
       x, y = np.concatenate([[0.0], x]), np.concatenate([[100.0 * init], y])
-  ax.plot(x, y, label=label, linewidth=1.8, markersize=5, markevery=_markevery(len(x)),
-          **_style(record.method))
-  return True
+  return x, y
+
+
+def seed_band(series: Sequence[tuple]):
+  """Mean, min and max per round over runs [(rounds, values)]: (x, mean, lo, hi) on the
+  union of rounds; a round missing (or NaN) in a run is left out of that round's stats."""
+  x = np.unique(np.concatenate([s[0] for s in series]))
+  table = np.full((len(series), len(x)), np.nan)
+  for i, (xs, ys) in enumerate(series):
+    table[i, np.searchsorted(x, xs)] = ys
+  keep = np.isfinite(table).any(axis=0)
+  x, table = x[keep], table[:, keep]
+  with np.errstate(invalid="ignore"):
+    return x, np.nanmean(table, axis=0), np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+
+
+def convergence_round(x, y) -> float:
+  """First round from which the values stay at their final value (±1e-9): the round a
+  run reaches its final clustering. NaN when no finite value."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  ok = np.isfinite(y)
+  x, y = x[ok], y[ok]
+  if not len(y):
+    return math.nan
+  off = np.nonzero(np.abs(y - y[-1]) > 1e-9)[0]
+  return float(x[off[-1] + 1]) if len(off) else float(x[0])
 
 
 def _plot_methods(ax, records, methods, column, prepend_init=False) -> int:
+  """One line per method: the run, or the mean over its runs with a min-max band.
+  Returns the number of methods drawn."""
   n = 0
   for m in methods:
-    label = res.method_name(m)
-    for r in res.select(records, method=m):
-      if _plot_series(ax, r, column, label, prepend_init=prepend_init):
-        label = None  # one legend entry per method even with several runs
-        n += 1
+    series = [sr for r in res.select(records, method=m)
+              if (sr := _series(r, column, prepend_init)) is not None]
+    if not series:
+      continue
+    x, mean, lo, hi = seed_band(series)
+    label = res.method_name(m) + (f" (mean of {len(series)})" if len(series) > 1 else "")
+    style = _style(m)
+    ax.plot(x, mean, label=label, linewidth=1.8, markersize=5,
+            markevery=_markevery(len(x)), **style)
+    if len(series) > 1:
+      ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, linewidth=0,
+                      zorder=style["zorder"] - 0.5)
+    n += 1
   return n
+
+
+def _mark_convergence(ax, records, methods) -> None:
+  """Dashed vertical line at each method's mean clustering convergence round."""
+  for m in methods:
+    rounds = [convergence_round(*sr) for r in res.select(records, method=m)
+              if (sr := _series(r, "clustering_accuracy")) is not None]
+    rounds = [v for v in rounds if math.isfinite(v)]
+    if rounds:
+      ax.axvline(float(np.mean(rounds)), color=_style(m)["color"], linestyle="--",
+                 linewidth=1.2, label=f"{res.method_name(m)}: final clustering from "
+                                      f"round {np.mean(rounds):.3g}")
 
 
 def _no_data(ax, text: str) -> None:
@@ -133,14 +179,18 @@ def plot_clustering_curves(records: Sequence[res.RunRecord], out_png: str, datas
 
   (a) clustering accuracy (%) per stage-2 round of PINA, PINA+RI and IFCA+LDP; PINA's
       round 0 is the stage-1 k-means initialization (summary init_clustering_accuracy).
-  (b) test accuracy (%) per round of PINA (stage-1 init) vs PINA+RI (random init).
-  A panel without data says so. Raises DataError when both panels are empty.
+  (b) test accuracy (%) per round of PINA (stage-1 init) vs PINA+RI (random init), with
+      a dashed line at the round from which each keeps its final clustering (mean over
+      seeds; `convergence_round`).
+  Several seeds: mean with a min-max band. A panel without data says so. Raises DataError when both panels are empty.
   """
   sel = res.select(records, dataset=dataset, epsilon=epsilon)
   fig, (ax_a, ax_b) = _new_figure(2)
   n_a = _plot_methods(ax_a, sel, CLUSTERING_METHODS, "clustering_accuracy",
                       prepend_init=True)
   n_b = _plot_methods(ax_b, sel, CONVERGENCE_METHODS, "test_accuracy")
+  if n_b:
+    _mark_convergence(ax_b, sel, CONVERGENCE_METHODS)
   if not (n_a or n_b):
     raise errors.DataError(
         f"plot_clustering_curves: expected stage-2 rows of PINA, PINA+RI or IFCA+LDP for "

@@ -11,7 +11,8 @@ from pina_tff.reporting import results
 
 
 def build_report(grid_dir: str, out_dir: str, date: str | None = None) -> dict:
-  """Collect the runs below grid_dir; write out_dir/results.md, results.csv and figures.
+  """Collect the runs below grid_dir; write out_dir/results.md, results.csv and figures
+  (results.md includes grid_dir/grid.json's commands and wall clock when present).
 
   Returns {"results_md": path, "results_csv": path, "plots": [paths], "num_runs": n}.
   Raises DataError if grid_dir holds no run.
@@ -22,7 +23,8 @@ def build_report(grid_dir: str, out_dir: str, date: str | None = None) -> dict:
                            f"it), found none.")
   md = os.path.join(out_dir, "results.md")
   csv_path = os.path.join(out_dir, "results.csv")
-  results.write_results_table(records, md, csv_path, date=date)
+  results.write_results_table(records, md, csv_path, date=date,
+                              grid_info=results.read_grid_info(grid_dir))
   pngs = plots.make_all_plots(records, os.path.join(out_dir, "figures"))
   return {"results_md": md, "results_csv": csv_path, "plots": pngs,
           "num_runs": len(records)}

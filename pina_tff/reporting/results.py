@@ -4,9 +4,11 @@ A run directory (written by `computations/program.py`) holds
   summary.json  run-level scalars (method, dataset, epsilon_target, final_accuracy, ...)
   metrics.csv   one row per round (stage, round, method, test_accuracy, ...,
                 count_c, norm_c, w_c, scale_c for each cluster c)
-`collect_runs` finds every summary.json below a grid directory (any layout) and returns
-one `RunRecord` per run. Accuracies are fractions in [0, 1]; tables show them in %.
-Plain csv/json/NumPy: no pandas.
+`collect_runs` finds every summary.json below a grid directory (any layout: pina-grid's
+`<dataset>/<method>/eps_<e>/seed_<s>/` or the older `<dataset>/<method>/eps_<e>/`) and
+returns one `RunRecord` per run. Accuracies are fractions in [0, 1]; tables show them in
+%. Several runs of one cell (seeds) are shown as mean ± sample std (ddof = 1) and their
+count. Plain csv/json/NumPy: no pandas.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +40,10 @@ DATASET_NAMES = {
 MISSING = "\u2014"  # em dash for an absent cell
 STAGE_WARMUP = 0
 STAGE_TRAIN = 2
+# The baselines among which pina-grid picks the one that gets extra seeds.
+BASELINES = ("fedavg", "fedprox", "fednova", "ifca", "ifca_ldp")
+CLUSTERED_METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp")
+SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 
 # ----------------------------------------------------------------------------- names
@@ -119,6 +126,37 @@ class RunRecord:
       return int(n)
     return len([k for k in self.metrics if k.startswith("w_") and k[2:].isdigit()])
 
+  @property
+  def seed(self):
+    """The run's seed: summary 'seed', else config.seed, else a `seed_<s>` directory
+    name; None if none of these is there."""
+    for v in (self.summary.get("seed"), (self.summary.get("config") or {}).get("seed")):
+      if v is not None and not isinstance(v, bool):
+        try:
+          return int(v)
+        except (TypeError, ValueError):
+          pass
+    m = SEED_DIR.match(os.path.basename(os.path.normpath(self.run_dir)))
+    return int(m.group(1)) if m else None
+
+  def privacy_epsilons(self) -> tuple:
+    """(ε server, ε release) achieved, floats (inf for ∞, NaN when unknown).
+
+    Reads `epsilon_server` / `epsilon_release` at the top of summary.json, then inside
+    its `privacy` dict (also `privacy.epsilons.{server,release}`); a summary without
+    them (older runs) gives (epsilon_achieved, NaN).
+    """
+    priv = self.summary.get("privacy") if isinstance(self.summary.get("privacy"),
+                                                      Mapping) else {}
+    eps = priv.get("epsilons") if isinstance(priv.get("epsilons"), Mapping) else {}
+    out = []
+    for name in ("server", "release"):
+      v = self.summary.get(f"epsilon_{name}", priv.get(f"epsilon_{name}", eps.get(name)))
+      out.append(_to_eps(v))
+    if math.isnan(out[0]) and math.isnan(out[1]):
+      out[0] = _to_eps(self.summary.get("epsilon_achieved"))
+    return tuple(out)
+
   def scalar(self, key: str) -> float:
     """A summary value as float; NaN when absent, null or not a number."""
     return _to_float(self.summary.get(key))
@@ -144,6 +182,13 @@ def _to_float(value: Any) -> float:
     return float(value)
   except (TypeError, ValueError):
     return math.nan
+
+
+def _to_eps(value: Any) -> float:
+  """An achieved ε from JSON: number, 'inf' -> inf; None / other -> NaN."""
+  if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "\u221e"):
+    return math.inf
+  return _to_float(value)
 
 
 def read_metrics_csv(path: str) -> dict:
@@ -192,7 +237,8 @@ def collect_runs(grid_dir: str) -> list:
   """Every run below `grid_dir` (each directory holding a summary.json, any depth).
 
   Sorted by dataset, method (canonical order), epsilon, then path. Directories named
-  `*.tmp-<pid>` (unfinished jobs) are skipped. Raises DataError if grid_dir is not a
+  `*.tmp-<pid>` (unfinished jobs) are skipped. Below a run directory only `seed_<s>`
+  subdirectories are searched (an old-layout run with seed runs added below it). Raises DataError if grid_dir is not a
   directory; returns [] if it holds no run.
   """
   if not os.path.isdir(grid_dir):
@@ -202,7 +248,8 @@ def collect_runs(grid_dir: str) -> list:
     dirs[:] = sorted(d for d in dirs if ".tmp-" not in d)
     if "summary.json" in files:
       records.append(load_run(root))
-      dirs[:] = []  # a run's own subdirectories (checkpoints, tensorboard) hold no runs
+      # A run's own subdirectories (checkpoints, tensorboard) hold no runs.
+      dirs[:] = [d for d in dirs if SEED_DIR.match(d)]
   records.sort(key=lambda r: (dataset_sort_key(r.dataset), method_sort_key(r.method),
                               r.epsilon, r.run_dir))
   return records
@@ -226,6 +273,41 @@ def grid_columns(records: Iterable[RunRecord]) -> list:
 
 # ----------------------------------------------------------------------------- tables
 
+def mean_std(values: Sequence[float]) -> tuple:
+  """(mean, sample standard deviation (ddof = 1; 0.0 for one value), n) of `values`."""
+  a = np.asarray(list(values), dtype=np.float64)
+  if not len(a):
+    raise ValueError("mean_std: expected at least one value, found none")
+  return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else 0.0), len(a)
+
+
+def format_mean_std(values: Sequence[float], decimals: int = 1) -> str:
+  """'74.1' for one value, '74.1 ± 0.6 (3)' (mean ± sample std (n)) for several."""
+  mean, std, n = mean_std(values)
+  text = f"{mean:.{decimals}f}"
+  if n > 1:
+    text += f" \u00b1 {std:.{decimals}f} ({n})"
+  return text
+
+
+def best_baseline(records: Iterable[RunRecord], dataset: str | None, epsilon,
+                  seed: int | None = None, baselines: Sequence[str] = BASELINES):
+  """The baseline that pina-grid gives extra seeds: among the finished runs of
+  (dataset, ε) of the methods in `baselines` (FedAvg, FedProx, FedNova, IFCA, IFCA+LDP)
+  with the given seed (any seed if None), the method with the highest final test
+  accuracy (summary `final_accuracy`; runs without a finite one are ignored); a tie goes
+  to the method listed first in `baselines`. None when no such run exists. dataset None:
+  any dataset (the records are already one dataset's).
+  """
+  best, best_acc = None, -math.inf
+  for m in baselines:
+    for r in select(records, dataset=dataset, epsilon=epsilon, method=m):
+      acc = r.scalar("final_accuracy")
+      if (seed is None or r.seed == seed) and math.isfinite(acc) and acc > best_acc:
+        best, best_acc = m, acc
+  return best
+
+
 def _cell_values(records: Sequence[RunRecord], key: str) -> dict:
   """{(method, dataset, eps): [finite values in %]} over all runs."""
   out = {}
@@ -236,19 +318,18 @@ def _cell_values(records: Sequence[RunRecord], key: str) -> dict:
   return out
 
 
-def _table(records, key, methods, columns) -> list:
+def _table(records, key, methods, columns, extra_rows=()) -> list:
+  """Table rows: mean ± std (n) per method and column, best mean per column in bold.
+
+  extra_rows: (label, method, key) rows shown after the methods, never bold.
+  """
   values = _cell_values(records, key)
   shown = {}  # (method, col) -> (rounded mean, text)
   for m in methods:
     for col in columns:
       vs = values.get((m,) + col)
-      if not vs:
-        continue
-      mean = round(float(np.mean(vs)), 1)
-      text = f"{mean:.1f}"
-      if len(vs) > 1:
-        text += f" \u00b1 {float(np.std(vs)):.1f} (n={len(vs)})"
-      shown[(m, col)] = (mean, text)
+      if vs:
+        shown[(m, col)] = (round(mean_std(vs)[0], 1), format_mean_std(vs))
   best = {}
   for col in columns:
     vals = [shown[(m, col)][0] for m in methods if (m, col) in shown]
@@ -264,6 +345,11 @@ def _table(records, key, methods, columns) -> list:
       mean, text = shown[(m, col)]
       cells.append(f"**{text}**" if mean == best[col] else text)
     lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
+  for label, m, k in extra_rows:
+    vals = _cell_values(select(records, method=m), k)
+    cells = [format_mean_std(vals[(m,) + col]) if vals.get((m,) + col) else MISSING
+             for col in columns]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return lines
 
 
@@ -276,9 +362,12 @@ def _fmt(v: float, spec: str = ".3g") -> str:
 
 
 def _footnote(records, col, methods) -> str:
+  """Per method: achieved ε (`epsilon_achieved`: under the threat model calibrated), δ,
+  noise multipliers, local ε1 (distinct texts over seeds)."""
   dataset, eps = col
   parts = []
   for m in methods:
+    texts = []
     for r in select(records, dataset=dataset, epsilon=eps, method=m):
       z = r.summary.get("noise_multipliers") or {}
       zs = ", ".join(f"{k}={_fmt(_to_float(z[k]))}" for k in sorted(z))
@@ -289,11 +378,97 @@ def _footnote(records, col, methods) -> str:
         bits.append(zs)
       if math.isfinite(r.scalar("local_epsilon1")):
         bits.append(f"local \u03b51={_fmt(r.scalar('local_epsilon1'))}")
-      parts.append(f"{method_name(m)}: " + ", ".join(bits))
+      text = ", ".join(bits)
+      if text not in texts:
+        texts.append(text)
+    if texts:
+      parts.append(f"{method_name(m)}: " + " | ".join(texts))
   return f"{dataset_name(dataset)}, {format_epsilon(eps)}: " + "; ".join(parts) + "."
 
 
-def results_markdown(records: Sequence[RunRecord], date: str | None = None) -> str:
+def _epsilon_table(records, methods, columns, head) -> list:
+  """Rows 'server / release' achieved ε per method and column (distinct values over
+  seeds joined by ', ')."""
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * len(columns)]
+  for m in methods:
+    cells = []
+    for d, e in columns:
+      texts = []
+      for r in select(records, dataset=d, epsilon=e, method=m):
+        server, release = r.privacy_epsilons()
+        t = f"{_fmt(server)} / {_fmt(release)}"
+        if t not in texts:
+          texts.append(t)
+      cells.append(", ".join(texts) or MISSING)
+    if any(c != MISSING for c in cells):
+      lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _calibrated_note(records) -> str:
+  """' Noise calibrated to the <m> threat model.' from the summaries (if recorded)."""
+  models = []
+  for r in records:
+    priv = r.summary.get("privacy") if isinstance(r.summary.get("privacy"), Mapping) else {}
+    m = r.summary.get("threat_model_calibrated", priv.get("threat_model"))
+    if m and m not in models:
+      models.append(str(m))
+  return f" Noise calibrated to the {' / '.join(models)} threat model." if models else ""
+
+
+def _duration(seconds: float) -> str:
+  s = int(round(seconds))
+  return f"{seconds:.0f} s ({s // 3600} h {s % 3600 // 60:02d} min)"
+
+
+def grid_section(grid_info: Mapping) -> list:
+  """Markdown lines describing a pina-grid invocation history (grid.json, see
+  pipelines/grid.py): commands, commit, dates, wall clock, seeds, best baselines."""
+  runs = list(grid_info.get("invocations") or [])
+  out = ["## Grid run", ""]
+  if not runs:
+    return out + ["No grid.json invocation recorded.", ""]
+  total = sum(_to_float(i.get("wall_s")) for i in runs
+              if math.isfinite(_to_float(i.get("wall_s"))))
+  ran = sum(1 for i in runs for r in i.get("runs", []) if r.get("status") == "ran")
+  out.append(f"- **Wall clock of the whole grid:** {_duration(total)}, over "
+             f"{len(runs)} invocation(s) ({ran} runs executed; finished runs are skipped "
+             f"on a restart).")
+  out.append(f"- **Dates (UTC):** {runs[0].get('start', '?')} to "
+             f"{runs[-1].get('end', '?')}.")
+  commands = []
+  for i in runs:
+    c = i.get("command")
+    if c and c not in commands:
+      commands.append(c)
+  out.append("- **Commands:** " + "; ".join(f"`{c}`" for c in commands))
+  commits = []
+  for i in runs:
+    c = i.get("git_commit") or "unknown"
+    if c not in commits:
+      commits.append(c)
+  out.append("- **Git commit:** " + ", ".join(f"`{c}`" for c in commits))
+  last = runs[-1]
+  if last.get("seeds") is not None:
+    out.append(f"- **Seeds:** {', '.join(str(s) for s in last['seeds'])} for every cell.")
+  extra = last.get("extra_seeds") or {}
+  if extra.get("seeds"):
+    picks = last.get("best_baselines") or {}
+    picked = "; ".join(
+        f"{dataset_name(d)} {format_epsilon(parse_epsilon(e))}: "
+        f"{method_name(m) if m else 'none'}"
+        for d, by_eps in picks.items() for e, m in by_eps.items())
+    out.append(
+        f"- **Extra seeds** {', '.join(str(s) for s in extra['seeds'])} at "
+        f"{', '.join(format_epsilon(parse_epsilon(e)) for e in extra.get('epsilons', []))}"
+        f" for PINA, PINA+RI and the best baseline. Best baseline rule: among FedAvg, "
+        f"FedProx, FedNova, IFCA and IFCA+LDP, the highest final test accuracy of the "
+        f"base-seed run (ties: that order). Picked: {picked or 'none'}.")
+  return out + [""]
+
+
+def results_markdown(records: Sequence[RunRecord], date: str | None = None,
+                     grid_info: Mapping | None = None) -> str:
   """The Markdown text `write_results_table` writes (see there)."""
   records = list(records)
   date = date or datetime.date.today().isoformat()
@@ -303,12 +478,28 @@ def results_markdown(records: Sequence[RunRecord], date: str | None = None) -> s
                        for i, (d, e) in enumerate(columns)]
   header = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * len(columns)]
   out = [f"# Results ({date})", "",
-         f"{len(records)} runs. Cells: mean over runs of the final value, in %; best per "
-         f"column in **bold** (ties all bold); {MISSING} = no run.", "",
-         "## Final test accuracy (%)", ""]
+         f"{len(records)} runs. Cells: final value in %, mean over seeds; with several "
+         f"seeds `mean ± std (n)` (sample std, ddof = 1, n seeds); best mean per column "
+         f"in **bold** (ties on the shown value all bold); {MISSING} = no run.", ""]
+  if grid_info:
+    out += grid_section(grid_info)
+  out += ["## Final test accuracy (%)", ""]
   out += header + _table(records, "final_accuracy", methods, columns)
-  out += ["", "## Clustering accuracy (%)", ""]
-  out += header + _table(records, "clustering_accuracy", methods, columns)
+  clustered = [m for m in methods if m in CLUSTERED_METHODS
+               or _cell_values(select(records, method=m), "clustering_accuracy")]
+  out += ["", "## Clustering accuracy (%)", "",
+          "Final stage-2 clustering accuracy of the clustered methods; the last row is "
+          "PINA's stage-1 k-means accuracy on the sketched clients "
+          "(`init_clustering_accuracy`).", ""]
+  out += header + _table(records, "clustering_accuracy", clustered, columns,
+                         extra_rows=[("PINA stage 1 (k-means)", "pina",
+                                      "init_clustering_accuracy")])
+  out += ["", "## Achieved \u03b5 (server / release)", "",
+          "Every method in a column is calibrated to the column's target \u03b5; the "
+          "achieved \u03b5 against an honest-but-curious server and against the released "
+          "model (n/a: not recorded by this run's summary)." + _calibrated_note(records),
+          ""]
+  out += _epsilon_table(records, methods, columns, head)
   out += ["", "Achieved privacy and noise multipliers per column:", ""]
   out += [f"[^{i + 1}]: {_footnote(records, col, methods)}" for i, col in enumerate(columns)]
   return "\n".join(out) + "\n"
@@ -374,19 +565,41 @@ def results_csv_text(records: Sequence[RunRecord]) -> str:
 
 
 def write_results_table(records: Sequence[RunRecord], out_md: str, out_csv: str,
-                        date: str | None = None) -> str:
+                        date: str | None = None, grid_info: Mapping | None = None) -> str:
   """Write the Table-1 style grid to `out_md` and one row per run to `out_csv`.
 
-  Markdown: a dated header, then two tables (final test accuracy, clustering accuracy),
-  rows = methods in canonical order (all seven, plus any other found), columns =
-  dataset × ε (ε ascending, ∞ last); cells in % with one decimal, mean ± std (n) where a
-  cell has several runs; the best per column in bold (ties on the shown value all bold);
-  missing cells '—'. Footnotes per column give, per method, the achieved ε, δ, the noise
-  multipliers z0/z1/z2 and local ε1. Both files are written atomically.
+  Markdown: a dated header; with `grid_info` (pina-grid's grid.json) the commands, git
+  commit, dates and wall clock of the grid; then tables with columns = dataset × ε
+  (ε ascending, ∞ last): final test accuracy (rows = methods in canonical order, all
+  seven plus any other found), clustering accuracy (clustered methods, plus PINA's
+  stage-1 k-means accuracy), achieved ε (server / release). Cells in % with one decimal,
+  `mean ± std (n)` over seeds where a cell has several runs (sample std, ddof = 1); the
+  best mean per column in bold (ties on the shown value all bold); missing cells '—'.
+  Footnotes per column give, per method, the achieved ε, δ, the noise multipliers
+  z0/z1/z2 and local ε1. Both files are written atomically.
   Returns the Markdown text.
   """
   records = list(records)
-  md = results_markdown(records, date=date)
+  md = results_markdown(records, date=date, grid_info=grid_info)
   _atomic_write(out_md, md)
   _atomic_write(out_csv, results_csv_text(records))
   return md
+
+
+GRID_JSON = "grid.json"
+
+
+def read_grid_info(grid_dir: str):
+  """`<grid_dir>/grid.json` (written by pina-grid) as a dict, or None when absent."""
+  path = os.path.join(grid_dir, GRID_JSON)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise errors.DataError(f"{path}: expected pina-grid's JSON record, found: {e}")
+  if not isinstance(info, dict):
+    raise errors.DataError(f"{path}: expected a JSON object, found "
+                           f"{type(info).__name__}.")
+  return info

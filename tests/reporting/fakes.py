@@ -100,3 +100,24 @@ def make_grid(root: str) -> list:
                             num_clusters=4 if dataset == "fashion_mnist" else 2,
                             seed=100 * i + j, init_clustering_accuracy=0.85))
   return dirs
+
+
+# (eps, method) -> final accuracy per seed 0, 1, 2 (the seed_<s> layout of pina-grid)
+SEED_GRID = {
+    (2, "pina"): (0.80, 0.83, 0.78), (2, "pina_ri"): (0.75, 0.74, 0.70),
+    (2, "fedavg"): (0.60, 0.62, 0.65), (2, "fednova"): (0.64,),
+    (8, "pina"): (0.85, 0.86, 0.87), (8, "fedavg"): (0.66,),
+}
+
+
+def make_seed_grid(root: str, dataset: str = "fashion_mnist") -> list:
+  """Write SEED_GRID as <root>/<dataset>/<method>/eps_<e>/seed_<s>/ (clustering accuracy
+  = final accuracy + 0.1 for clustered methods, stage-1 accuracy 0.5 + 0.1 seed)."""
+  dirs = []
+  for (eps, method), accs in SEED_GRID.items():
+    for s, acc in enumerate(accs):
+      d = os.path.join(root, dataset, method, f"eps_{eps}", f"seed_{s}")
+      cl = acc + 0.1 if method in ("pina", "pina_ri") else None
+      dirs.append(write_run(d, method, dataset, eps, acc, cl, seed=s,
+                            init_clustering_accuracy=0.5 + 0.1 * s))
+  return dirs

@@ -16,7 +16,9 @@ from tests.reporting import fakes
 def _table_rows(md: str, title: str) -> dict:
   """{method display name: [cells]} of the Markdown table under `## title`."""
   lines = md.split("\n")
-  i = lines.index(f"## {title}") + 2
+  i = lines.index(f"## {title}") + 1
+  while not lines[i].startswith("| Method"):
+    i += 1
   header = [c.strip() for c in lines[i].strip("|").split("|")]
   out = {}
   for line in lines[i + 2:]:
@@ -107,8 +109,10 @@ def test_results_table_bold_best_ties_and_missing(grid, tmp_path):
   cl = _table_rows(md, "Clustering accuracy (%)")
   assert cl["PINA"][fm2] == "**97.0**" and cl["PINA+RI"][fm2] == "90.0"
   assert cl["PINA"][fminf] == "**100.0**" and cl["IFCA+LDP"][fminf] == "**100.0**"
-  assert cl["FedAvg"][fm2] == "—"
-  assert all(v == "—" for v in [cl[m][fe2] for m in cl])  # femnist: unknown
+  assert "FedAvg" not in cl                      # not a clustered method
+  assert list(cl) == ["PINA", "PINA+RI", "IFCA", "IFCA+LDP", "PINA stage 1 (k-means)"]
+  assert cl["PINA stage 1 (k-means)"][fm2] == "85.0"   # never bold
+  assert all(v == "—" for v in [cl[m][fe2] for m in cl][:4])  # femnist: unknown
   # footnotes per column, with achieved eps and noise multipliers
   notes = [l for l in md.split("\n") if l.startswith("[^")]
   assert len(notes) == 4
@@ -124,7 +128,7 @@ def test_results_table_mean_over_repeated_runs(tmp_path):
   md = results.results_markdown(results.collect_runs(str(tmp_path / "g")), date="d")
   acc = _table_rows(md, "Final test accuracy (%)")
   col = next(iter(acc["IFCA"]))
-  assert acc["IFCA"][col] == "**55.0 ± 5.0 (n=2)**"
+  assert acc["IFCA"][col] == f"**55.0 ± {np.std([50.0, 60.0], ddof=1):.1f} (2)**"
   assert acc["FedAvg"][col] == "**55.0**"
 
 
@@ -175,6 +179,141 @@ def test_program_style_run(tmp_path):
   assert row["rounds.stage2"] == "8" and row["rounds"] == ""
   assert row["privacy.kind"] == "ddp" and row["privacy.z"] == "[1, 2]"
   assert row["epsilon_target"] == "inf" and row["epsilon_achieved"] == "inf"
+
+
+def test_seed_layout_and_old_layout_read_together(tmp_path):
+  root = tmp_path / "g"
+  fakes.make_seed_grid(str(root))
+  # Older layout: a run directly in eps_<e>, with seed runs added below it later.
+  old = root / "fashion_mnist" / "ifca" / "eps_8"
+  fakes.write_run(str(old), "ifca", "fashion_mnist", 8, 0.5, seed=0)
+  fakes.write_run(str(old / "seed_1"), "ifca", "fashion_mnist", 8, 0.7, seed=1)
+  os.makedirs(old / "checkpoints")
+  (old / "checkpoints" / "summary.json").write_text("not a run")  # still pruned
+  recs = results.collect_runs(str(root))
+  assert len(recs) == sum(len(v) for v in fakes.SEED_GRID.values()) + 2
+  ifca = results.select(recs, "fashion_mnist", 8, "ifca")
+  assert sorted((r.seed, r.scalar("final_accuracy")) for r in ifca) == [(0, 0.5), (1, 0.7)]
+  pina2 = results.select(recs, "fashion_mnist", 2, "pina")
+  assert sorted(r.seed for r in pina2) == [0, 1, 2]
+  # the seed from the directory name when the summary has none
+  d = tmp_path / "h" / "seed_7"
+  fakes.write_run(str(d), "pina", "digits", 8, 0.5)
+  summary = json.loads((d / "summary.json").read_text())
+  del summary["config"]
+  (d / "summary.json").write_text(json.dumps(summary))
+  assert results.collect_runs(str(tmp_path / "h"))[0].seed == 7
+
+
+def test_mean_std_cells_match_numpy(tmp_path):
+  fakes.make_seed_grid(str(tmp_path / "g"))
+  md = results.results_markdown(results.collect_runs(str(tmp_path / "g")), date="d")
+  acc = _table_rows(md, "Final test accuracy (%)")
+  col2, col8 = list(acc["PINA"])
+  for name, key in (("PINA", "pina"), ("PINA+RI", "pina_ri"), ("FedAvg", "fedavg")):
+    v = 100 * np.array(fakes.SEED_GRID[(2, key)])
+    text = f"{v.mean():.1f} ± {np.std(v, ddof=1):.1f} (3)"
+    assert acc[name][col2].strip("*") == text, (name, acc[name][col2], text)
+  assert acc["PINA"][col2] == "**80.3 ± 2.5 (3)**"     # by hand: 80, 83, 78
+  assert acc["FedNova"][col2] == "64.0"                  # one seed: no ± and no n
+  assert acc["PINA"][col8] == "**86.0 ± 1.0 (3)**"
+  cl = _table_rows(md, "Clustering accuracy (%)")
+  v = 100 * (np.array(fakes.SEED_GRID[(2, "pina")]) + 0.1)
+  assert cl["PINA"][col2] == f"**{v.mean():.1f} ± {np.std(v, ddof=1):.1f} (3)**"
+  assert cl["PINA stage 1 (k-means)"][col2] == "60.0 ± 10.0 (3)"  # 50, 60, 70
+  assert results.mean_std([1.0]) == (1.0, 0.0, 1)
+  m, sd, n = results.mean_std([1.0, 2.0, 4.0])
+  assert (m, n) == (pytest.approx(7 / 3), 3) and sd == pytest.approx(np.std([1, 2, 4],
+                                                                           ddof=1))
+
+
+def test_best_baseline_rule(tmp_path):
+  fakes.make_seed_grid(str(tmp_path / "g"))
+  recs = results.collect_runs(str(tmp_path / "g"))
+  # seed 0 at eps 2: fedavg 0.60, fednova 0.64 -> fednova (pina's 0.80 is no baseline)
+  assert results.best_baseline(recs, "fashion_mnist", 2, seed=0) == "fednova"
+  # seed 2: only fedavg ran -> fedavg; any seed: fedavg's 0.65 beats fednova's 0.64
+  assert results.best_baseline(recs, "fashion_mnist", 2, seed=2) == "fedavg"
+  assert results.best_baseline(recs, "fashion_mnist", 2) == "fedavg"
+  assert results.best_baseline(recs, None, 8, seed=0) == "fedavg"
+  assert results.best_baseline(recs, "fashion_mnist", math.inf) is None
+  assert results.best_baseline(recs, "fashion_mnist", 2, seed=0,
+                               baselines=["fedavg"]) == "fedavg"
+  # a tie goes to the first of BASELINES (fedavg before fedprox); NaN is ignored
+  fakes.write_run(str(tmp_path / "t" / "a"), "fedprox", "d", 8, 0.5, seed=0)
+  fakes.write_run(str(tmp_path / "t" / "b"), "fedavg", "d", 8, 0.5, seed=0)
+  fakes.write_run(str(tmp_path / "t" / "c"), "ifca", "d", 8, math.nan, seed=0)
+  assert results.best_baseline(results.collect_runs(str(tmp_path / "t")), "d", 8) == \
+      "fedavg"
+
+
+def _set_summary(run_dir, **kw):
+  path = os.path.join(run_dir, "summary.json")
+  with open(path) as f:
+    summary = json.load(f)
+  summary.update(kw)
+  with open(path, "w") as f:
+    json.dump(summary, f)
+
+
+def test_achieved_epsilon_server_and_release(tmp_path):
+  g = tmp_path / "g"
+  a = fakes.write_run(str(g / "a"), "pina", "digits", 8, 0.5)
+  b = fakes.write_run(str(g / "b"), "fedavg", "digits", 8, 0.4)
+  c = fakes.write_run(str(g / "c"), "ifca", "digits", 8, 0.4)
+  fakes.write_run(str(g / "d"), "fedprox", "digits", 8, 0.4)        # today's fields only
+  _set_summary(a, epsilon_server=7.5, epsilon_release=3.25,         # top level
+               threat_model_calibrated="release")
+  _set_summary(b, privacy={"epsilon_server": "inf", "epsilon_release": 6.0})
+  _set_summary(c, privacy={"epsilons": {"server": 7.0, "release": 5.0}})
+  recs = {r.method: r for r in results.collect_runs(str(g))}
+  assert recs["pina"].privacy_epsilons() == (7.5, 3.25)
+  assert recs["fedavg"].privacy_epsilons() == (math.inf, 6.0)
+  assert recs["ifca"].privacy_epsilons() == (7.0, 5.0)
+  server, release = recs["fedprox"].privacy_epsilons()
+  assert server == pytest.approx(8 * 0.98) and math.isnan(release)
+  md = results.results_markdown(list(recs.values()), date="d")
+  eps = _table_rows(md, "Achieved ε (server / release)")
+  col = next(iter(eps["PINA"]))
+  assert eps["PINA"][col] == "7.5 / 3.25"
+  assert eps["FedAvg"][col] == "∞ / 6"
+  assert eps["IFCA"][col] == "7 / 5"
+  assert eps["FedProx"][col] == "7.84 / n/a"
+  assert "FedNova" not in eps                                        # no run at all
+  assert "PINA: ε achieved 7.84, δ=1e-05, z0=1.1" in md              # footnote kept
+  assert "Noise calibrated to the release threat model." in md
+
+
+def test_grid_section_from_grid_json(tmp_path):
+  fakes.make_seed_grid(str(tmp_path / "g"))
+  info = {"invocations": [
+      {"start": "2026-11-23T10:00:00+00:00", "end": "2026-11-23T11:00:00+00:00",
+       "wall_s": 3600.0, "command": "pina-grid --preset=fmnist --output_dir=o",
+       "git_commit": "abc", "seeds": [0], "runs": [{"status": "ran"}] * 3,
+       "extra_seeds": {"seeds": [1, 2], "epsilons": ["2", "8"]},
+       "best_baselines": {"fashion_mnist": {"2": "fednova", "8": "fedavg"}}},
+      {"start": "2026-11-23T12:00:00+00:00", "end": "2026-11-23T12:30:00+00:00",
+       "wall_s": 1800.5, "command": "pina-grid --preset=fmnist --output_dir=o",
+       "git_commit": "def", "seeds": [0], "runs": [{"status": "skipped"}] * 3,
+       "extra_seeds": {"seeds": [1, 2], "epsilons": ["2", "8"]},
+       "best_baselines": {"fashion_mnist": {"2": "fednova", "8": "fedavg"}}}]}
+  (tmp_path / "g" / "grid.json").write_text(json.dumps(info))
+  assert results.read_grid_info(str(tmp_path / "g")) == info
+  assert results.read_grid_info(str(tmp_path)) is None
+  md = results.write_results_table(results.collect_runs(str(tmp_path / "g")),
+                                   str(tmp_path / "r.md"), str(tmp_path / "r.csv"),
+                                   grid_info=info)
+  assert "**Wall clock of the whole grid:** 5400 s (1 h 30 min), over 2 invocation(s) " \
+         "(3 runs executed" in md
+  assert "`pina-grid --preset=fmnist --output_dir=o`" in md
+  assert md.count("pina-grid --preset") == 1
+  assert "`abc`, `def`" in md
+  assert "2026-11-23T10:00:00+00:00 to 2026-11-23T12:30:00+00:00" in md
+  assert "Fashion-MNIST ε=2: FedNova; Fashion-MNIST ε=8: FedAvg" in md
+  assert "highest final test accuracy of the base-seed run" in md
+  (tmp_path / "g" / "grid.json").write_text("[1]")
+  with pytest.raises(errors.DataError, match="grid.json"):
+    results.read_grid_info(str(tmp_path / "g"))
 
 
 if __name__ == "__main__":
