@@ -268,7 +268,7 @@ def run_mutant(work: str, path: str, new_source: str, tests, timeout: int):
     status = "timeout"
   else:
     status = f"error (rc {rc})"
-  failed = next((l for l in tail if l.startswith("FAILED")), "")
+  failed = next((l for l in tail if l.startswith(("FAILED", "ERROR"))), "")
   return status, elapsed, failed.replace("FAILED ", "")[:90]
 
 
