@@ -6,6 +6,7 @@ epsilon recomputed here directly with dp_accounting from the mechanisms the spec
 actually run. No TFF execution. (The program-level check that the program passes
 report.z0 / z1 / z2 to these builders is in test_program.py.)
 """
+import dataclasses
 import math
 
 import dp_accounting
@@ -103,6 +104,21 @@ def test_stage_specs_carry_the_reported_noise(reports, method):
     assert spec2.aggregator.central_stddev == pytest.approx(r.z2 * CLIP2)
     assert spec2.local.ldp_noise_stddev == 0.0
   assert spec2.local.clip_norm == CLIP2
+
+
+@pytest.mark.parametrize("method", ["pina_ri", "ifca_ldp"])
+def test_a_stage_with_no_rounds_costs_nothing_and_gets_no_noise(method):
+  cfg = _cfg(method)
+  cfg = config_lib.validate(dataclasses.replace(
+      cfg, stage2=dataclasses.replace(cfg.stage2, rounds=0)))
+  r = accounting.calibrate_from_config(cfg)
+  assert r.budget_split == {"stage0": 1.0}
+  assert r.z2 == 0.0 and r.z1 == 0.0 and r.stage_epsilons["stage2"] == 0.0
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(M0 / POP, _gaussian(r.z0)), T0))
+  assert r.epsilon_achieved == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+  assert r.epsilon_achieved == pytest.approx(EPS, rel=0.05)  # the whole budget
 
 
 def test_epsilon_inf_means_no_noise_anywhere():
