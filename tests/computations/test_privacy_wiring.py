@@ -73,6 +73,12 @@ def test_reported_epsilon_is_the_composition_of_the_run_mechanisms(reports, meth
   want = _expected_epsilon(method, r.z0, r.z1, r.z2)
   assert r.epsilon_achieved == pytest.approx(want, rel=1e-6)
   assert want <= EPS * (1 + 1e-9)
+  # Each active stage was calibrated to its share of the budget (same common scale).
+  active = [s for s in ("stage0", "stage1", "stage2") if r.budget_split.get(s)]
+  ratios = [r.stage_epsilon_targets[s] / (r.budget_split[s] * EPS) for s in active]
+  assert 0 < ratios[0] <= 1 and ratios == pytest.approx([ratios[0]] * len(active))
+  for s in active:
+    assert r.stage_epsilons[s] == pytest.approx(r.stage_epsilon_targets[s], rel=1e-3)
 
 
 def test_ifca_ldp_gets_no_amplification_by_sampling(reports):

@@ -14,6 +14,7 @@ from computations import client_work as cw
 from computations import context
 from computations import learning_process as lp
 from computations import stage1
+from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.training import local
 from pina_tff.training import models as tm
@@ -23,13 +24,17 @@ WIDTH, TOP_K, CLIP, Z1 = 8, 2, 0.3, 1.7
 NUM_CLIENTS, SHARD, N = 40, 20, 5
 
 
-@pytest.fixture(scope="module")
-def sketches():
-  rng = np.random.default_rng(0)
+def _model(rng):
   cfg = rt.TailConfig(width=WIDTH, num_heads=2, mlp_dim=16, num_classes=3)
   frozen = {k: (rng.standard_normal(s) * 0.3 + (1 if k.endswith("gamma") else 0)).astype(
       np.float32) for k, s in cfg.frozen_shapes().items()}
-  model = tm.ViTTailModel(cfg, frozen)
+  return cfg, frozen, tm.ViTTailModel(cfg, frozen)
+
+
+@pytest.fixture(scope="module")
+def sketches():
+  rng = np.random.default_rng(0)
+  cfg, frozen, model = _model(rng)
   clients = []
   for _ in range(NUM_CLIENTS):
     f = rt.reduce_block_input(cfg, frozen, rng.standard_normal((N, 6, WIDTH)).astype(
@@ -86,6 +91,16 @@ def test_noise_on_every_coordinate_is_independent_of_the_sketch(sketches):
   assert ok, info
   # Per-client draws differ (own seed per client).
   assert len({tuple(np.round(r, 6)) for r in noise}) == NUM_CLIENTS
+
+
+def test_top_k_up_to_half_the_sketch_is_accepted():
+  # P1 = 2 * WIDTH: k = P1 / 2 keeps every entry (k positive + k negative) and is valid.
+  _, _, model = _model(np.random.default_rng(0))
+  spec = local.LocalSpec(train_keys=tm.LORA_KEYS + tm.HEAD_KEYS, send_keys=tm.LORA_KEYS)
+  with context.tff_context():
+    stage1.build_sketch_computation(model, spec, WIDTH, CLIP, Z1, 1, N)
+    with pytest.raises(ConfigError, match="top_k"):
+      stage1.build_sketch_computation(model, spec, WIDTH + 1, CLIP, Z1, 1, N)
 
 
 if __name__ == "__main__":
