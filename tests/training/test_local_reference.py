@@ -152,6 +152,33 @@ def test_every_method_clips_each_client_to_its_clip(method, clip):
     assert float(diag["num_clipped"]) == float(raw_norm > clip)
 
 
+def test_diagnostics_count_real_clients_only_with_padding_slots():
+  """Cluster counts and the confusion matrix (-> reported clustering accuracy) from
+  a shard with padding slots and one client of unknown true cluster."""
+  clients = _clients([4, 2, 5, 3, 1], seed=5)
+  true = [0, 1, 1, -1, 0]
+  for c, t in zip(clients, true):
+    c["true_cluster"] = t
+  spec = local.LocalSpec(num_clusters=3, choose_cluster=True, batch_size=2,
+                         learning_rate=0.1, clip_norm=0.5, num_true_clusters=2, **HEAD)
+  params = _params(3, seed=8, scale=1.5)
+  shard = shards.pack_shard(clients, MODEL.feature_keys, n_max=5, num_slots=8,
+                            seed=(2, 0))
+  _, diag = local.shard_update(MODEL, spec, params, shard)
+  losses = local.cluster_losses(MODEL, params, {"x": tf.constant(shard["x"])},
+                                tf.constant(shard["label"]), tf.constant(shard["mask"]))
+  choice = np.argmin(losses.numpy(), axis=1)[:len(clients)]
+  counts = np.bincount(choice, minlength=3)
+  confusion = np.zeros((3, 2))
+  for c, t in zip(choice, true):
+    if t >= 0:
+      confusion[c, t] += 1
+  np.testing.assert_array_equal(diag["cluster_counts"].numpy(), counts)
+  np.testing.assert_array_equal(diag["confusion"].numpy(), confusion)
+  assert float(diag["num_clients"]) == len(clients)
+  assert float(diag["num_examples"]) == sum(len(c["label"]) for c in clients)
+
+
 def _eval_clients(rng, n, centers):
   """Three clients per center, with n, n-1, n-2 examples (so shards carry padding)."""
   out = []
