@@ -127,6 +127,20 @@ def test_a_stage_with_no_rounds_costs_nothing_and_gets_no_noise(method):
   assert r.epsilon_achieved == pytest.approx(EPS, rel=0.05)  # the whole budget
 
 
+def test_plan_of_a_run_without_stage0_and_default_delta():
+  cfg = _cfg("fedavg")
+  raw = dataclasses.replace(
+      cfg, privacy=config_lib.PrivacyConfig(epsilon=EPS, delta=None),
+      stage0=dataclasses.replace(cfg.stage0, enabled=False))
+  plan = accounting.plan_from_config(raw)
+  assert (plan.stage0_rounds, plan.stage0_cohort) == (0, 0)
+  assert plan.active_stages() == ["stage2"]
+  # An unvalidated config (delta None) is accounted at delta = 1/P, like validate().
+  r = accounting.calibrate_from_config(raw)
+  assert r.delta == 1.0 / POP == config_lib.validate(raw).privacy.delta
+  assert r.budget_split == {"stage2": 1.0} and r.z0 == 0.0
+
+
 def test_epsilon_inf_means_no_noise_anywhere():
   cfg = _cfg("pina")
   cfg = config_lib.validate(config_lib.RunConfig(**{
