@@ -7,3 +7,24 @@ os.environ.setdefault("PINA_TFF_QUIET", "1")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+import pytest  # noqa: E402
+
+#: Clients of the shared tiny digits population (`digits_clients_dir`).
+DIGITS_CLIENTS = 24
+
+
+@pytest.fixture(scope="session")
+def digits_clients_dir(tmp_path_factory):
+  """A tiny prepared digits population shared by every test module of the session.
+
+  The program caches the pre-trained backbone and the embeddings inside it, so only
+  the first run that loads the population pays for them. Tests must not write into it
+  except through that cache.
+  """
+  from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("shared") / "digits"
+  beam_prepare.prepare(beam_prepare.PrepareConfig(
+      output_dir=str(out), dataset="digits", num_clients=DIGITS_CLIENTS, num_shards=1,
+      seed=0))
+  return str(out)

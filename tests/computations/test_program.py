@@ -1,34 +1,47 @@
-"""computations.program end to end on a tiny prepared digits population.
+"""computations.program end to end on the shared tiny digits population.
 
-An uninterrupted run and an interrupted + resumed run (epsilon = inf, so the result is
-deterministic) must end with exactly the same metrics, and metrics.csv must hold one
-row per round. A short DP run checks the privacy report.
+Settings where the wiring matters: server momentum 0.5, server lr 0.8, clip 0.4 (stage
+2) / 0.7 (stage 0) / 0.6 (stage 1), PINA scaling with T_w = 3 warm rounds, so the
+resume point (after stage-2 round 2) lies inside the warm phase and the resumed round
+3 is the first normality-scaled one.
+
+* An interrupted + resumed run (epsilon = inf, deterministic) matches an uninterrupted
+  one exactly (metrics.csv rows, summary).
+* Stage-2 round 3 is recomputed independently from the interrupted run's checkpoint
+  (weights and momentum after round 2): local training per client in plain TF
+  (`pina_tff.training.local`), the sum / M in NumPy, the NumPy scaling reference, the
+  server SGD-with-momentum step in NumPy; it must equal the program's final weights.
+* The released scaling diagnostics obey the min-norm / normality relations exactly,
+  on the right side of the warm boundary.
+* A DP run: the noise multiplier each stage's computation is built with is the one the
+  accountant calibrated for that stage, and the reported epsilon is the composition
+  of exactly those mechanisms (computed here directly with dp_accounting).
 """
 import csv
 import json
 import math
 
+import dp_accounting
+import numpy as np
 import pytest
 
 from computations import context
+from computations import learning_process as lp
 from computations import program
+from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
-from pina_tff.data import beam_prepare
+from pina_tff.aggregation import scaling
+from pina_tff.simulation import population as population_lib
+from pina_tff.training import local
+from pina_tff.training import models as tm
+from pina_tff.training import shards
 
-NUM_CLIENTS = 24
-T0, T2 = 2, 4
+T0, T2, WARM, STOP = 2, 3, 3, 2 + 2   # interrupted after stage-2 round 2
+MOMENTUM, SERVER_LR, CLIP2, CLIP0, CLIP1 = 0.5, 0.8, 0.4, 0.7, 0.6
+COHORT, C = 10, 3
 SUMMARY_KEYS = {"method", "dataset", "epsilon_target", "epsilon_achieved", "delta",
                 "noise_multipliers", "rounds", "final_accuracy", "clustering_accuracy",
                 "wall_clock_s"}
-
-
-@pytest.fixture(scope="module")
-def clients_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("program") / "digits"
-  beam_prepare.prepare(beam_prepare.PrepareConfig(
-      output_dir=str(out), dataset="digits", num_clients=NUM_CLIENTS, num_shards=1,
-      seed=0))
-  return str(out)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +50,18 @@ def tff_ctx():
     yield ctx
 
 
-def _cfg(method="pina", epsilon=math.inf, t0=T0, t2=T2):
+def _cfg(method="pina", epsilon=math.inf, t0=T0, t2=T2, aggregator="central"):
   return config_lib.RunConfig(
-      method=method, num_clusters=4, population=NUM_CLIENTS, seed=0, model_width=64,
+      method=method, num_clusters=C, population=24, seed=0, model_width=64,
       privacy=config_lib.PrivacyConfig(epsilon=epsilon),
-      stage0=config_lib.Stage0Config(enabled=True, rounds=t0, cohort=10, lr=0.1, clip=1.0),
+      stage0=config_lib.Stage0Config(enabled=True, rounds=t0, cohort=8, lr=0.1,
+                                     clip=CLIP0),
       stage1=config_lib.Stage1Config(num_sketch_clients=20, local_epochs=1, lr=0.5,
-                                     top_k=8, clip=1.0, kmeans_restarts=2),
-      stage2=config_lib.Stage2Config(rounds=t2, cohort=10, batch_size=16, client_lr=0.1,
-                                     clip=1.0, warm_rounds=1, scaling="pina",
-                                     aggregator="ddp"))
+                                     top_k=8, clip=CLIP1, kmeans_restarts=2),
+      stage2=config_lib.Stage2Config(
+          rounds=t2, cohort=COHORT, batch_size=16, client_lr=0.3, clip=CLIP2,
+          server_lr=SERVER_LR, server_momentum=MOMENTUM, warm_rounds=WARM,
+          scaling="pina", aggregator=aggregator))
 
 
 def _opts(**kw):
@@ -58,12 +73,40 @@ def _rows(root):
     return list(csv.DictReader(f))
 
 
+def _load_state(root, pop, cfg):
+  import asyncio  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  shapes = pop.model.param_shapes()
+  template = program._state_template(shapes, C, tm.vector_size(shapes, tm.LORA_KEYS +
+                                                               tm.HEAD_KEYS))
+  manager = tff.program.FileProgramStateManager(str(root / "checkpoints"))
+  state, _ = asyncio.run(manager.load_latest(template))
+  return state
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(clients_dir, tff_ctx, tmp_path_factory):
+def uninterrupted(digits_clients_dir, tff_ctx, tmp_path_factory):
   root = tmp_path_factory.mktemp("run_a")
-  summary = program.run_simulation(_cfg(), clients_dir, str(root), _opts(),
+  summary = program.run_simulation(_cfg(), digits_clients_dir, str(root), _opts(),
                                    log=lambda m: None)
   return root, summary
+
+
+@pytest.fixture(scope="module")
+def interrupted(digits_clients_dir, tff_ctx, tmp_path_factory):
+  """(root, state after round STOP, summary after resuming, pop)."""
+  root = tmp_path_factory.mktemp("run_b")
+  partial = program.run_simulation(_cfg(), digits_clients_dir, str(root),
+                                   _opts(stop_after_rounds=STOP), log=lambda m: None)
+  assert partial == {"interrupted": True}
+  assert not (root / "summary.json").exists()
+  rows = _rows(root)
+  pop = population_lib.load_population(digits_clients_dir, 1, 0)
+  state = _load_state(root, pop, _cfg())
+  assert (int(state["phase"]), int(state["round"])) == (program.PHASE_STAGE2, STOP - T0)
+  summary = program.run_simulation(_cfg(), digits_clients_dir, str(root), _opts(),
+                                   log=lambda m: None)
+  return root, rows, state, summary, pop
 
 
 def test_uninterrupted_run_writes_summary_and_one_row_per_round(uninterrupted):
@@ -73,48 +116,139 @@ def test_uninterrupted_run_writes_summary_and_one_row_per_round(uninterrupted):
   assert on_disk["method"] == "pina" and on_disk["dataset"] == "digits"
   assert on_disk["epsilon_target"] == "inf"
   assert on_disk["rounds"] == {"stage0": T0, "stage2": T2}
-  assert 0.0 <= on_disk["final_accuracy"] <= 1.0
-  assert 0.0 <= on_disk["clustering_accuracy"] <= 1.0
   assert on_disk["final_accuracy"] == summary["final_accuracy"]
+  assert on_disk["aggregator"] == "central" and on_disk["scaling"] == "pina"
   rows = _rows(root)
-  keys = [int(r["key"]) for r in rows]
-  assert keys == list(range(1, T0 + T2 + 1)), keys
+  assert [int(r["key"]) for r in rows] == list(range(1, T0 + T2 + 1))
   assert [(int(r["stage"]), int(r["round"])) for r in rows] == (
       [(0, r) for r in range(1, T0 + 1)] + [(2, r) for r in range(1, T2 + 1)])
+  # The last evaluated accuracy is the summary's, as a fraction of the test examples.
+  assert float(rows[-1]["test_accuracy"]) == summary["final_accuracy"]
 
 
-def test_interrupted_then_resumed_run_matches_exactly(uninterrupted, clients_dir,
-                                                      tff_ctx, tmp_path):
+def test_interrupted_then_resumed_run_matches_exactly(uninterrupted, interrupted):
   root_a, summary_a = uninterrupted
-  root_b = tmp_path / "run_b"
-  partial = program.run_simulation(_cfg(), clients_dir, str(root_b),
-                                   _opts(stop_after_rounds=3), log=lambda m: None)
-  assert partial == {"interrupted": True}
-  assert not (root_b / "summary.json").exists()
-  assert len(_rows(root_b)) == 3
-  summary_b = program.run_simulation(_cfg(), clients_dir, str(root_b), _opts(),
-                                     log=lambda m: None)
-  assert summary_b["final_accuracy"] == summary_a["final_accuracy"]
-  assert summary_b["clustering_accuracy"] == summary_a["clustering_accuracy"]
-  assert summary_b["init_clustering_accuracy"] == summary_a["init_clustering_accuracy"]
+  root_b, partial_rows, _, summary_b, _ = interrupted
+  assert len(partial_rows) == STOP
+  for key in ("final_accuracy", "clustering_accuracy", "init_clustering_accuracy"):
+    assert summary_b[key] == summary_a[key], key
   rows_a, rows_b = _rows(root_a), _rows(root_b)
-  keys_b = [int(r["key"]) for r in rows_b]
-  assert keys_b == list(range(1, T0 + T2 + 1)), f"duplicate or missing rows: {keys_b}"
-  skip = {"wall_s"}
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in skip} for r in rows]
+  assert [int(r["key"]) for r in rows_b] == list(range(1, T0 + T2 + 1))
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
   assert strip(rows_b) == strip(rows_a)
 
 
-def test_dp_baseline_reports_finite_epsilon(clients_dir, tff_ctx, tmp_path):
-  summary = program.run_simulation(_cfg("ifca_ldp", epsilon=8.0, t0=1, t2=2), clients_dir,
-                                   str(tmp_path / "ldp"), _opts(), log=lambda m: None)
-  on_disk = json.loads((tmp_path / "ldp" / "summary.json").read_text())
-  assert SUMMARY_KEYS <= set(on_disk)
-  eps = on_disk["epsilon_achieved"]
-  assert isinstance(eps, float) and math.isfinite(eps) and 0 < eps <= 8.0 + 1e-6, eps
-  assert on_disk["method"] == "ifca_ldp"
-  assert on_disk["noise_multipliers"]["z2"] > 0
-  assert len(_rows(tmp_path / "ldp")) == 1 + 2
+def test_scaling_diagnostics_follow_the_warm_boundary(uninterrupted):
+  root, _ = uninterrupted
+  stage2 = [r for r in _rows(root) if r["stage"] == "2"]
+  assert len(stage2) == T2
+  several = set()  # sides of the warm boundary seen with >= 2 non-empty slots
+  for r in stage2:
+    t = int(r["round"])
+    norms = np.array([float(r[f"norm_{c}"]) for c in range(C)])
+    w = np.array([float(r[f"w_{c}"]) for c in range(C)])
+    scale = np.array([float(r[f"scale_{c}"]) for c in range(C)])
+    pos = norms > 0
+    assert pos.sum() >= 1, r
+    if pos.sum() >= 2:
+      several.add(t < WARM)
+    target = norms * scale
+    if t < WARM:
+      want = np.full(C, norms[pos].min())
+    else:
+      d = 1.0 - w
+      want = norms.max() * d / d.max()
+    np.testing.assert_allclose(target[pos], want[pos], rtol=1e-4, err_msg=f"round {t}")
+  assert several == {True, False}, "settings no longer exercise both sides"
+
+
+def test_last_round_equals_an_independent_recomputation(uninterrupted, interrupted,
+                                                        digits_clients_dir):
+  root_a, _ = uninterrupted
+  _, _, before, _, pop = interrupted
+  cfg = _cfg()
+  rnd = STOP - T0 + 1
+  assert rnd == T2 and rnd >= WARM  # a normality-scaled round, momentum active
+  weights = {k: np.asarray(v, np.float32) for k, v in before["weights"].items()}
+  velocity = np.asarray(before["velocity"], np.float64)
+  assert np.abs(velocity).max() > 0
+  ids = program._cohort([cfg.seed, 2, rnd], COHORT, pop.size)
+  seeds = program._client_seeds(cfg.seed, 2, rnd, ids)
+  shard = shards.pack_shard([pop.train[i] for i in ids], pop.model.feature_keys,
+                            pop.n_max_train, client_seeds=seeds)
+  spec = local.LocalSpec(num_clusters=C, local_epochs=1, batch_size=16,
+                         learning_rate=0.3, clip_norm=CLIP2, choose_cluster=True,
+                         num_true_clusters=pop.num_true_clusters)
+  update_sum, diag = local.shard_update(pop.model, spec, weights, shard)
+  assert float(diag["num_clipped"]) > 0  # the clip binds
+  u = update_sum.numpy().astype(np.float64) / COHORT
+  scaled, _ = scaling.scale_cluster_aggregates_np(u, "pina", rnd, WARM)
+  velocity = MOMENTUM * velocity + scaled
+  keys = tm.LORA_KEYS + tm.HEAD_KEYS
+  theta = np.concatenate([weights[k].reshape(C, -1) for k in keys], 1) + SERVER_LR * velocity
+  final = _load_state(root_a, pop, cfg)
+  got = np.concatenate([np.asarray(final["weights"][k]).reshape(C, -1) for k in keys], 1)
+  np.testing.assert_allclose(np.asarray(final["velocity"]), velocity, rtol=2e-3,
+                             atol=2e-5)
+  np.testing.assert_allclose(got, theta, rtol=1e-4, atol=2e-5)
+  # And the round did move the models (the check is not vacuous).
+  before_flat = np.concatenate([weights[k].reshape(C, -1) for k in keys], 1)
+  assert np.abs(got - before_flat).max() > 1e-3
+
+
+def _composed_epsilon(cfg, z0, z1, z2, delta):
+  """The run's mechanisms, written from the privacy section of the spec:
+  stage 0: Poisson(q0) Gaussian(z0) x T0; stage 1: Gaussian(z1) once (local DP, no
+  amplification); stage 2: Poisson(M/P) Gaussian(z2) x T2.
+  [adapt here when the accounting model changes]"""
+  p = cfg.population
+  events = [dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+      cfg.stage0.cohort / p, dp_accounting.GaussianDpEvent(z0)), cfg.stage0.rounds)]
+  if cfg.method == "pina":
+    events.append(dp_accounting.GaussianDpEvent(z1))
+  events.append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+      cfg.stage2.cohort / p, dp_accounting.GaussianDpEvent(z2)), cfg.stage2.rounds))
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.ComposedDpEvent(events))
+  return acc.get_epsilon(delta)
+
+
+def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, tff_ctx,
+                                                           tmp_path, monkeypatch):
+  built, sketches = [], []
+  real_build, real_sketch = lp.build_process, stage1_lib.build_sketch_computation
+
+  def spy_build(model, spec):
+    built.append(spec)
+    return real_build(model, spec)
+
+  def spy_sketch(model, spec, top_k, clip, noise_multiplier, *args):
+    sketches.append((clip, noise_multiplier))
+    return real_sketch(model, spec, top_k, clip, noise_multiplier, *args)
+
+  monkeypatch.setattr(lp, "build_process", spy_build)
+  monkeypatch.setattr(stage1_lib, "build_sketch_computation", spy_sketch)
+  cfg = _cfg(epsilon=8.0, t0=1, t2=1, aggregator="ddp")
+  summary = program.run_simulation(cfg, digits_clients_dir, str(tmp_path / "dp"),
+                                   _opts(), log=lambda m: None)
+  z = summary["noise_multipliers"]
+  report = program.calibrate(config_lib.validate(cfg))
+  assert z == {"z0": report.z0, "z1": report.z1, "z2": report.z2}
+  assert len({z["z0"], z["z1"], z["z2"]}) == 3 and min(z.values()) > 0
+  spec0, spec2 = built
+  assert spec0.aggregator.noise_multiplier == z["z0"]
+  assert spec0.aggregator.central_stddev == pytest.approx(z["z0"] * CLIP0)
+  assert spec0.aggregator.kind == "ddp"
+  assert sketches == [(CLIP1, z["z1"])]
+  assert spec2.aggregator.noise_multiplier == z["z2"]
+  assert spec2.aggregator.central_stddev == pytest.approx(z["z2"] * CLIP2)
+  assert spec2.aggregator.expected_clients == COHORT
+  eps = _composed_epsilon(cfg, z["z0"], z["z1"], z["z2"], summary["delta"])
+  assert summary["epsilon_achieved"] == pytest.approx(eps, rel=1e-6)
+  assert eps <= 8.0 + 1e-9
+  rows = _rows(tmp_path / "dp")
+  assert float(rows[-1]["epsilon_spent"]) == pytest.approx(eps, rel=1e-6)
+  assert math.isfinite(summary["final_accuracy"])
 
 
 if __name__ == "__main__":

@@ -1,22 +1,26 @@
 """pina-simulate (python -m pipelines.simulate) rejects bad flags with one clear
-`error: ...` line on stderr, exit code 2 and no Python traceback."""
+`error: ...` line on stderr, exit code 2 and no Python traceback.
+
+Every case runs `pipelines.simulate.main` in one helper process (one TensorFlow import
+for all cases); one case also goes through the real entry point (`python -m`, absl's
+app.run) to check the exit status and the absence of a traceback end to end.
+"""
+import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from pina_tff.data import beam_prepare
-
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NUM_CLIENTS = 12
+_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_simulate_driver.py")
+NUM_CLIENTS = 24  # tests/conftest.py: DIGITS_CLIENTS
 
 # name -> (flags, words the error line must contain); '{clients}' is the tiny dataset.
 CASES = {
     "negative_epsilon": (["--epsilon=-1", "--clients_dir={clients}"], ["epsilon"]),
     "non_numeric_epsilon": (["--epsilon=abc", "--clients_dir={clients}"], ["epsilon", "abc"]),
-    "cohort_above_population": (["--cohort=20", "--clients_dir={clients}"],
+    "cohort_above_population": (["--cohort=30", "--clients_dir={clients}"],
                                 ["cohort", str(NUM_CLIENTS)]),
     "zero_clusters": (["--num_clusters=0", "--clients_dir={clients}"], ["num_clusters"]),
     "huge_top_k": (["--top_k=10000", "--clients_dir={clients}"], ["top_k", "10000"]),
@@ -25,63 +29,34 @@ CASES = {
     "clients_dir_does_not_exist": (["--clients_dir={missing}"], ["not found"]),
     "workers_with_secure_sums": (["--workers=2", "--clients_dir={clients}"],
                                  ["--workers", "central"]),
+    "unexpected_argument": (["--clients_dir={clients}", "extra"], ["unexpected", "extra"]),
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-  base = tmp_path_factory.mktemp("simulate_cli")
-  clients = base / "digits"
-  beam_prepare.prepare(beam_prepare.PrepareConfig(
-      output_dir=str(clients), dataset="digits", num_clients=NUM_CLIENTS, num_shards=1,
-      seed=0))
+def _argv(name, clients, base):
+  args = [f.format(clients=clients, missing=base / "no_such_dir") for f in CASES[name][0]]
+  return ["--progress=none", f"--root_dir={base / ('run_' + name)}"] + args
+
+
+def _env():
   env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("PINA_TFF_VERBOSE", None)
-  commands = {}
-  for name, (flags, _) in CASES.items():
-    args = [f.format(clients=clients, missing=base / "no_such_dir") for f in flags]
-    args.append(f"--root_dir={base / ('run_' + name)}")
-    commands[name] = [sys.executable, "-m", "pipelines.simulate", "--progress=none"] + args
-  # Two at a time (each pays the TensorFlow import); the slow one (it pre-trains and
-  # embeds the tiny dataset before it knows the population) first.
-  order = ["cohort_above_population"] + [n for n in commands
-                                          if n != "cohort_above_population"]
-  out, running = {}, {}
-  deadline = time.monotonic() + 300
-  try:
-    while order or running:
-      while order and len(running) < 2:
-        name = order.pop(0)
-        # Files, not pipes: a chatty child never blocks on a full pipe.
-        logs = (open(base / f"{name}.out", "w"), open(base / f"{name}.err", "w"))
-        running[name] = subprocess.Popen(commands[name], cwd=_ROOT, env=env,
-                                         stdout=logs[0], stderr=logs[1])
-        for f in logs:
-          f.close()
-      name = next(iter(running))
-      for n, p in running.items():
-        if p.poll() is not None:
-          name = n
-          break
-      else:
-        if time.monotonic() > deadline:
-          raise TimeoutError(f"pina-simulate did not exit: {sorted(running)}")
-        time.sleep(0.2)
-        continue
-      p = running.pop(name)
-      out[name] = (p.wait(), (base / f"{name}.out").read_text(),
-                   (base / f"{name}.err").read_text())
-  finally:
-    for p in running.values():
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  return out
+  return env
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_flag_gives_one_clear_error(results, name):
-  rc, stdout, stderr = results[name]
+@pytest.fixture(scope="module")
+def results(digits_clients_dir, tmp_path_factory):
+  base = tmp_path_factory.mktemp("simulate_cli")
+  cases = {name: _argv(name, digits_clients_dir, base) for name in CASES}
+  (base / "cases.json").write_text(json.dumps(cases))
+  proc = subprocess.run([sys.executable, _DRIVER, str(base / "cases.json"),
+                         str(base / "out.json")], cwd=_ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads((base / "out.json").read_text())
+
+
+def _check(name, rc, stdout, stderr):
   assert "Traceback" not in stderr, stderr[-3000:]
   assert "Traceback" not in stdout
   errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -89,6 +64,21 @@ def test_bad_flag_gives_one_clear_error(results, name):
   for word in CASES[name][1]:
     assert word in errors[0], errors[0]
   assert rc == 2, (rc, stderr[-3000:])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_flag_gives_one_clear_error(results, name):
+  _check(name, *results[name])
+
+
+def test_entry_point_exits_2_without_traceback(digits_clients_dir, tmp_path):
+  name = "cohort_above_population"
+  cmd = [sys.executable, "-m", "pipelines.simulate"] + _argv(name, digits_clients_dir,
+                                                             tmp_path)
+  proc = subprocess.run(cmd, cwd=_ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  _check(name, proc.returncode, proc.stdout, proc.stderr)
+  assert not (tmp_path / f"run_{name}" / "summary.json").exists()
 
 
 if __name__ == "__main__":
