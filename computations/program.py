@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Callable, Optional
 
@@ -35,6 +34,7 @@ from scipy import optimize
 from computations import client_work as cw
 from computations import learning_process as lp
 from computations import methods
+from computations import run_dir as run_dir_lib
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
 from pina_tff.clustering import kmeans_init as kmeans_lib
@@ -42,6 +42,8 @@ from pina_tff.clustering import metrics as cluster_metrics
 from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
+from pina_tff.runtime import signals
+from pina_tff.runtime import sweep
 from pina_tff.simulation import population as population_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
@@ -65,6 +67,8 @@ class ProgramOptions:
     shard_transport: 'file' (each round's shards are written to files that the TFF
       clients' datasets read: the computation ships file names) or 'inline' (the data
       itself is serialized into each round's datasets).
+    restart: remove what an earlier run wrote into root_dir and start over (otherwise
+      a root_dir made by another configuration is an error; see computations/run_dir).
   """
   shard_size: Optional[int] = None
   checkpoint_every: int = 5
@@ -73,6 +77,7 @@ class ProgramOptions:
   stop_after_rounds: Optional[int] = None
   simulation_diagnostics: bool = True
   shard_transport: str = "file"
+  restart: bool = False
 
 
 class _Progress:
@@ -203,15 +208,26 @@ def calibrate(cfg) -> accounting.PrivacyReport:
   return accounting.calibrate_from_config(cfg)
 
 
+def _log_stderr(m: str) -> None:
+  print(m, file=sys.stderr, flush=True)
+
+
 def run_simulation(cfg, clients_dir: str, root_dir: str,
                    options: ProgramOptions = ProgramOptions(),
-                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr,
-                                                                flush=True)) -> dict:
+                   log: Callable[[str], None] = _log_stderr) -> dict:
   """Runs (or resumes) one simulation; returns the summary also written to
-  `<root_dir>/summary.json`.
+  `<root_dir>/summary.json`, or `{"interrupted": True, "signal": signum or None, ...}`
+  when a stop was requested (`pina_tff.runtime.signals`, `stop_after_rounds`).
 
   The caller installs the TFF execution context (`computations.context.tff_context`).
+  `root_dir` is locked for the call (one run per directory) and must hold nothing or a
+  run of the same configuration (`computations.run_dir`).
   """
+  with run_dir_lib.open_run_dir(root_dir, log) as root:
+    return _run_locked(cfg, clients_dir, root, options, log)
+
+
+def _run_locked(cfg, clients_dir, root_dir, options, log) -> dict:
   cfg = config_lib.validate(cfg)
   _quiet_logs()
   size = _manifest_population(clients_dir)
@@ -225,7 +241,9 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         cfg, population=size,
         privacy=dataclasses.replace(cfg.privacy,
                                     delta=None if default_delta else cfg.privacy.delta)))
-  os.makedirs(root_dir, exist_ok=True)
+  run_dir_lib.check_fingerprint(root_dir, config_lib.to_dict(cfg),
+                                run_dir_lib.data_fingerprint(clients_dir),
+                                options.restart, log)
   pop = population_lib.load_population(clients_dir, cfg.stage1.lora_rank, cfg.seed, log)
   _write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
   report = calibrate(cfg)
@@ -250,7 +268,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   manager = tff.program.FileProgramStateManager(os.path.join(root_dir, "checkpoints"),
                                                 keep_total=2)
   template = _state_template(shapes, num_clusters, update_size)
-  saved, version = asyncio.run(manager.load_latest(template))
+  saved, version = run_dir_lib.load_latest_readable(manager, template, log)
   st = saved if saved is not None else template
   if saved is not None:
     log(f"resuming from checkpoint: phase {int(st['phase'])}, round {int(st['round'])}")
@@ -291,13 +309,23 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
     return (options.stop_after_rounds is not None and
             rounds_this_call >= options.stop_after_rounds)
 
+  def interrupted(phase: int):
+    """Between rounds: None, or (after a checkpoint if a signal asked) the stop result."""
+    signum = signals.requested()
+    if signum is None and not stop_requested():
+      return None
+    if signum is not None and (_rounds_done(st, t0) + 10_000 * phase not in
+                               (asyncio.run(manager.get_versions()) or [])):
+      save(phase, int(st["round"]))
+    return {"interrupted": True, "signal": signum, "phase": phase,
+            "round": int(st["round"])}
+
   if options.shard_transport not in ("file", "inline"):
     raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
                       f"{options.shard_transport!r}")
   file_dir = None
   if options.shard_transport == "file":
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    file_dir = tempfile.mkdtemp(prefix="pina-shards-", dir=shm)
+    file_dir = sweep.make_shard_dir()
   try:
     # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
     if int(st["phase"]) == PHASE_STAGE0:
@@ -309,8 +337,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
             {k: v[None] for k, v in base.items()}))
         for rnd in range(int(st["round"]) + 1, t0 + 1):
-          if stop_requested():
-            return {"interrupted": True}
+          if stop := interrupted(PHASE_STAGE0):
+            return stop
           ids = _cohort([cfg.seed, 0, rnd], cfg.stage0.cohort, pop.size)
           data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
                              _client_seeds(cfg.seed, 0, rnd, ids), file_dir)
@@ -366,8 +394,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       state = _with_finalizer_state(state, int(st["round"]), st["velocity"])
       params = {k: np.asarray(v) for k, v in st["weights"].items()}
       for rnd in range(int(st["round"]) + 1, t2 + 1):
-        if stop_requested():
-          return {"interrupted": True}
+        if stop := interrupted(PHASE_STAGE2):
+          return stop
         ids = _cohort([cfg.seed, 2, rnd], cfg.stage2.cohort, pop.size)
         data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
                            _client_seeds(cfg.seed, 2, rnd, ids), file_dir)
