@@ -3,19 +3,21 @@
   python -m pipelines.pretrain --clients_dir=/tmp/digits [--output=...] [--epochs=30]
 
 Writes `<clients_dir>/backbone/digits_tiny.weights.h5` (or --output) and a json next to it
-with the config and held-out accuracy (each via `<file>.tmp-<pid>` and rename).
+with the config and held-out accuracy (each via `<file>.tmp-<pid>` and rename). The
+output is checked writable before training. Bad input prints one `error: ...` line and
+exits with status 2.
 """
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  pylint: disable=g-bad-import-order
 
-from pina_tff.errors import PinaError  # noqa: E402
+from pina_tff.runtime import paths  # noqa: E402
+
+cli.import_keras_quietly()
 # Imports keras-cv before app.run (see pina_tff/models/backbone.py).
-from pina_tff.models import pretrain  # noqa: E402
+from pina_tff.models import pretrain  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("clients_dir", None, "Prepared data directory (pina-prepare output).")
@@ -25,26 +27,25 @@ flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the split, initialization and shuffling.")
 flags.DEFINE_integer("batch_size", 32, "Batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
-flags.DEFINE_string("backbone", "digits_tiny", "Backbone preset (digits_tiny).")
+flags.DEFINE_enum("backbone", "digits_tiny", ["digits_tiny"], "Backbone preset.")
 flags.mark_flag_as_required("clients_dir")
 
 
 def main(argv):
   del argv
-  try:
-    report = pretrain.run_pretrain(
-        FLAGS.clients_dir, output=FLAGS.output, epochs=FLAGS.epochs, seed=FLAGS.seed,
-        backbone=FLAGS.backbone, batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate)
-  except PinaError as e:
-    raise app.UsageError(str(e)) from e
+  if FLAGS.output:
+    paths.check_output_file(FLAGS.output, "--output")
+  report = pretrain.run_pretrain(
+      FLAGS.clients_dir, output=FLAGS.output, epochs=FLAGS.epochs, seed=FLAGS.seed,
+      backbone=FLAGS.backbone, batch_size=FLAGS.batch_size,
+      learning_rate=FLAGS.learning_rate)
   print(json.dumps({k: report[k] for k in ("weights_file", "report_file", "train_accuracy",
                                            "holdout_accuracy", "train_seconds")
                     if k in report}, indent=1))
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,18 @@ def _check_weights_and_shape(config: bb.BackboneConfig, weights_file: str,
   return weights_lib.sha256_file(weights_file)
 
 
+def _worker_error(clients_dir: str, e: BaseException) -> str:
+  """One line for an error raised inside the Beam job (corrupt shard, bad record)."""
+  text = str(e)
+  for marker in ("DataLossError", "corrupted record", "truncated record",
+                 "Read less bytes", "DataError", "InvalidArgumentError"):
+    if marker in text:
+      detail = next((ln.strip() for ln in text.splitlines() if marker in ln), marker)
+      return (f"{clients_dir}: a record file is corrupt or truncated "
+              f"({detail[:200]}); prepare the data again with pina-prepare --overwrite")
+  return f"{clients_dir}: embedding failed: {text.strip().splitlines()[0][:300]}"
+
+
 def embed(clients_dir: str, weights_file: str, output_dir: str,
           backbone: str = "digits_tiny", dtype: str = "float32", batch_size: int = 64,
           overwrite: bool = False, beam_args: Optional[Sequence[str]] = None) -> dict:
@@ -150,10 +162,13 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
     dofn = EmbedShardDoFn(config.to_json(), weights_file, manifest["image_shape"], dtype,
                          batch_size)
     t0 = time.time()
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
-      _ = (p | "Files" >> beam.Create(pairs)
-             | "Reshuffle" >> beam.Reshuffle()
-             | "Embed" >> beam.ParDo(dofn))
+    try:
+      with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        _ = (p | "Files" >> beam.Create(pairs)
+               | "Reshuffle" >> beam.Reshuffle()
+               | "Embed" >> beam.ParDo(dofn))
+    except Exception as e:  # pylint: disable=broad-except  # Beam wraps worker errors
+      raise DataError(_worker_error(clients_dir, e)) from None
     seconds = time.time() - t0
     expected = {s["path"]: s["num_records"] for s in manifest["shards"]}
     if manifest.get("public"):

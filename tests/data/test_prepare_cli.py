@@ -18,7 +18,7 @@ def _run(*args):
 def test_success_then_refusal_without_overwrite(tmp_path):
   out = str(tmp_path / "d")
   r = _run("--dataset=digits", f"--output_dir={out}", "--num_clients=20", "--seed=3",
-           "--runner=DirectRunner", "--direct_num_workers=1")  # Beam options pass through
+           "--", "--runner=DirectRunner", "--direct_num_workers=1")  # Beam options after --
   assert r.returncode == 0, r.stderr
   assert "wrote 20 clients" in r.stdout
   m = json.loads(open(os.path.join(out, "manifest.json")).read())
@@ -36,6 +36,15 @@ def test_bad_input_is_one_error_line():
   assert r.stderr.strip().splitlines() == [
       "error: --dataset: unknown dataset 'mnist'; expected one of "
       "['cifar10', 'digits', 'fashion_mnist', 'femnist']"]
+
+
+def test_unknown_flag_is_an_error_not_a_beam_option(tmp_path):
+  out = tmp_path / "d"
+  r = _run("--dataset=digits", f"--output_dir={out}", "--num_clientz=5")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      "error: Unknown command line flag 'num_clientz'. Did you mean: num_clients ?"], r.stderr
+  assert not out.exists()
 
 
 if __name__ == "__main__":
