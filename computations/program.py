@@ -364,6 +364,8 @@ def _run_locked(cfg, clients_dir, root_dir, options, log) -> dict:
 
     # ---------------- stage 1: sketches + k-means, or the baseline's init -------
     if int(st["phase"]) == PHASE_STAGE1:
+      if stop := interrupted(PHASE_STAGE1):
+        return stop
       base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
       init = {k: np.repeat(v[None], num_clusters, axis=0) for k, v in base.items()}
       if cfg.method == "pina":
