@@ -70,7 +70,7 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
-def _parser(passthrough: bool):
+def _parser(passthrough: bool, positional: bool):
   def parse(argv):
     rest = []
     if passthrough and "--" in argv[1:]:
@@ -80,12 +80,12 @@ def _parser(passthrough: bool):
       left = flags.FLAGS(argv)
     except flags.Error as e:
       fail(str(e).strip().splitlines()[0])
-    if len(left) > 1:
+    if len(left) > 1 and not positional:
       hint = (" (pass Beam options after `--`)" if passthrough else "")
       fail(f"unexpected arguments {left[1:]}{hint}")
     if not verbose_requested() and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.ERROR)
-    return [argv[0]] + rest
+    return list(left if positional else left[:1]) + rest
   return parse
 
 
@@ -102,13 +102,14 @@ def _adopt_help(entry_module) -> None:
   flags.FLAGS.register_key_flag_for_module(key, flags.FLAGS[VERBOSE_FLAG[2:]])
 
 
-def run(main, passthrough: bool = False) -> None:
+def run(main, passthrough: bool = False, positional: bool = False) -> None:
   """`absl.app.run(main)` with strict flags, entry-module help and one-line errors.
 
   Args:
     main: `main(argv) -> int | None`; argv[1:] are the arguments after `--` when
       `passthrough`, else empty.
     passthrough: accept arguments after `--` (handed to main, e.g. Beam options).
+    positional: hand positional arguments (e.g. a subcommand) to main.
   """
   entry = sys.modules.get(main.__module__)
   _adopt_help(entry)
@@ -119,4 +120,4 @@ def run(main, passthrough: bool = False) -> None:
     except PinaError as e:
       fail(str(e))
 
-  app.run(wrapped, flags_parser=_parser(passthrough))
+  app.run(wrapped, flags_parser=_parser(passthrough, positional))

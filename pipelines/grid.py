@@ -18,12 +18,14 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
+
+from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
 from pina_tff.errors import PinaError
-from pina_tff.models import backbone as _backbone  # pylint: disable=unused-import
+cli.import_keras_quietly()
+from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
 from pipelines import presets
 
 FLAGS = flags.FLAGS
@@ -123,9 +125,7 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+  del argv  # cli.run rejects positional arguments
   try:
     if not FLAGS.output_dir:
       raise config_lib.ConfigError("--output_dir is required")
@@ -143,7 +143,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """pina-simulate: run PINA or a DP baseline on prepared clients (resumable).
 
-  pina-simulate --clients_dir=/tmp/digits --root_dir=runs/pina_eps8 --method=pina \
+  pina-simulate --clients_dir=/tmp/digits --root_dir=runs/pina_eps8 --method=pina \\
       --epsilon=8
 
 Flags override a --config file (JSON or YAML with the fields of

@@ -280,3 +280,81 @@ def test_cli_start_up_is_quiet(runs):
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+# ------------------------------------------------------------------ bad input, one line
+def _bad_cases(base):
+  clients = base / "digits"
+  a_file = base / "a_file"
+  a_file.write_text("not a directory")
+  bad_cfg = base / "bad_types.json"
+  bad_cfg.write_text(json.dumps(dict(CONFIG, stage2=dict(CONFIG["stage2"], rounds="ten"))))
+  corrupt = base / "corrupt"
+  if not corrupt.exists():
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.copytree(clients, corrupt, ignore=shutil.ignore_patterns("embeddings", ".lock"))
+    shard = next(corrupt.glob("clients-*.tfrecord"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])
+  weights = next((clients / "backbone").glob("*.weights.h5"))
+  sim = ["pipelines.simulate", f"--clients_dir={clients}", f"--config={bad_cfg}"]
+  return {
+      # name: (module and args, words the error line must contain)
+      "root_dir_is_a_file": (["pipelines.simulate", f"--clients_dir={clients}",
+                              f"--root_dir={a_file}"], ["--root_dir", "is a file"]),
+      "root_dir_under_a_file": (["pipelines.simulate", f"--clients_dir={clients}",
+                                 f"--root_dir={a_file}/run"], ["--root_dir", "a file"]),
+      "config_wrong_type": (sim + [f"--root_dir={base / 'typed'}"],
+                            ["stage2.rounds", "integer", "'ten'"]),
+      "prepare_under_a_file": (["pipelines.prepare_data", f"--output_dir={a_file}/d"],
+                               ["--output_dir", "a file"]),
+      "prepare_unknown_flag": (["pipelines.prepare_data", f"--output_dir={base}/typo",
+                                "--num_clientz=5"], ["num_clientz"]),
+      "pretrain_output_under_a_file": (["pipelines.pretrain", f"--clients_dir={clients}",
+                                        f"--output={a_file}/w.weights.h5"],
+                                       ["--output", "a file"]),
+      "embed_missing_clients_dir": (["pipelines.embed", f"--output_dir={base}/e1"],
+                                    ["clients_dir"]),
+      "embed_int8": (["pipelines.embed", f"--clients_dir={clients}",
+                      f"--output_dir={base}/e2", "--dtype=int8"], ["dtype", "int8"]),
+      "embed_corrupt_shard": (["pipelines.embed", f"--clients_dir={corrupt}",
+                               f"--weights={weights}", f"--output_dir={base}/e3"],
+                              ["corrupt", str(corrupt)]),
+  }
+
+
+@pytest.fixture(scope="module")
+def bad_results(base, runs):  # after `runs`: the CPU is shared
+  cases = _bad_cases(base)
+  out, pending, running = {}, list(cases), {}
+  try:
+    while pending or running:
+      while pending and len(running) < 2:
+        name = pending.pop(0)
+        running[name] = Proc(base, f"bad_{name}", *cases[name][0])
+      for name, p in list(running.items()):
+        if p.p.poll() is not None:
+          out[name] = p.wait()
+          del running[name]
+      time.sleep(0.1)
+  finally:
+    for p in running.values():
+      p.kill()
+  return cases, out
+
+
+@pytest.mark.parametrize("name", ["root_dir_is_a_file", "root_dir_under_a_file",
+                                  "config_wrong_type", "prepare_under_a_file",
+                                  "prepare_unknown_flag", "pretrain_output_under_a_file",
+                                  "embed_missing_clients_dir", "embed_int8",
+                                  "embed_corrupt_shard"])
+def test_bad_input_gives_one_error_line(bad_results, name, base):
+  cases, out = bad_results
+  rc, stdout, stderr = out[name]
+  line = _one_error(stderr)
+  assert "Traceback" not in stdout
+  for word in cases[name][1]:
+    assert word in line, (word, line)
+  assert rc == 2, (rc, stderr[-2000:])
+  assert not (base / "typo").exists()
+  assert not [n for n in os.listdir(base) if ".tmp-" in n]
