@@ -37,6 +37,8 @@ def quiet_startup() -> None:
     os.environ["PINA_TFF_VERBOSE"] = "1"
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  py_logging.getLogger().setLevel(py_logging.ERROR)  # import-time library warnings
 
 
 def import_keras_quietly() -> None:
@@ -84,7 +86,11 @@ def _parser(passthrough: bool, positional: bool):
       hint = (" (pass Beam options after `--`)" if passthrough else "")
       fail(f"unexpected arguments {left[1:]}{hint}")
     if not verbose_requested() and not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.ERROR)
+      logging.set_verbosity(logging.FATAL)
+      # Beam logs a worker's failure (with its traceback) before re-raising it; the
+      # error reaches the user as one `error:` line instead.
+      import logging as py_logging  # pylint: disable=g-import-not-at-top
+      py_logging.getLogger().setLevel(py_logging.CRITICAL)
     return list(left if positional else left[:1]) + rest
   return parse
 

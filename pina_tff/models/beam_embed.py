@@ -29,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 
 from pina_tff.data import schema
-from pina_tff.errors import ConfigError, DataError, WeightsError
+from pina_tff.errors import ConfigError, DataError, PinaError, WeightsError
 from pina_tff.models import backbone as bb
 
 _STATS_SUFFIX = ".embed-stats.json"
@@ -124,13 +124,15 @@ def _check_weights_and_shape(config: bb.BackboneConfig, weights_file: str,
 
 def _worker_error(clients_dir: str, e: BaseException) -> str:
   """One line for an error raised inside the Beam job (corrupt shard, bad record)."""
+  import re  # pylint: disable=g-import-not-at-top
   text = str(e)
-  for marker in ("DataLossError", "corrupted record", "truncated record",
-                 "Read less bytes", "DataError", "InvalidArgumentError"):
-    if marker in text:
-      detail = next((ln.strip() for ln in text.splitlines() if marker in ln), marker)
-      return (f"{clients_dir}: a record file is corrupt or truncated "
-              f"({detail[:200]}); prepare the data again with pina-prepare --overwrite")
+  m = re.search(r"(truncated|corrupted) record at \d+", text)
+  if m or "DataLossError" in text or "Read less bytes" in text:
+    detail = m.group(0) if m else "DataLossError"
+    return (f"{clients_dir}: a record file is corrupt or truncated ({detail}); prepare "
+            "the data again with pina-prepare --overwrite")
+  if isinstance(e, PinaError):
+    return str(e)
   return f"{clients_dir}: embedding failed: {text.strip().splitlines()[0][:300]}"
 
 

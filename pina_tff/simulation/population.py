@@ -113,6 +113,23 @@ def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
   return emb_dir
 
 
+def _check_embeddings(emb_dir: str, manifest: dict, config: bb.BackboneConfig,
+                      inputs: np.ndarray) -> None:
+  """DataError unless the embeddings have the backbone's shape, a known dtype and
+  finite values (bytes of another shape or dtype read as these give garbage)."""
+  where = os.path.join(emb_dir, schema.MANIFEST_NAME)
+  expected = list(config.embedding_shape)
+  if list(manifest.get("embedding_shape", [])) != expected:
+    raise DataError(f"{where}: embedding_shape {manifest.get('embedding_shape')}, but "
+                    f"backbone {config.name!r} makes {expected}; embed again")
+  if manifest.get("embedding_dtype") not in schema.EMBEDDING_DTYPES:
+    raise DataError(f"{where}: embedding_dtype {manifest.get('embedding_dtype')!r}, "
+                    f"expected one of {list(schema.EMBEDDING_DTYPES)}")
+  if inputs.size and not np.isfinite(inputs).all():
+    raise DataError(f"{where}: the embeddings hold non-finite values (records of another "
+                    "dtype or shape?); embed again")
+
+
 def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
                     log: Optional[Callable[[str], None]] = None,
                     batch_size: int = 512) -> Population:
@@ -126,6 +143,7 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
     weights_file = os.path.join(emb_dir, weights_file)
   cache.verify_weights(weights_file, manifest.get("weights_sha256"),
                        weights_lib.sha256_file, os.path.join(emb_dir, schema.MANIFEST_NAME))
+  _check_embeddings(emb_dir, manifest, config, data.inputs)
   model = bb.build_vit(config)
   weights_lib.load_backbone_weights(model, weights_file)
   tail_config, frozen = split.extract_tail_weights(model)

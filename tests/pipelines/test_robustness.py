@@ -358,3 +358,75 @@ def test_bad_input_gives_one_error_line(bad_results, name, base):
   assert rc == 2, (rc, stderr[-2000:])
   assert not (base / "typo").exists()
   assert not [n for n in os.listdir(base) if ".tmp-" in n]
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype"])
+def test_embeddings_of_wrong_shape_or_dtype_are_one_data_error(base, tmp_path, change):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from pina_tff.errors import DataError  # pylint: disable=g-import-not-at-top
+  from pina_tff.simulation import population  # pylint: disable=g-import-not-at-top
+  emb = tmp_path / "emb"
+  shutil.copytree(base / "digits" / "embeddings", emb)
+  manifest = json.loads((emb / "manifest.json").read_text())
+  t, d = manifest["embedding_shape"]
+  if change == "shape":  # same byte size, transposed
+    manifest["embedding_shape"] = [d, t]
+  else:  # same byte size: float32 [T, d] read as float16 [T, 2d]
+    manifest["embedding_dtype"], manifest["embedding_shape"] = "float16", [t, 2 * d]
+  (emb / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(DataError, match="embedding_shape"):
+    population.load_population(str(emb))
+
+
+def test_cache_is_keyed_by_what_built_it(base):
+  from pina_tff.models import weights as weights_lib  # pylint: disable=g-import-not-at-top
+  from pina_tff.simulation import cache  # pylint: disable=g-import-not-at-top
+  clients, emb = base / "digits", base / "digits" / "embeddings"
+  manifest = json.loads((emb / "manifest.json").read_text())
+  sha = weights_lib.sha256_file(manifest["weights_file"])
+  key0 = json.loads((emb / cache.KEY_NAME).read_text())["key"]
+  assert key0["seed"] == 0
+  assert key0["source_manifest_sha256"] == cache.source_sha256(str(clients))
+  assert cache.embeddings_current(str(emb), key0, sha)
+  assert not cache.embeddings_current(str(emb), dict(key0, seed=1), sha)
+  assert not cache.embeddings_current(
+      str(emb), dict(key0, source_manifest_sha256="0" * 64), sha)
+  assert not cache.weights_current(manifest["weights_file"], dict(key0, seed=1))
+
+
+def test_changed_weights_are_refused_when_loaded(base, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from pina_tff.errors import DataError  # pylint: disable=g-import-not-at-top
+  from pina_tff.simulation import population  # pylint: disable=g-import-not-at-top
+  emb = tmp_path / "emb"
+  shutil.copytree(base / "digits" / "embeddings", emb)
+  manifest = json.loads((emb / "manifest.json").read_text())
+  weights = tmp_path / "w.weights.h5"
+  shutil.copy(manifest["weights_file"], weights)
+  with open(weights, "ab") as f:
+    f.write(b"\0")
+  manifest["weights_file"] = str(weights)
+  (emb / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(DataError, match="changed since the embeddings were made"):
+    population.load_population(str(emb))
+
+
+def test_second_cache_builder_waits_for_the_first(base):
+  from pina_tff.simulation import population  # pylint: disable=g-import-not-at-top
+  clients = base / "digits"
+  code = ("import time; from pina_tff.simulation import cache\n"
+          f"with cache.build_lock({str(clients)!r}):\n"
+          "  print('held', flush=True); time.sleep(3)\n")
+  p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=_env(),
+                       cwd=_ROOT)
+  try:
+    assert p.stdout.readline().strip() == b"held"
+    log, start = [], time.monotonic()
+    emb = population.ensure_embeddings(str(clients), seed=0, log=log.append)
+    assert time.monotonic() - start > 1.0
+    assert log and log[0].startswith(f"waiting for pid {p.pid}"), log
+    assert len(log) == 1  # then found the cache built: no pre-training, no embedding
+    assert emb == str(clients / "embeddings")
+  finally:
+    p.wait(timeout=30)
+    p.stdout.close()
