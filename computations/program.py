@@ -312,10 +312,10 @@ def _run_locked(cfg, clients_dir, root_dir, options, log) -> dict:
   def interrupted(phase: int):
     """Between rounds: None, or (after a checkpoint if a signal asked) the stop result."""
     signum = signals.requested()
-    if signum is None and not stop_requested():
-      return None
-    if signum is not None and (_rounds_done(st, t0) + 10_000 * phase not in
-                               (asyncio.run(manager.get_versions()) or [])):
+    if signum is None:
+      return {"interrupted": True} if stop_requested() else None
+    if _rounds_done(st, t0) + 10_000 * phase not in (asyncio.run(manager.get_versions())
+                                                      or []):
       save(phase, int(st["round"]))
     return {"interrupted": True, "signal": signum, "phase": phase,
             "round": int(st["round"])}
