@@ -24,6 +24,7 @@ from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
 from pina_tff.errors import PinaError
+from pina_tff.runtime import signals
 cli.import_keras_quietly()
 from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
 from pipelines import presets
@@ -84,6 +85,10 @@ def ensure_dataset(name: str, spec: dict, data_dir: str, seed: int, log) -> str:
   return path
 
 
+class GridInterrupted(Exception):
+  """A run of the grid stopped on a signal (after its checkpoint)."""
+
+
 def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons=None,
              seed: int = 0, progress: str = "log", log=None) -> list:
   """Runs every (dataset, epsilon, method) cell, then writes the table and plots."""
@@ -114,8 +119,10 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
           cfg_dict.setdefault("privacy", {})["epsilon"] = eps
           cfg = config_lib.validate(config_lib.from_dict(cfg_dict))
           log(f"run {dataset} {method} eps={eps}")
-          program.run_simulation(cfg, clients_dir, run_dir,
-                                 program.ProgramOptions(progress=progress), log=log)
+          done = program.run_simulation(cfg, clients_dir, run_dir,
+                                        program.ProgramOptions(progress=progress), log=log)
+          if done.get("interrupted"):  # SIGINT / SIGTERM: checkpointed, stop the grid
+            raise GridInterrupted(done.get("signal") or 1)
   records = results.collect_runs(output_dir)
   results.write_results_table(records, os.path.join(output_dir, "results.md"),
                               os.path.join(output_dir, "results.csv"))
@@ -130,11 +137,17 @@ def main(argv):
     if not FLAGS.output_dir:
       raise config_lib.ConfigError("--output_dir is required")
     eps = [presets.parse_epsilon(e) for e in FLAGS.epsilons] if FLAGS.epsilons else None
-    pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
-                    FLAGS.seed, FLAGS.progress)
+    with signals.graceful_stop():
+      pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
+                      FLAGS.seed, FLAGS.progress)
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except GridInterrupted as e:
+    signum = e.args[0]
+    print(f"stopped by {signals.name(signum)} (checkpoint saved); run the same command "
+          "to resume", file=sys.stderr)
+    return 128 + signum
   with open(os.path.join(FLAGS.output_dir, "results.md")) as f:
     print(f.read())
   print(f"results: {os.path.join(FLAGS.output_dir, 'results.md')} and results.csv")
