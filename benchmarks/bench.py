@@ -46,6 +46,7 @@ import numpy as np
 # inside an absl main breaks tf.keras functional models afterwards.
 cli.import_keras_quietly()
 from pina_tff.models import backbone as bb  # noqa: E402  pylint: disable=g-import-not-at-top
+from pina_tff.errors import ConfigError  # noqa: E402
 from pina_tff.models import split
 
 FLAGS = flags.FLAGS
@@ -595,8 +596,8 @@ COMMANDS = {"head": head_main, "stage2": stage2_main, "embed": embed_main}
 
 def main(argv) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    cli.fail(f"expected one workload, {' | '.join(COMMANDS)}, found {argv[1:]} "
-             "(pina-bench --help describes them)")
+    raise ConfigError(f"expected one workload, {' | '.join(COMMANDS)}, found "
+                      f"{argv[1:]} (pina-bench --help describes them)")
   COMMANDS[argv[1]]()
 
 
