@@ -32,6 +32,7 @@ from pina_tff.data import partition as partition_lib
 from pina_tff.data import schema
 from pina_tff.data import sources
 from pina_tff.errors import ConfigError, DataError
+from pina_tff.runtime import sweep
 
 CLIENTS_PER_SHARD = 50  # auto sharding: ceil(num_clients / 50) shards, at most MAX_SHARDS
 MAX_SHARDS = 256
@@ -267,6 +268,8 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
   if cfg.dataset == "digits":
     manifest["public_fraction"] = cfg.public_fraction
 
+  sweep.sweep_dead_tmp(os.path.dirname(cfg.output_dir),
+                      stem=os.path.basename(cfg.output_dir))  # left by killed runs
   tmp = f"{cfg.output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

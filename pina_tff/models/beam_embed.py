@@ -31,6 +31,7 @@ import numpy as np
 from pina_tff.data import schema
 from pina_tff.errors import ConfigError, DataError, PinaError, WeightsError
 from pina_tff.models import backbone as bb
+from pina_tff.runtime import sweep
 
 _STATS_SUFFIX = ".embed-stats.json"
 
@@ -153,6 +154,8 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
   weights_file = os.path.abspath(weights_file) if weights_file else weights_file
   sha = _check_weights_and_shape(config, weights_file, manifest, clients_dir)
 
+  sweep.sweep_dead_tmp(os.path.dirname(output_dir),
+                      stem=os.path.basename(output_dir))  # left by killed runs
   tmp = f"{output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

@@ -43,12 +43,16 @@ def _remove(path: str) -> None:
       os.remove(path)
 
 
-def sweep_dead_tmp(directory: str, log: Optional[Callable[[str], None]] = None) -> list:
-  """Removes `*.tmp-<pid>` entries of dead pids directly inside `directory`."""
+def sweep_dead_tmp(directory: str, log: Optional[Callable[[str], None]] = None,
+                   stem: Optional[str] = None) -> list:
+  """Removes `*.tmp-<pid>` entries of dead pids directly inside `directory` (only
+  `<stem>.tmp-<pid>` when `stem` is given: the temp copies of one output)."""
   removed = []
   with contextlib.suppress(OSError):
     for name in os.listdir(directory):
       m = _TMP.match(name)
+      if stem is not None and not name.startswith(stem + ".tmp-"):
+        continue
       if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
         _remove(os.path.join(directory, name))
         removed.append(name)

@@ -23,6 +23,7 @@ from pina_tff.models import backbone as bb
 from pina_tff.models import reduced_tail as rt
 from pina_tff.models import split
 from pina_tff.models import weights as weights_lib
+from pina_tff.runtime import sweep
 from pina_tff.simulation import cache
 from pina_tff.training import models as tm
 
@@ -92,6 +93,7 @@ def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
   weights_file = pretrain.default_output(clients_dir, config)
   with cache.build_lock(clients_dir, lambda m: _log(m, log)):
     key = cache.cache_key(clients_dir, config.to_json(), seed)
+    sweep.sweep_dead_tmp(os.path.dirname(weights_file))  # of builders that were killed
     # Weights without a key file were put there by the user (pina-pretrain): kept.
     user_weights = (os.path.exists(weights_file) and
                     not os.path.exists(cache.weights_key_path(weights_file)))

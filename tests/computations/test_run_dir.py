@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
+from computations import context  # noqa: F401  (makes TFF's default context quiet at exit)
 from computations import run_dir
 from pina_tff import config as config_lib
 from pina_tff.errors import ConfigError

@@ -1,6 +1,8 @@
 """pina-prepare --overwrite removes only what pina-prepare wrote."""
 import json
 import os
+import subprocess
+import sys
 
 from pina_tff.data import beam_prepare
 
@@ -27,3 +29,13 @@ def test_overwrite_keeps_unrelated_files_and_replaces_the_data(tmp_path):
   assert all((out / n).exists() for n in new_shards)
   assert json.loads((out / "manifest.json").read_text())["num_clients"] == 10
   assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_temp_dir_of_a_killed_prepare_is_swept(tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  out = tmp_path / "d"
+  (tmp_path / f"d.tmp-{dead.pid}").mkdir()          # left by a killed pina-prepare
+  (tmp_path / f"other.tmp-{dead.pid}").mkdir()      # not ours: kept
+  _prepare(out, num_clients=8, num_shards=1)
+  assert sorted(os.listdir(tmp_path)) == ["d", f"other.tmp-{dead.pid}"]
