@@ -32,6 +32,9 @@ CHECKPOINTS = "checkpoints"
 # Everything the program writes into a run directory (what --restart removes).
 PROGRAM_OUTPUTS = (CHECKPOINTS, "metrics.csv", "tensorboard", "summary.json",
                    "config.json", FINGERPRINT_NAME)
+# A directory with none of these holds no results yet (e.g. a run that stopped on bad
+# data before its first round): it is taken over without --restart.
+RESULTS = (CHECKPOINTS, "metrics.csv", "summary.json")
 
 
 @contextlib.contextmanager
@@ -120,7 +123,7 @@ def check_fingerprint(root_dir: str, config: Mapping[str, Any], data_sha256: str
       p = os.path.join(root_dir, name)
       shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     log(f"--restart: removed the earlier run's {', '.join(wrote_before)} in {root_dir}")
-  elif wrote_before:
+  elif any(n in wrote_before for n in RESULTS):
     old = _read_json(path)
     if old is None:  # a run directory of a version that wrote no fingerprint
       old = {"config": _read_json(os.path.join(root_dir, "config.json")),

@@ -40,6 +40,12 @@ def test_fingerprint_refuses_other_config_and_names_fields(tmp_path):
   assert json.loads((tmp_path / "run.json").read_text())["config"]["method"] == "pina"
 
 
+def test_directory_without_results_is_taken_over(tmp_path):
+  run_dir.check_fingerprint(str(tmp_path), _cfg(), "d", False, lambda m: None)
+  run_dir.check_fingerprint(str(tmp_path), _cfg(seed=5), "d", False, lambda m: None)
+  assert json.loads((tmp_path / "run.json").read_text())["config"]["seed"] == 5
+
+
 def test_restart_removes_only_program_outputs(tmp_path):
   run_dir.check_fingerprint(str(tmp_path), _cfg(), "d", False, lambda m: None)
   for name in ("metrics.csv", "summary.json", "config.json", "notes.txt"):
