@@ -11,6 +11,7 @@ terminal's Ctrl-C reaches only the parent, which stops them in order itself.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -73,6 +74,19 @@ def watch(pid: int) -> None:
     with contextlib.suppress(OSError, ValueError):
       proc.stdin.write(f"{pid} {start}\n".encode())
       proc.stdin.flush()
+
+
+def _close_guard() -> None:
+  """At exit: end-of-file for the guard (it kills any worker still running), reap it."""
+  proc = _guard["proc"]
+  if proc is None or _guard["owner"] != os.getpid():
+    return
+  with contextlib.suppress(Exception):
+    proc.stdin.close()
+    proc.wait(timeout=5)
+
+
+atexit.register(_close_guard)
 
 
 def guard_pid() -> Optional[int]:
