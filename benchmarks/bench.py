@@ -37,13 +37,16 @@ import subprocess
 import sys
 import time
 
-from absl import app
-from absl import flags
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
+
+from absl import flags  # pylint: disable=g-bad-import-order
 import numpy as np
 
 # Imported before app.run on purpose (see pina_tff/models/backbone.py): importing keras-cv
 # inside an absl main breaks tf.keras functional models afterwards.
-from pina_tff.models import backbone as bb
+cli.import_keras_quietly()
+from pina_tff.models import backbone as bb  # noqa: E402  pylint: disable=g-import-not-at-top
+from pina_tff.errors import ConfigError  # noqa: E402
 from pina_tff.models import split
 
 FLAGS = flags.FLAGS
@@ -593,12 +596,13 @@ COMMANDS = {"head": head_main, "stage2": stage2_main, "embed": embed_main}
 
 def main(argv) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: pina-bench {{{'|'.join(COMMANDS)}}} [--flags]")
+    raise ConfigError(f"expected one workload, {' | '.join(COMMANDS)}, found "
+                      f"{argv[1:]} (pina-bench --help describes them)")
   COMMANDS[argv[1]]()
 
 
 def run() -> None:
-  app.run(main)
+  cli.run(main, positional=True)
 
 
 if __name__ == "__main__":

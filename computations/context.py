@@ -50,6 +50,7 @@ from typing import Iterator, Optional
 
 import psutil
 
+from computations import worker_guard
 from pina_tff.errors import ConfigError
 
 WORKER_NAME = 'worker_binary'
@@ -108,7 +109,11 @@ class _TrackedPopen(subprocess.Popen):
           if not isinstance(kwargs[key], int) and _usable_stream(
               kwargs[key]) is None:
             kwargs[key] = None
+      # Own session: a terminal's Ctrl-C reaches only the parent, which stops the
+      # workers itself between rounds; worker_guard kills them if the parent dies.
+      kwargs.setdefault('start_new_session', True)
     super().__init__(args, *pargs, **kwargs)
+    worker_guard.watch(self.pid)
     if cfg is not None:
       with _lock:
         cfg.processes.append(self)

@@ -37,7 +37,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Callable, Optional
 
@@ -50,6 +49,7 @@ from computations import aggregators as agg
 from computations import client_work as cw
 from computations import learning_process as lp
 from computations import methods
+from computations import run_dir as run_dir_lib
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
 from pina_tff.clustering import kmeans_init as kmeans_lib
@@ -58,6 +58,8 @@ from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
 from pina_tff.privacy import ddp as ddp_lib
+from pina_tff.runtime import signals
+from pina_tff.runtime import sweep
 from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling as sampling_lib
 from pina_tff.training import local
@@ -85,6 +87,9 @@ class ProgramOptions:
       clients' datasets read: the computation ships file names) or 'inline' (the data
       itself is serialized into each round's datasets). With
       privacy.noise_mode='secure' the shards always stay in memory ('inline').
+      itself is serialized into each round's datasets).
+    restart: remove what an earlier run wrote into root_dir and start over (otherwise
+      a root_dir made by another configuration is an error; see computations/run_dir).
   """
   shard_size: Optional[int] = None
   checkpoint_every: int = 5
@@ -93,6 +98,7 @@ class ProgramOptions:
   stop_after_rounds: Optional[int] = None
   simulation_diagnostics: bool = True
   shard_transport: str = "file"
+  restart: bool = False
 
 
 class _Progress:
@@ -263,19 +269,30 @@ def calibrate(cfg) -> accounting.PrivacyReport:
   return accounting.calibrate_from_config(cfg)
 
 
+def _log_stderr(m: str) -> None:
+  print(m, file=sys.stderr, flush=True)
+
+
 def run_simulation(cfg, clients_dir: str, root_dir: str,
                    options: ProgramOptions = ProgramOptions(),
-                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr,
-                                                                flush=True),
+                   log: Callable[[str], None] = _log_stderr,
                    population: Optional[population_lib.Population] = None) -> dict:
   """Runs (or resumes) one simulation; returns the summary also written to
-  `<root_dir>/summary.json`.
+  `<root_dir>/summary.json`, or `{"interrupted": True, "signal": signum or None, ...}`
+  when a stop was requested (`pina_tff.runtime.signals`, `stop_after_rounds`).
 
   `population`: the already loaded `load_population(clients_dir, ...)` to reuse (pina-grid
   loads it once per dataset); None loads it here.
 
   The caller installs the TFF execution context (`computations.context.tff_context`).
+  `root_dir` is locked for the call (one run per directory) and must hold nothing or a
+  run of the same configuration (`computations.run_dir`).
   """
+  with run_dir_lib.open_run_dir(root_dir, log) as root:
+    return _run_locked(cfg, clients_dir, root, options, log, population)
+
+
+def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> dict:
   cfg = config_lib.validate(cfg)
   _quiet_logs()
   size = _manifest_population(clients_dir)
@@ -290,7 +307,9 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         cfg, population=size,
         privacy=dataclasses.replace(cfg.privacy,
                                     delta=None if default_delta else cfg.privacy.delta)))
-  os.makedirs(root_dir, exist_ok=True)
+  run_dir_lib.check_fingerprint(root_dir, config_lib.to_dict(cfg),
+                                run_dir_lib.data_fingerprint(clients_dir),
+                                options.restart, log)
   pop = population or population_lib.load_population(clients_dir, cfg.stage1.lora_rank,
                                                      cfg.seed, log)
   _write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
@@ -321,7 +340,7 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   manager = tff.program.FileProgramStateManager(os.path.join(root_dir, "checkpoints"),
                                                 keep_total=2)
   template = _state_template(shapes, num_clusters, update_size)
-  saved, version = asyncio.run(manager.load_latest(template))
+  saved, version = run_dir_lib.load_latest_readable(manager, template, log)
   st = saved if saved is not None else template
   if saved is not None:
     log(f"resuming from checkpoint: phase {int(st['phase'])}, round {int(st['round'])}")
@@ -363,14 +382,24 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
     return (options.stop_after_rounds is not None and
             rounds_this_call >= options.stop_after_rounds)
 
+  def interrupted(phase: int):
+    """Between rounds: None, or (after a checkpoint if a signal asked) the stop result."""
+    signum = signals.requested()
+    if signum is None:
+      return {"interrupted": True} if stop_requested() else None
+    if _rounds_done(st, t0) + 10_000 * phase not in (asyncio.run(manager.get_versions())
+                                                      or []):
+      save(phase, int(st["round"]))
+    return {"interrupted": True, "signal": signum, "phase": phase,
+            "round": int(st["round"])}
+
   if options.shard_transport not in ("file", "inline"):
     raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
                       f"{options.shard_transport!r}")
   file_dir = None
   # Secure noise mode: client seeds never touch a file (shards stay in memory).
   if options.shard_transport == "file" and not secure:
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    file_dir = tempfile.mkdtemp(prefix="pina-shards-", dir=shm)
+    file_dir = sweep.make_shard_dir()
   try:
     # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
     if int(st["phase"]) == PHASE_STAGE0:
@@ -382,8 +411,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
         state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
             {k: v[None] for k, v in base.items()}))
         for rnd in range(int(st["round"]) + 1, t0 + 1):
-          if stop_requested():
-            return {"interrupted": True}
+          if stop := interrupted(PHASE_STAGE0):
+            return stop
           ids = sampling_lib.cohort(cfg.seed, 0, rnd, pop.size, cfg.stage0.cohort,
                                     cfg.privacy.sampling)
           data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
@@ -415,6 +444,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
 
     # ---------------- stage 1: sketches + k-means, or the baseline's init -------
     if int(st["phase"]) == PHASE_STAGE1:
+      if stop := interrupted(PHASE_STAGE1):
+        return stop
       base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
       init = {k: np.repeat(v[None], num_clusters, axis=0) for k, v in base.items()}
       if cfg.method == "pina":
@@ -445,8 +476,8 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
       state = _with_finalizer_state(state, int(st["round"]), st["velocity"])
       params = {k: np.asarray(v) for k, v in st["weights"].items()}
       for rnd in range(int(st["round"]) + 1, t2 + 1):
-        if stop_requested():
-          return {"interrupted": True}
+        if stop := interrupted(PHASE_STAGE2):
+          return stop
         ids = sampling_lib.cohort(cfg.seed, 2, rnd, pop.size, cfg.stage2.cohort,
                                   cfg.privacy.sampling)
         data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import typing
 import warnings
 from typing import Any, Dict, Mapping, Optional
 
@@ -276,10 +277,47 @@ def _parse_epsilon(value: Any) -> Any:
   return value
 
 
+def _type_name(tp) -> str:
+  return {int: "an integer", float: "a number", bool: "true or false",
+          str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_type(path: str, tp, value: Any) -> Any:
+  """`value` if it has the field type `tp` (ints accepted for floats); ConfigError."""
+  origin = typing.get_origin(tp)
+  if origin is typing.Union:  # Optional[X]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+      return None
+    return _check_type(path, args[0], value)
+  if origin in (dict, Dict) or tp in (dict, Dict):
+    if not isinstance(value, Mapping):
+      raise _err(path, "a mapping", value)
+    key_t, val_t = (typing.get_args(tp) or (str, float))
+    return {_check_type(f"{path} key", key_t, k): _check_type(f"{path}.{k}", val_t, v)
+            for k, v in value.items()}
+  if tp is bool:
+    ok = isinstance(value, bool)
+  elif tp is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif tp is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    value = float(value) if ok else value
+  elif tp is str:
+    ok = isinstance(value, str)
+  else:
+    ok = True
+  if not ok:
+    raise _err(path, _type_name(tp), value)
+  return value
+
+
 def _build(cls, data: Mapping[str, Any], where: str):
+  """`cls(**data)` with every value checked against the field's declared type."""
   if not isinstance(data, Mapping):
     raise _err(where or "config", "a mapping of keys to values", data)
   fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
   unknown = sorted(set(data) - set(fields))
   if unknown:
     raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; valid keys: "
@@ -289,10 +327,10 @@ def _build(cls, data: Mapping[str, Any], where: str):
     path = f"{where}.{key}" if where else key
     if cls is RunConfig and key in _SECTIONS:
       value = _build(_SECTIONS[key], value or {}, path)
-    elif cls is PrivacyConfig and key == "epsilon":
-      value = _parse_epsilon(value)
-    elif cls is PrivacyConfig and key == "budget_split" and value is not None:
-      value = dict(value)
+    else:
+      if cls is PrivacyConfig and key == "epsilon":
+        value = _parse_epsilon(value)
+      value = _check_type(path, hints[key], value)
     kwargs[key] = value
   return cls(**kwargs)
 

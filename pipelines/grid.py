@@ -44,13 +44,16 @@ import subprocess
 import sys
 import time
 
-from absl import app
-from absl import flags
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
+
+from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
 from pina_tff.errors import PinaError
-from pina_tff.models import backbone as _backbone  # pylint: disable=unused-import
 from pina_tff.reporting import results as results_lib
+from pina_tff.runtime import signals
+cli.import_keras_quietly()
+from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
 from pipelines import presets
 
 FLAGS = flags.FLAGS
@@ -209,6 +212,10 @@ def _eta(done_walls: list, remaining: int) -> str:
   return f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+class GridInterrupted(Exception):
+  """A run of the grid stopped on a signal (after its checkpoint)."""
+
+
 def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons=None,
              seed: int = 0, progress: str = "log", log=None, seeds=None,
              extra_seeds: bool = True, command: str | None = None) -> list:
@@ -287,9 +294,12 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
     log(f"[{state['i']}/{total}] run {dataset} {method} eps={results_lib.epsilon_token(eps)}"
         f" seed={s} ({_eta(state['walls'], total - state['i'] + 1)})")
     t = time.monotonic()
-    program.run_simulation(cfg, clients_dir, run_dir,
-                           program.ProgramOptions(progress=progress), log=log,
-                           population=pops[key])
+    done = program.run_simulation(cfg, clients_dir, run_dir,
+                                  program.ProgramOptions(progress=progress), log=log,
+                                  population=pops[key])
+    if done.get("interrupted"):  # SIGINT / SIGTERM: checkpointed, stop the grid
+      record.write()
+      raise GridInterrupted(done.get("signal") or 1)
     wall = time.monotonic() - t
     state["walls"].append(wall)
     record.entry["runs"].append(dict(entry, status="ran", wall_s=round(wall, 3)))
@@ -332,9 +342,7 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+  del argv  # cli.run rejects positional arguments
   try:
     if not FLAGS.output_dir:
       raise config_lib.ConfigError("--output_dir is required")
@@ -346,13 +354,19 @@ def main(argv):
       except ValueError:
         raise config_lib.ConfigError(
             f"--seeds must be integers separated by commas, found {FLAGS.seeds}") from None
-    pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
-                    FLAGS.seed, FLAGS.progress, seeds=seeds,
-                    extra_seeds=FLAGS.extra_seeds,
-                    command="pina-grid " + shlex.join(sys.argv[1:]))
+    with signals.graceful_stop():
+      pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
+                      FLAGS.seed, FLAGS.progress, seeds=seeds,
+                      extra_seeds=FLAGS.extra_seeds,
+                      command="pina-grid " + shlex.join(sys.argv[1:]))
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except GridInterrupted as e:
+    signum = e.args[0]
+    print(f"stopped by {signals.name(signum)} (checkpoint saved); run the same command "
+          "to resume", file=sys.stderr)
+    return 128 + signum
   with open(os.path.join(FLAGS.output_dir, "results.md")) as f:
     print(f.read())
   print(f"results: {os.path.join(FLAGS.output_dir, 'results.md')} and results.csv")
@@ -361,7 +375,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -4,25 +4,21 @@
   python -m pipelines.prepare_data --dataset=fashion_mnist --num_clients=10000 \
       --output_dir=/tmp/fmnist_clients [--source_dir=DIR_WITH_IDX_FILES]
   python -m pipelines.prepare_data --dataset=cifar10 --output_dir=/shared/cifar_clients \\
-      --runner=FlinkRunner ...   # any Beam PipelineOptions pass through
+      -- --runner=FlinkRunner ...   # Beam PipelineOptions go after `--`
 
-Flags this program does not know are passed to Beam's `PipelineOptions` (local
-in-process FnApiRunner by default). Output format: docs/architecture.md, "Prepared
+Arguments after `--` are passed to Beam's `PipelineOptions` (local in-process
+FnApiRunner by default); an unknown flag before it is an error. Output format: docs/architecture.md, "Prepared
 client data". Shards are written with TensorFlow's file layer and published by a local
 rename, so `--output_dir` must be a path the driver and every worker share.
 Bad input prints one `error: ...` line to stderr and exits with status 2.
 """
-import os
-import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-from absl import logging
+from absl import flags  # pylint: disable=g-bad-import-order
 
-from pina_tff.errors import PinaError
+from pina_tff.runtime import paths
 
 _DATASET = flags.DEFINE_string(
     "dataset", "digits", "digits | cifar10 | fashion_mnist | femnist")
@@ -54,34 +50,20 @@ _PUBLIC_FRACTION = flags.DEFINE_float("public_fraction", 0.2, "digits only: shar
                                       "out upright as the public split.")
 
 
-def _parse(argv):
-  """Parses known absl flags; returns [argv0] + everything else (Beam options)."""
-  try:
-    return flags.FLAGS(argv, known_only=True)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
-  beam_args = [a for a in argv[1:] if a != "--"]
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # Beam's import-time warnings; -v 0 shows them
-  try:
-    # Imported here so that --help stays fast.
-    from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
-    cfg = beam_prepare.PrepareConfig(
-        dataset=_DATASET.value, output_dir=_OUTPUT_DIR.value or "",
-        num_clients=_NUM_CLIENTS.value, num_clusters=_NUM_CLUSTERS.value, seed=_SEED.value,
-        num_shards=_NUM_SHARDS.value, overwrite=_OVERWRITE.value,
-        test_fraction=_TEST_FRACTION.value, public_fraction=_PUBLIC_FRACTION.value,
-        public_size=_PUBLIC_SIZE.value, source_dir=_SOURCE_DIR.value,
-        tfds_data_dir=_TFDS_DATA_DIR.value, tff_cache_dir=_TFF_CACHE_DIR.value)
-    start = time.perf_counter()
-    manifest = beam_prepare.prepare(cfg, beam_args)
-  except PinaError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  beam_args = argv[1:]
+  # Imported here so that --help stays fast.
+  from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
+  cfg = beam_prepare.PrepareConfig(
+      dataset=_DATASET.value, output_dir=_OUTPUT_DIR.value or "",
+      num_clients=_NUM_CLIENTS.value, num_clusters=_NUM_CLUSTERS.value, seed=_SEED.value,
+      num_shards=_NUM_SHARDS.value, overwrite=_OVERWRITE.value,
+      test_fraction=_TEST_FRACTION.value, public_fraction=_PUBLIC_FRACTION.value,
+      public_size=_PUBLIC_SIZE.value, source_dir=_SOURCE_DIR.value,
+      tfds_data_dir=_TFDS_DATA_DIR.value, tff_cache_dir=_TFF_CACHE_DIR.value).validate()
+  paths.check_output_dir(cfg.output_dir, "--output_dir")  # before any data is loaded
+  start = time.perf_counter()
+  manifest = beam_prepare.prepare(cfg, beam_args)
   records = sum(s["num_records"] for s in manifest["shards"])
   public = manifest["public"]["num_records"] if manifest.get("public") else 0
   print(f"wrote {manifest['num_clients']} clients, {records} records in "
@@ -91,7 +73,7 @@ def main(argv):
 
 def run():
   """Console-script entry point (`pina-prepare`)."""
-  app.run(main, flags_parser=_parse)
+  cli.run(main, passthrough=True)
 
 
 if __name__ == "__main__":

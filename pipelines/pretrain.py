@@ -7,19 +7,21 @@ The backbone preset follows the prepared dataset (digits -> digits_tiny, fashion
 fmnist_vit); unset flags take that preset's defaults (pina_tff.models.pretrain.
 PRETRAIN_DEFAULTS). Writes `<clients_dir>/backbone/<backbone>.weights.h5` (or --output)
 and a json next to it with the config and held-out accuracy (each via
-`<file>.tmp-<pid>` and rename).
+`<file>.tmp-<pid>` and rename). The
+output is checked writable before training. Bad input prints one `error: ...` line and
+exits with status 2.
 """
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  pylint: disable=g-bad-import-order
 
-from pina_tff.errors import PinaError  # noqa: E402
+from pina_tff.runtime import paths  # noqa: E402
+
+cli.import_keras_quietly()
 # Imports keras-cv before app.run (see pina_tff/models/backbone.py).
-from pina_tff.models import pretrain  # noqa: E402
+from pina_tff.models import pretrain  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("clients_dir", None, "Prepared data directory (pina-prepare output).")
@@ -43,14 +45,13 @@ flags.mark_flag_as_required("clients_dir")
 
 def main(argv):
   del argv
-  try:
-    report = pretrain.run_pretrain(
-        FLAGS.clients_dir, output=FLAGS.output, epochs=FLAGS.epochs, seed=FLAGS.seed,
-        backbone=FLAGS.backbone, batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate, holdout_fraction=FLAGS.holdout_fraction,
-        cosine_decay=FLAGS.cosine_decay)
-  except PinaError as e:
-    raise app.UsageError(str(e)) from e
+  if FLAGS.output:
+    paths.check_output_file(FLAGS.output, "--output")
+  report = pretrain.run_pretrain(
+      FLAGS.clients_dir, output=FLAGS.output, epochs=FLAGS.epochs, seed=FLAGS.seed,
+      backbone=FLAGS.backbone, batch_size=FLAGS.batch_size,
+      learning_rate=FLAGS.learning_rate, holdout_fraction=FLAGS.holdout_fraction,
+      cosine_decay=FLAGS.cosine_decay)
   print(json.dumps({k: report[k] for k in ("weights_file", "report_file", "train_accuracy",
                                            "holdout_accuracy", "holdout_accuracy_per_epoch",
                                            "train_seconds", "total_seconds")
@@ -58,7 +59,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

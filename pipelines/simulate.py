@@ -1,26 +1,33 @@
 """pina-simulate: run PINA or a DP baseline on prepared clients (resumable).
 
-  pina-simulate --clients_dir=/tmp/digits --root_dir=runs/pina_eps8 --method=pina \
+  pina-simulate --clients_dir=/tmp/digits --root_dir=runs/pina_eps8 --method=pina \\
       --epsilon=8
 
 Flags override a --config file (JSON or YAML with the fields of
 `pina_tff.config.RunConfig`). Defaults give a sensible run on the embedded digits.
 When --clients_dir holds only what pina-prepare wrote, the digits backbone is
 pre-trained and the embeddings computed first, and cached there.
-Run it again with the same command after a crash to resume from the last checkpoint.
+Run it again with the same command after a crash to resume from the last checkpoint;
+a --root_dir holding a run of another configuration is an error unless --restart.
+SIGINT / SIGTERM stop after the current round with a checkpoint (exit code 128 + signal).
+Bad input prints one `error: ...` line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app
-from absl import flags
+from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
+
+from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
 from pina_tff.errors import PinaError
+from pina_tff.runtime import signals
+
+cli.import_keras_quietly()
 # keras-cv must be imported before absl's main runs (see pina_tff/models/backbone.py).
-from pina_tff.models import backbone as _backbone  # pylint: disable=unused-import
+from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
 from pipelines.presets import DIGITS_DEFAULTS
 from pipelines.presets import parse_epsilon
 
@@ -69,6 +76,8 @@ flags.DEFINE_integer("shard_size", None, "Simulated clients per TFF client (auto
 flags.DEFINE_integer("checkpoint_every", 5, "Checkpoint every N rounds.")
 flags.DEFINE_integer("eval_every", 1, "Evaluate every N rounds.")
 flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"], "Progress display.")
+flags.DEFINE_bool("restart", False, "Start over in a --root_dir that holds an earlier run "
+                  "(removes only what pina-simulate wrote there).")
 
 def build_config(flag_values) -> config_lib.RunConfig:
   """Config file (or digits defaults) overridden by the flags that were given."""
@@ -117,9 +126,7 @@ def build_config(flag_values) -> config_lib.RunConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+  del argv  # cli.run rejects positional arguments
   try:
     if not FLAGS.clients_dir or not FLAGS.root_dir:
       raise config_lib.ConfigError("--clients_dir and --root_dir are required")
@@ -138,12 +145,19 @@ def main(argv):
     options = program.ProgramOptions(
         shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
         eval_every=FLAGS.eval_every, progress=FLAGS.progress,
-        simulation_diagnostics=FLAGS.diagnostics)
-    with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers):
-      summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
+        simulation_diagnostics=FLAGS.diagnostics, restart=FLAGS.restart)
+    with signals.graceful_stop():
+      with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers):
+        summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if summary.get("interrupted"):
+    signum = summary.get("signal")
+    print(f"stopped by {signals.name(signum) if signum else 'request'} at stage "
+          f"{summary['phase']} round {summary['round']} (checkpoint saved); run the same "
+          "command to resume", file=sys.stderr)
+    return 128 + signum if signum else 1
   print(f"{summary['method_name']} on {summary['dataset']}, eps={summary['epsilon_target']}"
         f" (achieved: server {summary['epsilon_server']}, release "
         f"{summary['epsilon_release']}; calibrated to {summary['threat_model_calibrated']})"
@@ -154,7 +168,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Publish on success: everything is written to `<output_dir>.tmp-<pid>` and rename
 directory and leaves no `output_dir` behind.
 """
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -31,6 +32,7 @@ from pina_tff.data import partition as partition_lib
 from pina_tff.data import schema
 from pina_tff.data import sources
 from pina_tff.errors import ConfigError, DataError
+from pina_tff.runtime import sweep
 
 CLIENTS_PER_SHARD = 50  # auto sharding: ceil(num_clients / 50) shards, at most MAX_SHARDS
 MAX_SHARDS = 256
@@ -198,14 +200,30 @@ def _check_output_dir(cfg: PrepareConfig) -> None:
 
 
 def _publish(tmp: str, out: str) -> None:
-  """Atomically replaces `out` by `tmp` (the old copy is removed only after the rename)."""
-  old = None
-  if os.path.exists(out):
-    old = f"{out}.old-{os.getpid()}"
-    os.rename(out, old)
-  os.rename(tmp, out)
-  if old:
-    shutil.rmtree(old, ignore_errors=True)
+  """Moves what `tmp` holds to `out`.
+
+  A new `out` is one atomic rename. An existing prepared `out` (--overwrite) loses only
+  what pina-prepare wrote there (the old manifest and the record files it names); other
+  files stay. Caches built from the old data (backbone/, embeddings/) stay too: they are
+  keyed by the manifest's hash (pina_tff.simulation.cache) and rebuilt when used.
+  """
+  if not os.path.exists(out):
+    os.rename(tmp, out)
+    return
+  old_manifest = os.path.join(out, schema.MANIFEST_NAME)
+  try:
+    with open(old_manifest) as f:
+      old_files = list(schema.data_files(json.load(f)))
+  except (OSError, ValueError, KeyError, TypeError):
+    old_files = []
+  for rel in [schema.MANIFEST_NAME] + old_files:  # the manifest first: no reader sees
+    path = os.path.join(out, rel)                 # a manifest without its shards
+    if os.path.isfile(path):
+      os.remove(path)
+  names = sorted(os.listdir(tmp), key=lambda n: n == schema.MANIFEST_NAME)  # manifest last
+  for name in names:
+    os.replace(os.path.join(tmp, name), os.path.join(out, name))
+  os.rmdir(tmp)
 
 
 def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
@@ -279,6 +297,8 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
   if source.origin:
     manifest["source"] = source.origin
 
+  sweep.sweep_dead_tmp(os.path.dirname(cfg.output_dir),
+                      stem=os.path.basename(cfg.output_dir))  # left by killed runs
   tmp = f"{cfg.output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

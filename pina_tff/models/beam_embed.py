@@ -29,8 +29,9 @@ import apache_beam as beam
 import numpy as np
 
 from pina_tff.data import schema
-from pina_tff.errors import ConfigError, DataError, WeightsError
+from pina_tff.errors import ConfigError, DataError, PinaError, WeightsError
 from pina_tff.models import backbone as bb
+from pina_tff.runtime import sweep
 
 _STATS_SUFFIX = ".embed-stats.json"
 
@@ -126,6 +127,18 @@ def backbone_for_dir(clients_dir: str) -> str:
   """The backbone preset of the dataset prepared in `clients_dir` (its manifest)."""
   manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
   return bb.backbone_for_dataset(manifest.get("dataset", ""))
+def _worker_error(clients_dir: str, e: BaseException) -> str:
+  """One line for an error raised inside the Beam job (corrupt shard, bad record)."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = str(e)
+  m = re.search(r"(truncated|corrupted) record at \d+", text)
+  if m or "DataLossError" in text or "Read less bytes" in text:
+    detail = m.group(0) if m else "DataLossError"
+    return (f"{clients_dir}: a record file is corrupt or truncated ({detail}); prepare "
+            "the data again with pina-prepare --overwrite")
+  if isinstance(e, PinaError):
+    return str(e)
+  return f"{clients_dir}: embedding failed: {text.strip().splitlines()[0][:300]}"
 
 
 def embed(clients_dir: str, weights_file: str, output_dir: str,
@@ -149,6 +162,8 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
   weights_file = os.path.abspath(weights_file) if weights_file else weights_file
   sha = _check_weights_and_shape(config, weights_file, manifest, clients_dir)
 
+  sweep.sweep_dead_tmp(os.path.dirname(output_dir),
+                      stem=os.path.basename(output_dir))  # left by killed runs
   tmp = f"{output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -160,10 +175,13 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
     dofn = EmbedShardDoFn(config.to_json(), weights_file, manifest["image_shape"], dtype,
                          batch_size)
     t0 = time.time()
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
-      _ = (p | "Files" >> beam.Create(pairs)
-             | "Reshuffle" >> beam.Reshuffle()
-             | "Embed" >> beam.ParDo(dofn))
+    try:
+      with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        _ = (p | "Files" >> beam.Create(pairs)
+               | "Reshuffle" >> beam.Reshuffle()
+               | "Embed" >> beam.ParDo(dofn))
+    except Exception as e:  # pylint: disable=broad-except  # Beam wraps worker errors
+      raise DataError(_worker_error(clients_dir, e)) from None
     seconds = time.time() - t0
     expected = {s["path"]: s["num_records"] for s in manifest["shards"]}
     if manifest.get("public"):

@@ -23,6 +23,8 @@ from pina_tff.models import backbone as bb
 from pina_tff.models import reduced_tail as rt
 from pina_tff.models import split
 from pina_tff.models import weights as weights_lib
+from pina_tff.runtime import sweep
+from pina_tff.simulation import cache
 from pina_tff.training import models as tm
 
 
@@ -68,7 +70,9 @@ def _log(msg: str, log: Optional[Callable[[str], None]]) -> None:
 def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
                       log: Optional[Callable[[str], None]] = None) -> str:
   """Returns an embeddings directory for `clients_dir`, creating and caching the
-  pre-trained digits backbone and the embeddings there when missing."""
+  pre-trained digits backbone and the embeddings there when missing or built from
+  something else (other data, backbone or seed; see `pina_tff.simulation.cache`).
+  One builder at a time: a second caller waits for the first."""
   manifest_path = os.path.join(clients_dir, schema.MANIFEST_NAME)
   if not os.path.exists(manifest_path):
     raise DataError(f"{manifest_path}: not found; expected the output directory of "
@@ -81,8 +85,6 @@ def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
     raise DataError(f"{manifest_path}: format {fmt!r}, expected "
                     f"{schema.CLIENTS_FORMAT!r} or {schema.EMBEDDINGS_FORMAT!r}")
   emb_dir = os.path.join(clients_dir, "embeddings")
-  if os.path.exists(os.path.join(emb_dir, schema.MANIFEST_NAME)):
-    return emb_dir
   from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
   from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
   manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
@@ -90,16 +92,45 @@ def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
   config = bb.get_config(name, image_shape=tuple(manifest["image_shape"]),
                          num_classes=int(manifest["num_classes"]))
   weights_file = pretrain.default_output(clients_dir, config)
-  if not os.path.exists(weights_file):
-    if not manifest.get("public"):
-      raise DataError(f"{clients_dir}: no backbone weights and no public split to "
-                      "pre-train one; run pina-embed with --weights first")
-    _log(f"pre-training the {name} backbone on the public split (cached in "
-         f"{os.path.dirname(weights_file)})", log)
-    pretrain.run_pretrain(clients_dir, output=weights_file, seed=seed)
-  _log(f"embedding every example once (cached in {emb_dir})", log)
-  beam_embed.embed(clients_dir, weights_file, emb_dir, backbone=name)
+  with cache.build_lock(clients_dir, lambda m: _log(m, log)):
+    key = cache.cache_key(clients_dir, config.to_json(), seed)
+    sweep.sweep_dead_tmp(os.path.dirname(weights_file))  # of builders that were killed
+    # Weights without a key file were put there by the user (pina-pretrain): kept.
+    user_weights = (os.path.exists(weights_file) and
+                    not os.path.exists(cache.weights_key_path(weights_file)))
+    if not user_weights and not cache.weights_current(weights_file, key):
+      if not manifest.get("public"):
+        raise DataError(f"{clients_dir}: no backbone weights and no public split to "
+                        "pre-train one; run pina-embed with --weights first")
+      _log(f"pre-training the {name} backbone on the public split (cached in "
+           f"{os.path.dirname(weights_file)})", log)
+      pretrain.run_pretrain(clients_dir, output=weights_file, seed=seed)
+      cache.record_weights(weights_file, key)
+    sha = weights_lib.sha256_file(weights_file)
+    if cache.embeddings_current(emb_dir, key, sha):
+      return emb_dir
+    _log(f"embedding every example once (cached in {emb_dir})", log)
+    beam_embed.embed(clients_dir, weights_file, emb_dir, backbone=name,
+                     overwrite=os.path.exists(emb_dir))
+    cache.record_embeddings(emb_dir, key, sha)
   return emb_dir
+
+
+def _check_embeddings(emb_dir: str, manifest: dict, config: bb.BackboneConfig,
+                      inputs: np.ndarray) -> None:
+  """DataError unless the embeddings have the backbone's shape, a known dtype and
+  finite values (bytes of another shape or dtype read as these give garbage)."""
+  where = os.path.join(emb_dir, schema.MANIFEST_NAME)
+  expected = list(config.embedding_shape)
+  if list(manifest.get("embedding_shape", [])) != expected:
+    raise DataError(f"{where}: embedding_shape {manifest.get('embedding_shape')}, but "
+                    f"backbone {config.name!r} makes {expected}; embed again")
+  if manifest.get("embedding_dtype") not in schema.EMBEDDING_DTYPES:
+    raise DataError(f"{where}: embedding_dtype {manifest.get('embedding_dtype')!r}, "
+                    f"expected one of {list(schema.EMBEDDING_DTYPES)}")
+  if inputs.size and not np.isfinite(inputs).all():
+    raise DataError(f"{where}: the embeddings hold non-finite values (records of another "
+                    "dtype or shape?); embed again")
 
 
 def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
@@ -113,6 +144,9 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
   weights_file = manifest["weights_file"]
   if not os.path.isabs(weights_file):
     weights_file = os.path.join(emb_dir, weights_file)
+  cache.verify_weights(weights_file, manifest.get("weights_sha256"),
+                       weights_lib.sha256_file, os.path.join(emb_dir, schema.MANIFEST_NAME))
+  _check_embeddings(emb_dir, manifest, config, data.inputs)
   model = bb.build_vit(config)
   weights_lib.load_backbone_weights(model, weights_file)
   tail_config, frozen = split.extract_tail_weights(model)

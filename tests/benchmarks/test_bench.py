@@ -44,8 +44,8 @@ def test_head_main_last_line(capsys):
 
 
 def test_unknown_subcommand():
-  from absl import app
-  with pytest.raises(app.UsageError):
+  from pina_tff.errors import ConfigError  # one `error:` line, exit 2 under cli.run
+  with pytest.raises(ConfigError, match=r"head \| stage2 \| embed"):
     bench.main(["pina-bench", "nope"])
 
 

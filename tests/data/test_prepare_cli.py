@@ -18,7 +18,7 @@ def _run(*args):
 def test_success_then_refusal_without_overwrite(tmp_path):
   out = str(tmp_path / "d")
   r = _run("--dataset=digits", f"--output_dir={out}", "--num_clients=20", "--seed=3",
-           "--runner=DirectRunner", "--direct_num_workers=1")  # Beam options pass through
+           "--", "--runner=DirectRunner", "--direct_num_workers=1")  # Beam options after --
   assert r.returncode == 0, r.stderr
   assert "wrote 20 clients" in r.stdout
   m = json.loads(open(os.path.join(out, "manifest.json")).read())
@@ -64,6 +64,15 @@ def test_fashion_mnist_from_source_dir(tmp_path):
   m = json.loads((out / "manifest.json").read_text())
   assert m["rotations_deg"] == [0, 180] and m["public_split"]["num_records"] == 6
   assert all(c["num_train"] == 4 and c["num_test"] == 1 for c in m["clients"])
+
+
+def test_unknown_flag_is_an_error_not_a_beam_option(tmp_path):
+  out = tmp_path / "d"
+  r = _run("--dataset=digits", f"--output_dir={out}", "--num_clientz=5")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      "error: Unknown command line flag 'num_clientz'. Did you mean: num_clients ?"], r.stderr
+  assert not out.exists()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""What every console script shares: quiet start-up, strict flags, one `error:` line.
+
+Import this module FIRST in a console-script module (before TensorFlow / keras): unless
+`--verbose` is on the command line or PINA_TFF_VERBOSE=1 is set, it sets
+TF_CPP_MIN_LOG_LEVEL=3 (no cuDNN / oneDNN / TensorRT lines); `import_keras_quietly()`
+keeps keras-core's "Using TensorFlow backend" line off the terminal. `run(main)` then:
+
+* parses the flags strictly (an unknown flag or a bad value is one `error:` line, exit
+  2); with `passthrough=True` the arguments after `--` are handed to `main` (Beam
+  options), never unknown flags;
+* shows, under `--help`, the entry module's docstring and its own flags with their
+  defaults (absl lists the "key flags" of the main module; a console script's main
+  module is a generated stub, so the entry module's flags are adopted for it);
+* turns a `PinaError` raised by `main` into one `error:` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+VERBOSE_FLAG = "--verbose"
+
+
+def verbose_requested(argv=None) -> bool:
+  """True if --verbose is on the command line or PINA_TFF_VERBOSE is set (not '0')."""
+  argv = sys.argv if argv is None else argv
+  head = argv[:argv.index("--")] if "--" in argv else argv
+  if any(a in (VERBOSE_FLAG, VERBOSE_FLAG + "=true", VERBOSE_FLAG + "=1") for a in head):
+    return True
+  return os.environ.get("PINA_TFF_VERBOSE", "") not in ("", "0")
+
+
+def quiet_startup() -> None:
+  """Silences TensorFlow's C++ start-up logs (not if verbose). Before importing TF."""
+  if verbose_requested():
+    os.environ["PINA_TFF_VERBOSE"] = "1"
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  py_logging.getLogger().setLevel(py_logging.ERROR)  # import-time library warnings
+
+
+def import_keras_quietly() -> None:
+  """Imports keras-core without its "Using TensorFlow backend" line on stdout (unless
+  verbose). Scripts that build keras models call it before anything imports keras-cv."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  if verbose_requested():
+    import keras_core  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    return
+  with contextlib.redirect_stdout(io.StringIO()):
+    import keras_core  # noqa: F401,F811  pylint: disable=g-import-not-at-top,unused-import
+
+
+quiet_startup()
+
+from absl import app  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from pina_tff.errors import PinaError  # noqa: E402  pylint: disable=g-import-not-at-top
+
+if VERBOSE_FLAG[2:] not in flags.FLAGS:
+  flags.DEFINE_bool(VERBOSE_FLAG[2:], False, "Show TensorFlow / keras / TFF start-up and "
+                    "runtime logs (also: env PINA_TFF_VERBOSE=1).")
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` on stderr and exits with status 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parser(passthrough: bool, positional: bool):
+  def parse(argv):
+    rest = []
+    if passthrough and "--" in argv[1:]:
+      i = argv.index("--", 1)
+      argv, rest = argv[:i], argv[i + 1:]
+    try:
+      left = flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(str(e).strip().splitlines()[0])
+    if len(left) > 1 and not positional:
+      hint = (" (pass Beam options after `--`)" if passthrough else "")
+      fail(f"unexpected arguments {left[1:]}{hint}")
+    if not verbose_requested() and not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.FATAL)
+      # Beam logs a worker's failure (with its traceback) before re-raising it; the
+      # error reaches the user as one `error:` line instead.
+      import logging as py_logging  # pylint: disable=g-import-not-at-top
+      py_logging.getLogger().setLevel(py_logging.CRITICAL)
+    return list(left if positional else left[:1]) + rest
+  return parse
+
+
+def _adopt_help(entry_module) -> None:
+  """Makes `--help` of a console script show the entry module's doc and flags."""
+  main = sys.modules.get("__main__")
+  if entry_module is None or entry_module is main:
+    return
+  if main is not None and not getattr(main, "__doc__", None):
+    main.__doc__ = entry_module.__doc__
+  key = sys.argv[0]
+  for flag in flags.FLAGS.get_key_flags_for_module(entry_module.__name__):
+    flags.FLAGS.register_key_flag_for_module(key, flag)
+  flags.FLAGS.register_key_flag_for_module(key, flags.FLAGS[VERBOSE_FLAG[2:]])
+
+
+def run(main, passthrough: bool = False, positional: bool = False) -> None:
+  """`absl.app.run(main)` with strict flags, entry-module help and one-line errors.
+
+  Args:
+    main: `main(argv) -> int | None`; argv[1:] are the arguments after `--` when
+      `passthrough`, else empty.
+    passthrough: accept arguments after `--` (handed to main, e.g. Beam options).
+    positional: hand positional arguments (e.g. a subcommand) to main.
+  """
+  entry = sys.modules.get(main.__module__)
+  _adopt_help(entry)
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except PinaError as e:
+      fail(str(e))
+
+  app.run(wrapped, flags_parser=_parser(passthrough, positional))

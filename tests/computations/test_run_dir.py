@@ -1,0 +1,132 @@
+"""computations.run_dir and pina_tff.runtime: fingerprint, checkpoint fallback, lock,
+sweep, output-path checks (in-process, fast)."""
+import asyncio
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from computations import context  # noqa: F401  (makes TFF's default context quiet at exit)
+from computations import run_dir
+from pina_tff import config as config_lib
+from pina_tff.errors import ConfigError
+from pina_tff.runtime import locks
+from pina_tff.runtime import paths
+from pina_tff.runtime import sweep
+
+
+def _cfg(**kw):
+  return config_lib.to_dict(config_lib.validate(config_lib.RunConfig(**kw)))
+
+
+def test_fingerprint_refuses_other_config_and_names_fields(tmp_path):
+  log = []
+  run_dir.check_fingerprint(str(tmp_path), _cfg(), "d1", False, log.append)
+  (tmp_path / "metrics.csv").write_text("key\n1\n")
+  run_dir.check_fingerprint(str(tmp_path), _cfg(), "d1", False, log.append)  # same: ok
+  other = _cfg(method="fedavg", privacy=config_lib.PrivacyConfig(epsilon=2.0))
+  with pytest.raises(ConfigError) as e:
+    run_dir.check_fingerprint(str(tmp_path), other, "d1", False, log.append)
+  msg = str(e.value)
+  assert "method ('pina' -> 'fedavg')" in msg and "privacy.epsilon (8.0 -> 2.0)" in msg
+  assert "--restart" in msg and "num_clusters" not in msg
+  with pytest.raises(ConfigError, match="data"):
+    run_dir.check_fingerprint(str(tmp_path), _cfg(), "d2", False, log.append)
+  assert json.loads((tmp_path / "run.json").read_text())["config"]["method"] == "pina"
+
+
+def test_directory_without_results_is_taken_over(tmp_path):
+  run_dir.check_fingerprint(str(tmp_path), _cfg(), "d", False, lambda m: None)
+  run_dir.check_fingerprint(str(tmp_path), _cfg(seed=5), "d", False, lambda m: None)
+  assert json.loads((tmp_path / "run.json").read_text())["config"]["seed"] == 5
+
+
+def test_restart_removes_only_program_outputs(tmp_path):
+  run_dir.check_fingerprint(str(tmp_path), _cfg(), "d", False, lambda m: None)
+  for name in ("metrics.csv", "summary.json", "config.json", "notes.txt"):
+    (tmp_path / name).write_text("x")
+  (tmp_path / "checkpoints" / "program_state_3").mkdir(parents=True)
+  log = []
+  run_dir.check_fingerprint(str(tmp_path), _cfg(seed=3), "d", True, log.append)
+  assert sorted(os.listdir(tmp_path)) == ["notes.txt", "run.json"]
+  assert len(log) == 1 and "removed" in log[0]
+  assert json.loads((tmp_path / "run.json").read_text())["config"]["seed"] == 3
+
+
+def _state(x):
+  return collections.OrderedDict(round=np.int32(x), w=np.full((3,), x, np.float32))
+
+
+def test_unreadable_newest_checkpoint_is_moved_aside(tmp_path):
+  m = tff.program.FileProgramStateManager(str(tmp_path), keep_total=2)
+  for v in (1, 2):
+    asyncio.run(m.save(_state(v), version=v))
+  newest = tmp_path / "program_state_2"
+  for f in newest.rglob("*"):
+    if f.is_file() and f.stat().st_size > 16:
+      with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+  log = []
+  state, version = run_dir.load_latest_readable(m, _state(0), log.append)
+  assert version == 1 and int(state["round"]) == 1
+  np.testing.assert_array_equal(state["w"], np.ones(3, np.float32))
+  assert len(log) == 1 and "program_state_2 is unreadable" in log[0]
+  assert [n for n in os.listdir(tmp_path) if n.startswith("program_state_2.unreadable-")]
+  asyncio.run(m.save(_state(2), version=2))  # the version can be written again
+  assert run_dir.load_latest_readable(m, _state(0), log.append)[1] == 2
+
+
+def test_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
+  code = ("import sys, time; from pina_tff.runtime import locks\n"
+          f"with locks.exclusive({str(tmp_path)!r}):\n"
+          "  print('held', flush=True); time.sleep(30)\n")
+  env = dict(os.environ, PYTHONPATH=os.getcwd())
+  p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+  try:
+    assert p.stdout.readline().strip() == b"held"
+    with pytest.raises(locks.DirectoryInUseError, match=f"in use by pid {p.pid}"):
+      with locks.exclusive(str(tmp_path)):
+        pass
+  finally:
+    p.kill()
+    p.wait()
+    p.stdout.close()
+  with locks.exclusive(str(tmp_path)):  # the kernel dropped the dead holder's lock
+    pass
+
+
+def test_sweep_removes_only_dead_pids_entries(tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (tmp_path / f"out.tmp-{dead.pid}").mkdir()
+  (tmp_path / f"out.tmp-{os.getpid()}").mkdir()
+  (tmp_path / "keep.txt").write_text("x")
+  (tmp_path / f"{sweep.SHARD_PREFIX}{dead.pid}-abc").mkdir()
+  (tmp_path / f"{sweep.SHARD_PREFIX}{os.getpid()}-abc").mkdir()
+  sweep.sweep_dead_tmp(str(tmp_path))
+  sweep.sweep_dead_shard_dirs(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      ["keep.txt", f"out.tmp-{os.getpid()}", f"{sweep.SHARD_PREFIX}{os.getpid()}-abc"])
+
+
+def test_output_paths(tmp_path):
+  f = tmp_path / "file"
+  f.write_text("x")
+  with pytest.raises(ConfigError, match="is a file"):
+    paths.check_output_dir(str(f), "--root_dir")
+  with pytest.raises(ConfigError, match="which is a file"):
+    paths.check_output_dir(str(f / "a" / "b"), "--root_dir")
+  with pytest.raises(ConfigError, match="is a directory"):
+    paths.check_output_file(str(tmp_path), "--output")
+  assert paths.check_output_dir(str(tmp_path / "new" / "dir"), "--root_dir")
+  if os.geteuid() != 0:  # root may write anywhere
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(ConfigError, match="not writable"):
+      paths.check_output_dir(str(ro / "run"), "--root_dir")
