@@ -297,7 +297,7 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
     done = program.run_simulation(cfg, clients_dir, run_dir,
                                   program.ProgramOptions(progress=progress), log=log,
                                   population=pops[key])
-    if done.get("interrupted"):  # SIGINT / SIGTERM: checkpointed, stop the grid
+    if (done or {}).get("interrupted"):  # SIGINT / SIGTERM: checkpointed, stop the grid
       record.write()
       raise GridInterrupted(done.get("signal") or 1)
     wall = time.monotonic() - t

@@ -22,7 +22,7 @@ SCRIPTS = {
                                                 "(default: 'digits')"]),
     "pina-embed": ("pipelines.embed", ["--clients_dir", "--dtype",
                                        "(default: 'float32')"]),
-    "pina-pretrain": ("pipelines.pretrain", ["--epochs", "(default: '30')"]),
+    "pina-pretrain": ("pipelines.pretrain", ["--epochs", "digits_tiny 30", "--backbone"]),
     "pina-grid": ("pipelines.grid", ["--preset", "(default: 'digits')"]),
     "pina-bench": ("benchmarks.bench", ["head", "stage2", "embed", "--clients",
                                         "(default: '1000')"]),
