@@ -32,6 +32,7 @@ from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
 from pina_tff.aggregation import scaling
 from pina_tff.simulation import population as population_lib
+from pina_tff.simulation import sampling
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import shards
@@ -172,7 +173,7 @@ def test_last_round_equals_an_independent_recomputation(uninterrupted, interrupt
   weights = {k: np.asarray(v, np.float32) for k, v in before["weights"].items()}
   velocity = np.asarray(before["velocity"], np.float64)
   assert np.abs(velocity).max() > 0
-  ids = program._cohort([cfg.seed, 2, rnd], COHORT, pop.size)
+  ids = sampling.cohort(cfg.seed, 2, rnd, pop.size, COHORT, cfg.privacy.sampling)
   seeds = program._client_seeds(cfg.seed, 2, rnd, ids)
   shard = shards.pack_shard([pop.train[i] for i in ids], pop.model.feature_keys,
                             pop.n_max_train, client_seeds=seeds)
@@ -197,20 +198,29 @@ def test_last_round_equals_an_independent_recomputation(uninterrupted, interrupt
 
 
 def _composed_epsilon(cfg, z0, z1, z2, delta):
-  """The run's mechanisms, written from the privacy section of the spec:
-  stage 0: Poisson(q0) Gaussian(z0) x T0; stage 1: Gaussian(z1) once (local DP, no
-  amplification); stage 2: Poisson(M/P) Gaussian(z2) x T2.
-  [adapt here when the accounting model changes]"""
+  """The run's mechanisms against the server (the default threat model), written from
+  the privacy section of the spec: no amplification; each client's own number of
+  stage-0 rounds K0 and stage-2 rounds K2 in the run's Poisson schedule, plus one
+  Gaussian(z1) if it sent a sketch; epsilon = the worst client's composition."""
   p = cfg.population
-  events = [dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-      cfg.stage0.cohort / p, dp_accounting.GaussianDpEvent(z0)), cfg.stage0.rounds)]
+  k0 = sampling.participation_counts(cfg.seed, 0, cfg.stage0.rounds, p, cfg.stage0.cohort)
+  k2 = sampling.participation_counts(cfg.seed, 2, cfg.stage2.rounds, p, cfg.stage2.cohort)
+  s1 = np.zeros(p, np.int64)
   if cfg.method == "pina":
-    events.append(dp_accounting.GaussianDpEvent(z1))
-  events.append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-      cfg.stage2.cohort / p, dp_accounting.GaussianDpEvent(z2)), cfg.stage2.rounds))
-  acc = dp_accounting.rdp.RdpAccountant()
-  acc.compose(dp_accounting.ComposedDpEvent(events))
-  return acc.get_epsilon(delta)
+    s1[sampling.sketch_cohort(cfg.seed, p, cfg.stage1.num_sketch_clients)] = 1
+  worst = 0.0
+  for a, b, c in set(zip(k0.tolist(), s1.tolist(), k2.tolist())):
+    events = [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z0), a)]
+    if b:
+      events.append(dp_accounting.GaussianDpEvent(z1))
+    events.append(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z2), c))
+    events = [e for e in events if not (isinstance(e, dp_accounting.SelfComposedDpEvent)
+                                        and e.count == 0)]
+    if events:
+      acc = dp_accounting.rdp.RdpAccountant()
+      acc.compose(dp_accounting.ComposedDpEvent(events))
+      worst = max(worst, acc.get_epsilon(delta))
+  return worst
 
 
 def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, tff_ctx,
