@@ -121,7 +121,11 @@ def test_script_exits_promptly_without_log_noise(tail):
 
 
 _SLEEPER = textwrap.dedent("""
+    import signal
     import time
+    # A child of a background job (CI runners, `cmd &`) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: restore the interactive default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from computations.context import tff_context
 
     with tff_context(device="cpu", num_workers=1, runtime="worker") as ctx:
