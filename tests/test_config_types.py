@@ -36,3 +36,7 @@ def test_right_types_still_load(tmp_path):
   cfg = config_lib.load_config(str(path))
   assert math.isinf(cfg.privacy.epsilon) and cfg.stage2.rounds == 3
   assert cfg.stage2.client_lr == 1.0 and isinstance(cfg.stage2.client_lr, float)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

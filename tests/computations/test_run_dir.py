@@ -130,3 +130,7 @@ def test_output_paths(tmp_path):
     ro.chmod(0o500)
     with pytest.raises(ConfigError, match="not writable"):
       paths.check_output_dir(str(ro / "run"), "--root_dir")
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

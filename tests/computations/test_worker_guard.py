@@ -1,4 +1,5 @@
 """worker_binary processes die with their parent even when it is SIGKILLed."""
+import pytest
 import os
 import signal
 import subprocess
@@ -56,3 +57,7 @@ def test_workers_die_after_parent_sigkill():
     if proc.poll() is None:
       proc.kill()
     proc.stdout.close()
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

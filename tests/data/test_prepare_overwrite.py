@@ -1,4 +1,5 @@
 """pina-prepare --overwrite removes only what pina-prepare wrote."""
+import pytest
 import json
 import os
 import subprocess
@@ -39,3 +40,7 @@ def test_temp_dir_of_a_killed_prepare_is_swept(tmp_path):
   (tmp_path / f"other.tmp-{dead.pid}").mkdir()      # not ours: kept
   _prepare(out, num_clients=8, num_shards=1)
   assert sorted(os.listdir(tmp_path)) == ["d", f"other.tmp-{dead.pid}"]
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -4,6 +4,7 @@ Without importlib_resources (needed by etils.epath) `download_and_prepare` died 
 ModuleNotFoundError before any download. Here the network is cut off at the socket
 (so the test is offline and quick): the builder must fail with a network error.
 """
+import pytest
 import os
 import subprocess
 import sys
@@ -41,3 +42,7 @@ def test_fashion_mnist_builder_reaches_the_network():
   assert "Network is unreachable" in stopped[0] or "ConnectionError" in stopped[0], stopped
   reached = [ln for ln in out.splitlines() if ln.startswith("REACHED")][0].split()[1:]
   assert any("fashion-mnist" in host for host in reached), reached
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

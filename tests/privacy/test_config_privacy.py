@@ -35,3 +35,7 @@ def test_privacy_defaults():
   p = _validate().privacy
   assert (p.threat_model, p.sampling, p.noise_mode) == ("server", "poisson", "simulation")
   assert p.delta == 1e-5
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

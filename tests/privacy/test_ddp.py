@@ -81,3 +81,7 @@ def test_nominal_for_effective_inverts():
   for z in (0.3, 1.0, 5.0):
     nom = ddp.nominal_for_effective(z, 1.0, 2, 50, 4096, 18)
     assert ddp.effective_multiplier(nom, 1.0, 2, 50, 4096, 18) == pytest.approx(z, rel=1e-6)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

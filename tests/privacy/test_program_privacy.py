@@ -119,3 +119,7 @@ def test_noise_seeds_simulation_vs_secure():
   b = program._client_seeds(3, 1, 0, ids, "secure")
   assert a != b and a != program._client_seeds(3, 1, 0, ids)
   assert agg.derived_seed(3, 2, 5).dtype == np.int64
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -82,3 +82,7 @@ def test_bad_arguments(args):
   p, m, scheme = args
   with pytest.raises(ConfigError):
     sampling.cohort(0, 2, 1, p, m, scheme)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

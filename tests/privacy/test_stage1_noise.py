@@ -73,3 +73,7 @@ def test_noise_has_std_z1_times_s1_on_every_coordinate(sketches):
   # Independent across clients: the correlation of two clients' noise is ~ 0.
   c = np.corrcoef(noise[0], noise[1])[0, 1]
   assert abs(c) < 6 / np.sqrt(noise.shape[1])
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
