@@ -222,5 +222,24 @@ def test_evaluation_picks_the_lowest_loss_cluster_and_scores_on_test_data():
   assert want_correct < n_test
 
 
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_epoch_order_keeps_real_examples_first_and_padding_last(shuffle):
+  # Clients with 1..6 real examples of N = 6 (the rest is padding); the minibatches
+  # must never feed a padding slot before a real one.
+  n = 6
+  mask = np.array([[1.0] * k + [0.0] * (n - k) for k in range(1, n + 1)], np.float32)
+  seeds = np.stack([np.zeros(n), np.arange(n)], 1).astype(np.int32)
+  perms = local._epoch_permutations(tf.constant(mask), 3, shuffle, tf.constant(seeds)
+                                    ).numpy()
+  for e in range(3):
+    for s, k in enumerate(range(1, n + 1)):
+      order = perms[e, s]
+      assert sorted(order.tolist()) == list(range(n))
+      assert set(order[:k].tolist()) == set(range(k)), (e, s, order)
+      if not shuffle:
+        assert order.tolist() == list(range(n))  # the stored order, unshuffled
+
+
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
