@@ -24,9 +24,8 @@ import json
 import math
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
-import numpy as np
 
 from pina_tff.data import partition as partition_lib
 from pina_tff.data import schema

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
