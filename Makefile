@@ -16,8 +16,12 @@ install:
 data:
 	scripts/ensure_fmnist.sh
 
+# Two pytest-xdist workers (one per core of the 2-core reference machine); test files
+# are the unit of distribution, so module fixtures are built once.
+PYTEST_WORKERS ?= 2
+
 test: install data
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: install data
 	VENV="$(VENV)" scripts/demo.sh

@@ -117,13 +117,30 @@ def run(main, passthrough: bool = False, positional: bool = False) -> None:
     passthrough: accept arguments after `--` (handed to main, e.g. Beam options).
     positional: hand positional arguments (e.g. a subcommand) to main.
   """
-  entry = sys.modules.get(main.__module__)
-  _adopt_help(entry)
+  _adopt_help(sys.modules.get(main.__module__))
+  app.run(_one_line_errors(main), flags_parser=_parser(passthrough, positional))
 
+
+def _one_line_errors(main):
+  """`main` with a `PinaError` turned into one `error:` line and exit status 2."""
   def wrapped(argv):
     try:
       return main(argv)
     except PinaError as e:
       fail(str(e))
+  return wrapped
 
-  app.run(wrapped, flags_parser=_parser(passthrough, positional))
+
+def call(main, argv, passthrough: bool = False, positional: bool = False) -> int:
+  """Parses `argv` (argv[0]: the program name) and runs `main` exactly as `run` does,
+  in this process and without absl's `app.run`; returns the exit status (2 for a bad
+  flag or a `PinaError`, whose one `error:` line goes to stderr). For drivers and tests
+  that run many command lines in one process; flags keep values from an earlier call
+  unless the caller resets them (`flags.FLAGS.unparse_flags()`)."""
+  try:
+    status = _one_line_errors(main)(_parser(passthrough, positional)(list(argv)))
+  except SystemExit as e:
+    status = e.code
+  if status is None:
+    return 0
+  return status if isinstance(status, int) else 1

@@ -19,12 +19,21 @@ def digits_clients_dir(tmp_path_factory):
   """A tiny prepared digits population shared by every test module of the session.
 
   The program caches the pre-trained backbone and the embeddings inside it, so only
-  the first run that loads the population pays for them. Tests must not write into it
-  except through that cache.
+  the first run that loads the population pays for them (the cache has its own
+  cross-process lock). Tests must not write into it except through that cache. Under
+  pytest-xdist (`make test` runs two workers) the workers share ONE population: the
+  first to arrive prepares it under a lock in the session's common temp directory.
   """
   from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
-  out = tmp_path_factory.mktemp("shared") / "digits"
-  beam_prepare.prepare(beam_prepare.PrepareConfig(
-      output_dir=str(out), dataset="digits", num_clients=DIGITS_CLIENTS, num_shards=1,
-      seed=0))
+  from pina_tff.runtime import locks  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # common to all workers of this session
+  shared = base / "shared_digits"
+  out = shared / "digits"
+  with locks.exclusive(str(shared), "shared test population", wait=True):
+    if not (out / "manifest.json").exists():
+      beam_prepare.prepare(beam_prepare.PrepareConfig(
+          output_dir=str(out), dataset="digits", num_clients=DIGITS_CLIENTS,
+          num_shards=1, seed=0))
   return str(out)

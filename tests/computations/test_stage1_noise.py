@@ -4,7 +4,8 @@ The same clients are sketched three times from the same seeds: without clipping 
 noise (the raw top-k sketch), clipped without noise, and clipped with noise z1. Then
   * clipped = raw * min(1, S1 / ||raw||) exactly, and at most 2k entries are non-zero;
   * noisy - clipped is N(0, (z1 S1)^2) on every coordinate: chi-square bounds on the
-    coordinates zeroed by top-k alone and on all coordinates.
+    coordinates zeroed by top-k alone and on all coordinates, mean 0, independent
+    across clients.
 """
 import numpy as np
 import pytest
@@ -89,8 +90,13 @@ def test_noise_on_every_coordinate_is_independent_of_the_sketch(sketches):
   noise = sketches["noisy"] - sketches["clipped"]
   ok, info = _chi2_ok(noise, Z1 * CLIP)
   assert ok, info
-  # Per-client draws differ (own seed per client).
+  # Per-client draws differ (own seed per client) and are uncorrelated across clients.
   assert len({tuple(np.round(r, 6)) for r in noise}) == NUM_CLIENTS
+  # The mean of the 780 pairwise correlations (16 coordinates each) is ~ N(0, 0.01²)
+  # for independent draws; a component shared by the clients would move it to its share.
+  corr = np.corrcoef(noise)[np.triu_indices(NUM_CLIENTS, 1)]
+  assert abs(corr.mean()) < 0.1, corr.mean()
+  assert abs(noise.mean()) < 6 * Z1 * CLIP / np.sqrt(noise.size)
 
 
 def test_top_k_up_to_half_the_sketch_is_accepted():

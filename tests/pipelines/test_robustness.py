@@ -1,13 +1,15 @@
 """Real `python -m pipelines.simulate` processes killed, interrupted and fed bad input.
 
-One tiny digits population (24 clients, cache built once in the fixture with a 1-epoch
-backbone) is shared by every test. A reference run goes uninterrupted; a "chain" run in
-another directory is stopped by SIGINT (stage 0), killed with SIGKILL (stage 2), stopped
-by SIGTERM (stage 2), resumed from a
-truncated newest checkpoint, and finally re-run with another epsilon (refused). At
-epsilon = inf every resumed run must end with exactly the reference metrics. After each
-step no worker_binary, shard directory or temporary directory of that run remains. A run
-on a directory whose lock a live process holds is refused with one error line.
+The session's shared tiny digits population (`digits_clients_dir`, 24 clients, its
+backbone and embeddings cache built once) is used by every test. A reference run goes
+uninterrupted; a "chain" run in another directory is stopped by SIGINT (stage 0),
+killed with SIGKILL (stage 2), stopped by SIGTERM (stage 2) and resumed from a
+truncated newest checkpoint. At epsilon = inf every resumed run must end with exactly
+the reference metrics. After each step no worker_binary, shard directory or temporary
+directory of that run remains. Refusals (a directory whose lock a live process holds,
+the finished chain re-run with another epsilon) and bad input to every console script
+run in ONE driver process (`_cli_driver.py`: the scripts' own `run()`, strict flags
+and one-line errors, one TensorFlow import for all cases).
 """
 import csv
 import json
@@ -21,7 +23,6 @@ import time
 import psutil
 import pytest
 
-from pina_tff.data import beam_prepare
 from pina_tff.runtime import locks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -128,25 +129,12 @@ def _one_error(stderr):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(tmp_path_factory, digits_clients_dir):
+  from pina_tff.simulation import population  # pylint: disable=g-import-not-at-top
   base = tmp_path_factory.mktemp("robust")
   clients = base / "digits"
-  beam_prepare.prepare(beam_prepare.PrepareConfig(
-      output_dir=str(clients), dataset="digits", num_clients=NUM_CLIENTS, num_shards=1,
-      seed=0))
-  # The cache the simulate runs use, built once (a 1-epoch backbone is enough here).
-  from pina_tff.models import backbone as bb  # pylint: disable=g-import-not-at-top
-  from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
-  from pina_tff.simulation import cache  # pylint: disable=g-import-not-at-top
-  from pina_tff.simulation import population  # pylint: disable=g-import-not-at-top
-  from pina_tff.data import schema  # pylint: disable=g-import-not-at-top
-  manifest = schema.read_manifest(str(clients), schema.CLIENTS_FORMAT)
-  cfg = bb.get_config("digits_tiny", image_shape=tuple(manifest["image_shape"]),
-                      num_classes=int(manifest["num_classes"]))
-  weights = pretrain.default_output(str(clients), cfg)
-  pretrain.run_pretrain(str(clients), output=weights, epochs=1, seed=0)
-  cache.record_weights(weights, cache.cache_key(str(clients), cfg.to_json(), 0))
-  population.ensure_embeddings(str(clients), seed=0)
+  clients.symlink_to(digits_clients_dir, target_is_directory=True)
+  population.ensure_embeddings(str(clients), seed=0)  # the cache every run below reads
   (base / "tiny.json").write_text(json.dumps(CONFIG))
   return base
 
@@ -158,11 +146,6 @@ def runs(base):
   out = {}
   ref = _simulate(base, "ref", ref_root, clients)
   try:
-    # 0. A run on a directory whose lock another live process holds (this one) is
-    #    refused at once.
-    with locks.exclusive(str(base / "locked")):
-      q = _simulate(base, "concurrent", base / "locked", clients)
-      out["concurrent"] = q.wait() + (q,)
     # 1. SIGINT during stage 0.
     p = _simulate(base, "sigint", root, clients)
     p.wait_for("stage 0 round 1 ")
@@ -193,9 +176,6 @@ def runs(base):
           fh.truncate(f.stat().st_size // 2)
     p = _simulate(base, "truncated", root, clients)
     out["truncated"] = p.wait() + (p,)
-    # 5. The finished run re-run with another epsilon: refused, nothing rewritten.
-    p = _simulate(base, "other_eps", root, clients, "--epsilon=2")
-    out["other_eps"] = p.wait() + (p,)
   finally:
     for name in list(out):
       if isinstance(out[name], tuple) and len(out[name]) == 4:
@@ -223,12 +203,12 @@ def test_kill9_leaves_no_worker(runs):
   assert runs["kill9_workers_alive"] == []
 
 
-def test_second_run_on_same_root_dir_is_refused(runs):
-  rc, _, err = runs["concurrent"][:3]
+def test_second_run_on_same_root_dir_is_refused(driver, base):
+  rc, _, err = driver["concurrent"]
   line = _one_error(err)
   assert line.startswith(f"error: run directory in use by pid {os.getpid()}"), line
   assert rc == 2
-  assert sorted(os.listdir(runs["concurrent"][3].out.parent / "locked")) == [".lock"]
+  assert sorted(os.listdir(base / "locked")) == [".lock"]
 
 
 def test_sigterm_stops_cleanly_after_resume_and_sweeps(runs, base):
@@ -260,8 +240,8 @@ def test_truncated_checkpoint_falls_back_and_metrics_match_uninterrupted(runs, b
   _assert_clean(runs["truncated"][3], base / "chain")
 
 
-def test_resume_with_other_config_is_refused_and_rewrites_nothing(runs, base):
-  rc, _, err = runs["other_eps"][:3]
+def test_resume_with_other_config_is_refused_and_rewrites_nothing(driver, base):
+  rc, _, err = driver["other_eps"]
   line = _one_error(err)
   assert "privacy.epsilon ('inf' -> 2.0)" in line and "--restart" in line, line
   assert rc == 2
@@ -278,12 +258,9 @@ def test_cli_start_up_is_quiet(runs):
     assert "Using TensorFlow backend" not in runs[name][1]
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
-
 # ------------------------------------------------------------------ bad input, one line
-def _bad_cases(base):
+def _driver_cases(base):
+  """name -> ([module, argv], words the error line must contain)."""
   clients = base / "digits"
   a_file = base / "a_file"
   a_file.write_text("not a directory")
@@ -297,63 +274,67 @@ def _bad_cases(base):
     data = shard.read_bytes()
     shard.write_bytes(data[:len(data) // 2])
   weights = next((clients / "backbone").glob("*.weights.h5"))
-  sim = ["pipelines.simulate", f"--clients_dir={clients}", f"--config={bad_cfg}"]
+  sim = "pipelines.simulate"
+  run_flags = [f"--clients_dir={clients}", f"--config={base / 'tiny.json'}",
+               "--progress=none"]
   return {
-      # name: (module and args, words the error line must contain)
-      "root_dir_is_a_file": (["pipelines.simulate", f"--clients_dir={clients}",
-                              f"--root_dir={a_file}"], ["--root_dir", "is a file"]),
-      "root_dir_under_a_file": (["pipelines.simulate", f"--clients_dir={clients}",
-                                 f"--root_dir={a_file}/run"], ["--root_dir", "a file"]),
-      "config_wrong_type": (sim + [f"--root_dir={base / 'typed'}"],
+      # A run on a directory whose lock a live process (the test) holds.
+      "concurrent": ([sim, run_flags + [f"--root_dir={base / 'locked'}"]], []),
+      # The finished chain run again with another epsilon.
+      "other_eps": ([sim, run_flags + [f"--root_dir={base / 'chain'}", "--epsilon=2"]],
+                    []),
+      "root_dir_is_a_file": ([sim, [f"--clients_dir={clients}", f"--root_dir={a_file}"]],
+                             ["--root_dir", "is a file"]),
+      "root_dir_under_a_file": ([sim, [f"--clients_dir={clients}",
+                                       f"--root_dir={a_file}/run"]],
+                                ["--root_dir", "a file"]),
+      "config_wrong_type": ([sim, [f"--clients_dir={clients}", f"--config={bad_cfg}",
+                                   f"--root_dir={base / 'typed'}"]],
                             ["stage2.rounds", "integer", "'ten'"]),
-      "prepare_under_a_file": (["pipelines.prepare_data", f"--output_dir={a_file}/d"],
+      "prepare_under_a_file": (["pipelines.prepare_data", [f"--output_dir={a_file}/d"]],
                                ["--output_dir", "a file"]),
-      "prepare_unknown_flag": (["pipelines.prepare_data", f"--output_dir={base}/typo",
-                                "--num_clientz=5"], ["num_clientz"]),
-      "pretrain_output_under_a_file": (["pipelines.pretrain", f"--clients_dir={clients}",
-                                        f"--output={a_file}/w.weights.h5"],
+      "prepare_unknown_flag": (["pipelines.prepare_data", [f"--output_dir={base}/typo",
+                                                           "--num_clientz=5"]],
+                               ["num_clientz"]),
+      "pretrain_output_under_a_file": (["pipelines.pretrain", [
+          f"--clients_dir={clients}", f"--output={a_file}/w.weights.h5"]],
                                        ["--output", "a file"]),
-      "embed_missing_clients_dir": (["pipelines.embed", f"--output_dir={base}/e1"],
+      "embed_missing_clients_dir": (["pipelines.embed", [f"--output_dir={base}/e1"]],
                                     ["clients_dir"]),
-      "embed_int8": (["pipelines.embed", f"--clients_dir={clients}",
-                      f"--output_dir={base}/e2", "--dtype=int8"], ["dtype", "int8"]),
-      "embed_corrupt_shard": (["pipelines.embed", f"--clients_dir={corrupt}",
-                               f"--weights={weights}", f"--output_dir={base}/e3"],
+      "embed_int8": (["pipelines.embed", [f"--clients_dir={clients}",
+                                          f"--output_dir={base}/e2", "--dtype=int8"]],
+                     ["dtype", "int8"]),
+      "embed_corrupt_shard": (["pipelines.embed", [f"--clients_dir={corrupt}",
+                                                   f"--weights={weights}",
+                                                   f"--output_dir={base}/e3"]],
                               ["corrupt", str(corrupt)]),
   }
 
 
 @pytest.fixture(scope="module")
-def bad_results(base, runs):  # after `runs`: the CPU is shared
-  cases = _bad_cases(base)
-  out, pending, running = {}, list(cases), {}
-  try:
-    while pending or running:
-      while pending and len(running) < 2:
-        name = pending.pop(0)
-        running[name] = Proc(base, f"bad_{name}", *cases[name][0])
-      for name, p in list(running.items()):
-        if p.p.poll() is not None:
-          out[name] = p.wait()
-          del running[name]
-      time.sleep(0.1)
-  finally:
-    for p in running.values():
-      p.kill()
-  return cases, out
+def driver(base, runs):  # after `runs`: "other_eps" needs the finished chain
+  """{case: [status, stdout, stderr]} from one `_cli_driver.py` process."""
+  cases = {name: spec for name, (spec, _) in _driver_cases(base).items()}
+  (base / "cases.json").write_text(json.dumps(cases))
+  with locks.exclusive(str(base / "locked")):
+    p = Proc(base, "driver", "tests.pipelines._cli_driver", str(base / "cases.json"),
+             str(base / "driver_out.json"))
+    rc, _, err = p.wait()
+  assert rc == 0, err[-3000:]
+  return json.loads((base / "driver_out.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["root_dir_is_a_file", "root_dir_under_a_file",
-                                  "config_wrong_type", "prepare_under_a_file",
-                                  "prepare_unknown_flag", "pretrain_output_under_a_file",
-                                  "embed_missing_clients_dir", "embed_int8",
-                                  "embed_corrupt_shard"])
-def test_bad_input_gives_one_error_line(bad_results, name, base):
-  cases, out = bad_results
-  rc, stdout, stderr = out[name]
+_BAD = ["root_dir_is_a_file", "root_dir_under_a_file", "config_wrong_type",
+        "prepare_under_a_file", "prepare_unknown_flag", "pretrain_output_under_a_file",
+        "embed_missing_clients_dir", "embed_int8", "embed_corrupt_shard"]
+
+
+@pytest.mark.parametrize("name", _BAD)
+def test_bad_input_gives_one_error_line(driver, name, base):
+  rc, stdout, stderr = driver[name]
   line = _one_error(stderr)
   assert "Traceback" not in stdout
-  for word in cases[name][1]:
+  for word in _driver_cases(base)[name][1]:
     assert word in line, (word, line)
   assert rc == 2, (rc, stderr[-2000:])
   assert not (base / "typo").exists()
@@ -430,3 +411,7 @@ def test_second_cache_builder_waits_for_the_first(base):
   finally:
     p.wait(timeout=30)
     p.stdout.close()
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -1,9 +1,10 @@
 """pina-simulate (python -m pipelines.simulate) rejects bad flags with one clear
 `error: ...` line on stderr, exit code 2 and no Python traceback.
 
-Every case runs `pipelines.simulate.main` in one helper process (one TensorFlow import
-for all cases); one case also goes through the real entry point (`python -m`, absl's
-app.run) to check the exit status and the absence of a traceback end to end.
+Every case runs pina-simulate's own `run()` (strict flag parsing, one-line errors) in one
+driver process (`_cli_driver.py`: one TensorFlow import for all cases); one case also
+goes through the real entry point (`python -m`, absl's app.run) to check the exit status
+and the absence of a traceback end to end.
 """
 import json
 import os
@@ -13,7 +14,7 @@ import sys
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_simulate_driver.py")
+_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cli_driver.py")
 NUM_CLIENTS = 24  # tests/conftest.py: DIGITS_CLIENTS
 
 # name -> (flags, words the error line must contain); '{clients}' is the tiny dataset.
@@ -29,17 +30,14 @@ CASES = {
     "clients_dir_does_not_exist": (["--clients_dir={missing}"], ["not found"]),
     "workers_with_secure_sums": (["--workers=2", "--clients_dir={clients}"],
                                  ["--workers", "central"]),
-}
-# Checked through the console-script path (pipelines/cli.py rejects positionals before
-# `main` runs, so the in-process driver cannot see it).
-_ENTRY_CASES = {
-    "cohort_above_population": CASES["cohort_above_population"],
     "unexpected_argument": (["--clients_dir={clients}", "extra"], ["unexpected", "extra"]),
 }
+# Also checked through the console-script entry point (`python -m`, absl's app.run).
+_ENTRY_CASES = ["cohort_above_population"]
 
 
 def _argv(name, clients, base):
-  spec = CASES.get(name) or _ENTRY_CASES[name]
+  spec = CASES[name]
   args = [f.format(clients=clients, missing=base / "no_such_dir") for f in spec[0]]
   return ["--progress=none", f"--root_dir={base / ('run_' + name)}"] + args
 
@@ -53,7 +51,8 @@ def _env():
 @pytest.fixture(scope="module")
 def results(digits_clients_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("simulate_cli")
-  cases = {name: _argv(name, digits_clients_dir, base) for name in CASES}
+  cases = {name: ["pipelines.simulate", _argv(name, digits_clients_dir, base)]
+           for name in CASES}
   (base / "cases.json").write_text(json.dumps(cases))
   proc = subprocess.run([sys.executable, _DRIVER, str(base / "cases.json"),
                          str(base / "out.json")], cwd=_ROOT, env=_env(),
@@ -62,12 +61,12 @@ def results(digits_clients_dir, tmp_path_factory):
   return json.loads((base / "out.json").read_text())
 
 
-def _check(name, rc, stdout, stderr, cases=CASES):
+def _check(name, rc, stdout, stderr):
   assert "Traceback" not in stderr, stderr[-3000:]
   assert "Traceback" not in stdout
   errors = [line for line in stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1, stderr[-3000:]
-  for word in cases[name][1]:
+  for word in CASES[name][1]:
     assert word in errors[0], errors[0]
   assert rc == 2, (rc, stderr[-3000:])
 
@@ -77,13 +76,13 @@ def test_bad_flag_gives_one_clear_error(results, name):
   _check(name, *results[name])
 
 
-@pytest.mark.parametrize("name", sorted(_ENTRY_CASES))
+@pytest.mark.parametrize("name", _ENTRY_CASES)
 def test_entry_point_exits_2_without_traceback(digits_clients_dir, tmp_path, name):
   cmd = [sys.executable, "-m", "pipelines.simulate"] + _argv(name, digits_clients_dir,
                                                              tmp_path)
   proc = subprocess.run(cmd, cwd=_ROOT, env=_env(), capture_output=True, text=True,
                         timeout=300)
-  _check(name, proc.returncode, proc.stdout, proc.stderr, _ENTRY_CASES)
+  _check(name, proc.returncode, proc.stdout, proc.stderr)
   assert not (tmp_path / f"run_{name}" / "summary.json").exists()
 
 

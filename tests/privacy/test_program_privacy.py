@@ -12,20 +12,16 @@ from computations import aggregators as agg
 from computations import context
 from computations import program
 from pina_tff import config as config_lib
-from pina_tff.data import beam_prepare
 from pina_tff.privacy import accounting
 from pina_tff.simulation import sampling
 
-NUM_CLIENTS = 24
+NUM_CLIENTS = 24  # tests/conftest.py: DIGITS_CLIENTS
 
 
 @pytest.fixture(scope="module")
-def clients_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("privacy_program") / "digits"
-  beam_prepare.prepare(beam_prepare.PrepareConfig(
-      output_dir=str(out), dataset="digits", num_clients=NUM_CLIENTS, num_shards=1,
-      seed=0))
-  return str(out)
+def clients_dir(digits_clients_dir):
+  """The session's shared tiny digits population (tests/conftest.py)."""
+  return digits_clients_dir
 
 
 @pytest.fixture(scope="module")
