@@ -34,6 +34,7 @@ import tensorflow_federated as tff
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
 
+from pina_tff import rng_streams
 from pina_tff.privacy import ddp as ddp_lib
 
 AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
@@ -131,8 +132,9 @@ def random_seed() -> np.ndarray:
 
 def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
   """The noise seed of round ``rnd`` of ``stage`` in simulation mode (from the run seed)."""
-  words = np.random.SeedSequence([int(run_seed), int(stage), int(rnd), 0xD15C]
-                                 ).generate_state(4, np.uint32).astype(np.int64)
+  words = np.random.SeedSequence(
+      [int(run_seed), int(stage), int(rnd), rng_streams.CENTRAL_NOISE]
+  ).generate_state(4, np.uint32).astype(np.int64)
   return np.array([words[0] << 31 | words[1], words[2] << 31 | words[3]], np.int64)
 
 

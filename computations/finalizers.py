@@ -78,3 +78,18 @@ def build_scaling_finalizer(weights_type, param_shapes, update_keys, num_cluster
     return tff.templates.MeasuredProcessOutput(out[0], out[1], out[2])
 
   return tff.learning.templates.FinalizerProcess(init_fn, next_fn)
+
+
+def finalizer_state(round_num: int, velocity) -> collections.OrderedDict:
+  """The finalizer's state after ``round_num`` rounds with momentum ``velocity``.
+
+  Args:
+    round_num: rounds already applied (the next round is ``round_num + 1``; the
+      normality scaling's warm phase counts them).
+    velocity: float32 [C, P] server momentum.
+
+  Returns:
+    The state `build_scaling_finalizer`'s process keeps (to restore a resumed run).
+  """
+  return collections.OrderedDict(round=np.int32(round_num),
+                                 velocity=np.asarray(velocity, np.float32))

@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from computations import client_work as cw
+from pina_tff import rng_streams
 from pina_tff.privacy import sketch as sk
 from pina_tff.training import local
 from pina_tff.training import models as tm
@@ -54,7 +55,8 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
     delta = tm.flatten({k: final[k] - init[k] for k in sketch_keys}, sketch_keys,
                        lead_dims=1)
     clipped = sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
-    noise = local.per_client_normal(shard["seed"], [size], 11, noise_multiplier * clip)
+    noise = local.per_client_normal(shard["seed"], [size], rng_streams.SKETCH_NOISE,
+                                     noise_multiplier * clip)
     return collections.OrderedDict(sketch=clipped + noise,
                                    client_mask=shard["client_mask"])
 

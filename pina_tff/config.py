@@ -24,9 +24,10 @@ import typing
 import warnings
 from typing import Any, Dict, Mapping, Optional
 
+from pina_tff import method_table
 from pina_tff.errors import ConfigError
 
-METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
+METHODS = method_table.METHOD_KEYS
 AGGREGATORS = ("ddp", "central", "secure_sum")
 SCALINGS = ("none", "min_norm", "normality", "pina")
 ACCOUNTANTS = ("rdp", "pld")

@@ -68,6 +68,7 @@ import dp_accounting
 import numpy as np
 
 from pina_tff.config import default_delta  # pylint: disable=unused-import (re-export)
+from pina_tff import method_table
 from pina_tff.errors import ConfigError
 from pina_tff.simulation import sampling as sampling_lib
 
@@ -569,18 +570,20 @@ def epsilon_spent_after(rounds_done: int, stage: str, plan: AccountingPlan,
 def plan_from_config(cfg) -> AccountingPlan:
   """The :class:`AccountingPlan` of a validated :class:`pina_tff.config.RunConfig`.
 
-  Stage 1 runs only for method 'pina' (``num_sketch_clients`` clients); stage 0 when
-  enabled with T0 > 0; 'ifca_ldp' accounts stage 2 as local DP. The cohort schedule
+  Stage 1 runs only for methods whose table entry uses it (PINA;
+  ``num_sketch_clients`` clients); stage 0 when enabled with T0 > 0; methods with local
+  noise (IFCA+LDP) account stage 2 as local DP (``pina_tff.method_table``). The cohort schedule
   is the one the program draws from ``cfg.seed`` with ``cfg.privacy.sampling``.
   """
   s0, s2 = cfg.stage0, cfg.stage2
+  method = method_table.get(cfg.method)
   t0 = s0.rounds if s0.enabled else 0
   return AccountingPlan(
       population=cfg.population,
       stage0_rounds=t0, stage0_cohort=s0.cohort if t0 > 0 else 0,
-      stage1_enabled=cfg.method == "pina",
+      stage1_enabled=method.uses_stage1,
       stage2_rounds=s2.rounds, stage2_cohort=s2.cohort,
-      stage2_local_dp=cfg.method == "ifca_ldp",
+      stage2_local_dp=method.local_noise,
       sampling=cfg.privacy.sampling, seed=int(cfg.seed),
       stage1_clients=min(cfg.stage1.num_sketch_clients, cfg.population))
 

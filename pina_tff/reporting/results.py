@@ -26,12 +26,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from pina_tff import errors
+from pina_tff import method_table
 
-METHOD_ORDER = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
-METHOD_NAMES = {
-    "pina": "PINA", "pina_ri": "PINA+RI", "ifca": "IFCA", "ifca_ldp": "IFCA+LDP",
-    "fedavg": "FedAvg", "fedprox": "FedProx", "fednova": "FedNova",
-}
+METHOD_ORDER = method_table.METHOD_KEYS
+METHOD_NAMES = {k: m.name for k, m in method_table.METHODS.items()}
 DATASET_ORDER = ("cifar10", "fashion_mnist", "femnist", "digits")
 DATASET_NAMES = {
     "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "femnist": "FEMNIST",
@@ -42,7 +40,7 @@ STAGE_WARMUP = 0
 STAGE_TRAIN = 2
 # The baselines among which pina-grid picks the one that gets extra seeds.
 BASELINES = ("fedavg", "fedprox", "fednova", "ifca", "ifca_ldp")
-CLUSTERED_METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp")
+CLUSTERED_METHODS = method_table.keys_where(clustered=True)
 SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 
