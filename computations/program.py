@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -67,6 +66,7 @@ from pina_tff.data import schema
 from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
+from pina_tff.runtime import atomic
 from pina_tff.runtime import signals
 from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling as sampling_lib
@@ -170,12 +170,9 @@ class _Evaluator:
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes ``obj`` as sorted, indented JSON to ``path`` (tmp file + rename);
+  """Writes ``obj`` as sorted, indented JSON to ``path`` (`pina_tff.runtime.atomic`);
   NumPy scalars and arrays become numbers and lists."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, default=_json_default)
 
 
 def _json_default(o):
@@ -295,20 +292,13 @@ def _config_for_population(cfg, clients_dir: str):
     ConfigError: a cohort larger than that population, or an invalid config.
     DataError: no readable manifest in `clients_dir`.
   """
-  cfg = config_lib.validate(cfg)
+  config_lib.validate(cfg)
   size = len(schema.read_manifest(clients_dir, expected_format=None)["clients"])
   if cfg.stage2.cohort > size or cfg.stage0.cohort > size:
     raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
                       f"larger than the population of {size} clients in {clients_dir}")
-  if cfg.population == size:
-    return cfg
-  # The data decides the population; a delta that was only the default 1/P follows it.
-  default_delta = math.isclose(cfg.privacy.delta,
-                               config_lib.default_delta(cfg.population))
-  return config_lib.validate(dataclasses.replace(
-      cfg, population=size,
-      privacy=dataclasses.replace(cfg.privacy,
-                                  delta=None if default_delta else cfg.privacy.delta)))
+  # The data decides the population; defaults (δ) are resolved for it, once.
+  return config_lib.resolve(cfg, population=size)
 
 
 class _Run:

@@ -67,7 +67,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import dp_accounting
 import numpy as np
 
-from pina_tff.config import default_delta  # pylint: disable=unused-import (re-export)
+from pina_tff import config as config_lib
+from pina_tff.config import DEFAULT_BUDGET_SPLIT
 from pina_tff import method_table
 from pina_tff.errors import ConfigError
 from pina_tff.simulation import sampling as sampling_lib
@@ -76,7 +77,6 @@ STAGES = ("stage0", "stage1", "stage2")
 ACCOUNTANTS = ("rdp", "pld")
 THREAT_MODELS = ("server", "release")
 #: Default share of ε per stage (re-normalized over the stages a plan runs).
-DEFAULT_BUDGET_SPLIT = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
 #: Relative tolerance of the default calibration (achieved ∈ [(1 - tol)·ε, ε]).
 DEFAULT_TOLERANCE = 0.01
 _Z_LOWER = 1e-3
@@ -589,9 +589,10 @@ def plan_from_config(cfg) -> AccountingPlan:
 
 
 def calibrate_from_config(cfg, **kwargs) -> PrivacyReport:
-  """:func:`calibrate_noise_multipliers` for a validated RunConfig."""
+  """:func:`calibrate_noise_multipliers` for a RunConfig (defaults resolved by
+  ``pina_tff.config.resolve``)."""
+  cfg = config_lib.resolve(cfg)
   p = cfg.privacy
-  delta = p.delta if p.delta is not None else default_delta(cfg.population)
   return calibrate_noise_multipliers(
-      p.epsilon, delta, plan_from_config(cfg), p.budget_split, p.accountant,
+      p.epsilon, p.delta, plan_from_config(cfg), p.budget_split, p.accountant,
       local_delta=p.local_delta, threat_model=p.threat_model, **kwargs)

@@ -169,7 +169,7 @@ def test_plan_of_a_run_without_stage0_and_default_delta():
   assert plan.active_stages() == ["stage2"]
   # An unvalidated config (delta None) is accounted at the default delta, like validate().
   r = accounting.calibrate_from_config(raw)
-  assert r.delta == config_lib.default_delta(POP) == config_lib.validate(raw).privacy.delta
+  assert r.delta == config_lib.default_delta(POP) == config_lib.resolve(raw).privacy.delta
   assert r.delta == min(1e-5, 1 / (10 * POP))
   assert r.budget_split == {"stage2": 1.0} and r.z0 == 0.0
 
