@@ -22,7 +22,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from pina_tff.training import local
-from pina_tff.training import models as tm
 
 
 def cluster_weights_type(model, num_clusters: int):
@@ -115,8 +114,3 @@ def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max
     return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
-
-
-def update_size(model, spec: local.LocalSpec) -> int:
-  """P, length of one slot of the update vector."""
-  return tm.vector_size(model.param_shapes(), spec.send_keys)

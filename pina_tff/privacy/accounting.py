@@ -338,13 +338,6 @@ def local_epsilon(noise_multiplier: float, delta: float, accountant: str = "rdp"
                      accountant)
 
 
-def ifca_ldp_epsilon(noise_multiplier: float, max_participations: int, delta: float,
-                     accountant: str = "rdp") -> float:
-  """IFCA+LDP against the server (zero-out): Gaussian(z)^K, no amplification."""
-  return epsilon_for([StageEvent("stage2", noise_multiplier, max_participations)],
-                     delta, accountant)
-
-
 def _calibrate_stage(event_of_z, target_epsilon: float, delta: float,
                      accountant: str) -> float:
   """Smallest z with ε(event_of_z(z)) ≤ target_epsilon (brentq within a bracket).
@@ -538,17 +531,6 @@ def _fit_common_factor(plan, zs, delta, threat_model, accountant, target, tol):
     else:
       hi = mid
   return best
-
-
-def calibrate_ifca_ldp(target_epsilon: float, delta: float, max_participations: int,
-                       accountant: str = "rdp") -> float:
-  """Noise multiplier z of IFCA+LDP: Gaussian(z)^K is (ε, δ)-DP (0 if ε = inf)."""
-  _check_delta(delta)
-  if not target_epsilon > 0:
-    raise ConfigError(f"target epsilon must be > 0 (or inf), found {target_epsilon}.")
-  return _calibrate_stage(
-      lambda z: StageEvent("stage2", z, max_participations), target_epsilon, delta,
-      accountant)
 
 
 def epsilon_spent_after(rounds_done: int, stage: str, plan: AccountingPlan,
