@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from pina_tff.training import local
+from pina_tff.training import shards as shards_lib
 
 
 def cluster_weights_type(model, num_clusters: int):
@@ -34,16 +35,12 @@ def cluster_weights_type(model, num_clusters: int):
 
 
 def shard_element_type(model, shard_size: int, n_max: int, feature_dtype=np.float32):
-  """TFF type of one shard (the single element of a TFF client's dataset)."""
-  spec = collections.OrderedDict()
-  for k, shape in model.feature_shapes().items():
-    spec[k] = tff.TensorType(feature_dtype, (shard_size, n_max) + tuple(shape))
-  spec["label"] = tff.TensorType(np.int32, (shard_size, n_max))
-  spec["mask"] = tff.TensorType(np.float32, (shard_size, n_max))
-  spec["client_mask"] = tff.TensorType(np.float32, (shard_size,))
-  spec["true_cluster"] = tff.TensorType(np.int32, (shard_size,))
-  spec["seed"] = tff.TensorType(np.int32, (shard_size, 2))
-  return spec
+  """TFF type of one shard (the single element of a TFF client's dataset), from the
+  one shard layout (`pina_tff.training.shards.shard_layout`)."""
+  layout = shards_lib.shard_layout(model.feature_shapes(), shard_size, n_max,
+                                   feature_dtype)
+  return collections.OrderedDict((k, tff.TensorType(dtype, shape))
+                                 for k, (shape, dtype) in layout.items())
 
 
 def shard_to_dataset(shard: Mapping) -> tf.data.Dataset:
