@@ -211,7 +211,15 @@ def with_noise_seed(state, seed):
 
 
 def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
-  """The inner (unweighted) sum factory for one TFF client = one shard."""
+  """The inner (unweighted) sum factory for one TFF client = one shard.
+
+  Args:
+    spec: the `AggregatorSpec` (each TFF client's value is bounded by S·S2).
+
+  Returns:
+    'ddp': `EffectiveDdpSumFactory`; 'central': `SeededGaussianSumFactory`;
+    'secure_sum': TFF's `SecureSumFactory` bounded at ±S·S2; 'sum': `SumFactory`.
+  """
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
     return EffectiveDdpSumFactory(spec)
@@ -262,5 +270,22 @@ class FixedDenominatorMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
 
 def build_cslot_aggregator(spec: AggregatorSpec) -> FixedDenominatorMeanFactory:
-  """The stage-0/2 aggregator: u = (sum of clipped C-slot updates + noise) / M."""
+  """The stage-0/2 aggregator: u = (sum of clipped C-slot updates + noise) / M.
+
+  Usable alone as ``model_aggregator=`` of TFF's learning algorithms or as the
+  aggregator of `compose_learning_process` (see docs/embedding.md).
+
+  Args:
+    spec: kind, noise multiplier z, clip S2, fixed denominator M, shard size S, TFF
+      shards per round and SecAgg bits (`AggregatorSpec`).
+
+  Returns:
+    A weighted aggregation factory (the weight is ignored: the denominator is the
+    public M). Privacy: with kind 'ddp' or 'central' and z > 0 the sum carries noise of
+    std z·S2 per coordinate (one simulated client's sensitivity S2 in the sum);
+    'secure_sum' and 'sum' add none.
+
+  Raises:
+    ValueError: M <= 0.
+  """
   return FixedDenominatorMeanFactory(build_sum_factory(spec), spec.expected_clients)

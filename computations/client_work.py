@@ -78,6 +78,14 @@ def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max
                             feature_dtype=np.float32) -> tff.learning.templates.ClientWorkProcess:
   """ClientWorkProcess running `pina_tff.training.local.shard_update` per TFF client.
 
+  Args:
+    model: the tail model.
+    spec: what each simulated client does (`pina_tff.training.local.LocalSpec`).
+    shard_size, n_max: the shard layout (S clients of at most N examples).
+    simulation_diagnostics: sum the simulation-only diagnostics into the measurements
+      (in the clear: not covered by ε).
+    feature_dtype: dtype of the shard features.
+
   Result: ClientResult(update=float32[C, P] (sum over the shard of C-slot clipped
   updates), update_weight=float32 (simulated clients in the shard; aggregators here
   ignore it)). Measurements: summed simulation diagnostics, or empty.

@@ -41,9 +41,20 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
                 ) -> lp.ProcessSpec:
   """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator.
 
-  ``num_shards``: TFF clients per round, constant over the stage (the program pads
-  Poisson cohorts to it so the distributed-DP noise shares stay the same); default
-  ceil(cohort / shard_size). The denominator is the expected cohort qP = cohort.
+  Args:
+    cfg: the resolved RunConfig (stage 0 and the stage-2 aggregator settings).
+    z0: stage-0 noise multiplier (0: no noise; a 'ddp' aggregator then becomes a
+      noiseless secure sum, see `_aggregator_kind`).
+    shard_size: simulated clients per TFF client.
+    n_max: padded examples per client.
+    batch_size: local minibatch size.
+    diagnostics: release the simulation diagnostics (loss, counts).
+    num_shards: TFF clients per round, constant over the stage (the program pads
+      Poisson cohorts to it so the distributed-DP noise shares stay the same); default
+      ceil(cohort / shard_size). The denominator is the expected cohort qP = cohort.
+
+  Returns:
+    The stage-0 `ProcessSpec` (one model, head keys only, no scaling).
   """
   s0 = cfg.stage0
   # Every method, IFCA+LDP included, warms the head up through the configured aggregator.
@@ -66,10 +77,21 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
 def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
                 expected_local_steps: float = 1.0, diagnostics: bool = True,
                 num_shards: int | None = None) -> lp.ProcessSpec:
-  """The stage-2 process of `cfg.method` (see the module table).
+  """The stage-2 process of `cfg.method` (its `pina_tff.method_table` entry).
 
-  ``num_shards`` as in :func:`stage0_spec`. IFCA+LDP: each client adds N(0, (z2·S2)²)
-  itself (local DP; the aggregate is a plain sum).
+  Args:
+    cfg: the resolved RunConfig.
+    z2: stage-2 noise multiplier (central/distributed, or local for local-noise
+      methods: each client adds N(0, (z2·S2)²) itself and the aggregate is a plain
+      sum).
+    shard_size, n_max: as in :func:`stage0_spec`.
+    num_true_clusters: true clusters of the population (diagnostic counts).
+    expected_local_steps: FedNova's server-side multiplier (ignored otherwise).
+    diagnostics: release the simulation diagnostics.
+    num_shards: as in :func:`stage0_spec`.
+
+  Returns:
+    The stage-2 `ProcessSpec`.
   """
   s2, method = cfg.stage2, method_table.get(cfg.method)
   ldp = method.local_noise
