@@ -34,10 +34,12 @@ import tensorflow_federated as tff
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
 
+from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.privacy import ddp as ddp_lib
 
-AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
+#: The configurable aggregators, plus 'sum' (IFCA+LDP's plain sum, chosen by the method).
+AGGREGATORS = config_lib.AGGREGATORS + ("sum",)
 
 
 @dataclasses.dataclass(frozen=True)

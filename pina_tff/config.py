@@ -27,16 +27,18 @@ import warnings
 from typing import Any, Dict, Mapping, Optional
 
 from pina_tff import method_table
+from pina_tff.simulation import sampling
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import atomic
 
-METHODS = method_table.METHOD_KEYS
+METHODS = method_table.METHOD_KEYS  # owner: pina_tff.method_table
+# Owned here (the accounting, scaling and aggregator modules import them from config).
 AGGREGATORS = ("ddp", "central", "secure_sum")
 SCALINGS = ("none", "min_norm", "normality", "pina")
 ACCOUNTANTS = ("rdp", "pld")
 THREAT_MODELS = ("server", "release")
 NOISE_MODES = ("simulation", "secure")
-SAMPLINGS = ("poisson", "fixed")
+SAMPLINGS = sampling.SCHEMES  # owner: pina_tff.simulation.sampling
 DDP_BITS = (16, 22)
 BUDGET_STAGES = ("stage0", "stage1", "stage2")
 #: Share of the total ε per stage when ``privacy.budget_split`` is unset (re-normalized

@@ -48,6 +48,7 @@ from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
+from pina_tff import method_table
 from pina_tff.errors import PinaError
 from pina_tff.runtime import atomic
 from pina_tff.reporting import results as results_lib
@@ -59,7 +60,7 @@ from pipelines import presets
 FLAGS = flags.FLAGS
 
 ALL_METHODS = list(config_lib.METHODS)
-PINA_METHODS = ("pina", "pina_ri")
+PINA_METHODS = method_table.keys_where(pina_scaling=True)
 
 
 def _digits_config():

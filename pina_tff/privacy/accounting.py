@@ -73,9 +73,9 @@ from pina_tff import method_table
 from pina_tff.errors import ConfigError
 from pina_tff.simulation import sampling as sampling_lib
 
-STAGES = ("stage0", "stage1", "stage2")
-ACCOUNTANTS = ("rdp", "pld")
-THREAT_MODELS = ("server", "release")
+STAGES = config_lib.BUDGET_STAGES
+ACCOUNTANTS = config_lib.ACCOUNTANTS
+THREAT_MODELS = config_lib.THREAT_MODELS
 #: Default share of ε per stage (re-normalized over the stages a plan runs).
 #: Relative tolerance of the default calibration (achieved ∈ [(1 - tol)·ε, ε]).
 DEFAULT_TOLERANCE = 0.01
