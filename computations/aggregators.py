@@ -206,10 +206,7 @@ def has_noise_seed(spec: "AggregatorSpec") -> bool:
 
 def with_noise_seed(state, seed):
   """A learning-process state whose aggregator noise seed is ``seed`` (int64[2])."""
-  return tff.learning.templates.LearningAlgorithmState(
-      global_model_weights=state.global_model_weights, distributor=state.distributor,
-      client_work=state.client_work, aggregator=np.asarray(seed, np.int64),
-      finalizer=state.finalizer)
+  return state._replace(aggregator=np.asarray(seed, np.int64))
 
 
 def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
