@@ -334,12 +334,7 @@ class _Run:
 
   def execute(self) -> Optional[dict]:
     """Runs the stages not done yet; None when finished, else the stop result."""
-    p = self.plan
-    # Secure noise mode: client seeds never touch a file (shards stay in memory).
-    self.data = rd.PackedRoundData(
-        p.pop.train, p.pop.model.feature_keys, p.pop.n_max_train,
-        {0: p.layout0, 1: rd.StageLayout(self._sketch_shard_size()), 2: p.layout2},
-        p.options.shard_transport, in_memory_only=p.cfg.privacy.noise_mode == "secure")
+    self.data = _round_data_source(self.plan, self._sketch_shard_size())
     try:
       for phase, stage in ((PHASE_STAGE0, self._stage0), (PHASE_STAGE1, self._stage1),
                            (PHASE_STAGE2, self._stage2)):
@@ -545,6 +540,19 @@ class _Run:
     acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
     self.log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
     return centroids, acc
+
+
+def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSource:
+  """The run's `RoundDataSource` (the one place a data source is chosen).
+
+  Today: `PackedRoundData` with ``options.shard_transport``; in secure noise mode the
+  shards stay in memory (client seeds never touch a file).
+  """
+  p = plan
+  return rd.PackedRoundData(
+      p.pop.train, p.pop.model.feature_keys, p.pop.n_max_train,
+      {0: p.layout0, 1: rd.StageLayout(sketch_shard_size), 2: p.layout2},
+      p.options.shard_transport, in_memory_only=p.cfg.privacy.noise_mode == "secure")
 
 
 def _random_offsets(cfg, lora_size: int, num_models: int) -> np.ndarray:
