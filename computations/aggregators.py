@@ -34,9 +34,12 @@ import tensorflow_federated as tff
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
 
+from pina_tff import config as config_lib
+from pina_tff import rng_streams
 from pina_tff.privacy import ddp as ddp_lib
 
-AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
+#: The configurable aggregators, plus 'sum' (IFCA+LDP's plain sum, chosen by the method).
+AGGREGATORS = config_lib.AGGREGATORS + ("sum",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +134,9 @@ def random_seed() -> np.ndarray:
 
 def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
   """The noise seed of round ``rnd`` of ``stage`` in simulation mode (from the run seed)."""
-  words = np.random.SeedSequence([int(run_seed), int(stage), int(rnd), 0xD15C]
-                                 ).generate_state(4, np.uint32).astype(np.int64)
+  words = np.random.SeedSequence(
+      [int(run_seed), int(stage), int(rnd), rng_streams.CENTRAL_NOISE]
+  ).generate_state(4, np.uint32).astype(np.int64)
   return np.array([words[0] << 31 | words[1], words[2] << 31 | words[3]], np.int64)
 
 
@@ -202,14 +206,19 @@ def has_noise_seed(spec: "AggregatorSpec") -> bool:
 
 def with_noise_seed(state, seed):
   """A learning-process state whose aggregator noise seed is ``seed`` (int64[2])."""
-  return tff.learning.templates.LearningAlgorithmState(
-      global_model_weights=state.global_model_weights, distributor=state.distributor,
-      client_work=state.client_work, aggregator=np.asarray(seed, np.int64),
-      finalizer=state.finalizer)
+  return state._replace(aggregator=np.asarray(seed, np.int64))
 
 
 def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggregationFactory:
-  """The inner (unweighted) sum factory for one TFF client = one shard."""
+  """The inner (unweighted) sum factory for one TFF client = one shard.
+
+  Args:
+    spec: the `AggregatorSpec` (each TFF client's value is bounded by S·S2).
+
+  Returns:
+    'ddp': `EffectiveDdpSumFactory`; 'central': `SeededGaussianSumFactory`;
+    'secure_sum': TFF's `SecureSumFactory` bounded at ±S·S2; 'sum': `SumFactory`.
+  """
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
     return EffectiveDdpSumFactory(spec)
@@ -260,5 +269,22 @@ class FixedDenominatorMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
 
 def build_cslot_aggregator(spec: AggregatorSpec) -> FixedDenominatorMeanFactory:
-  """The stage-0/2 aggregator: u = (sum of clipped C-slot updates + noise) / M."""
+  """The stage-0/2 aggregator: u = (sum of clipped C-slot updates + noise) / M.
+
+  Usable alone as ``model_aggregator=`` of TFF's learning algorithms or as the
+  aggregator of `compose_learning_process` (see docs/embedding.md).
+
+  Args:
+    spec: kind, noise multiplier z, clip S2, fixed denominator M, shard size S, TFF
+      shards per round and SecAgg bits (`AggregatorSpec`).
+
+  Returns:
+    A weighted aggregation factory (the weight is ignored: the denominator is the
+    public M). Privacy: with kind 'ddp' or 'central' and z > 0 the sum carries noise of
+    std z·S2 per coordinate (one simulated client's sensitivity S2 in the sum);
+    'secure_sum' and 'sum' add none.
+
+  Raises:
+    ValueError: M <= 0.
+  """
   return FixedDenominatorMeanFactory(build_sum_factory(spec), spec.expected_clients)

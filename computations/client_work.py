@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from pina_tff.training import local
-from pina_tff.training import models as tm
+from pina_tff.training import shards as shards_lib
 
 
 def cluster_weights_type(model, num_clusters: int):
@@ -35,16 +35,12 @@ def cluster_weights_type(model, num_clusters: int):
 
 
 def shard_element_type(model, shard_size: int, n_max: int, feature_dtype=np.float32):
-  """TFF type of one shard (the single element of a TFF client's dataset)."""
-  spec = collections.OrderedDict()
-  for k, shape in model.feature_shapes().items():
-    spec[k] = tff.TensorType(feature_dtype, (shard_size, n_max) + tuple(shape))
-  spec["label"] = tff.TensorType(np.int32, (shard_size, n_max))
-  spec["mask"] = tff.TensorType(np.float32, (shard_size, n_max))
-  spec["client_mask"] = tff.TensorType(np.float32, (shard_size,))
-  spec["true_cluster"] = tff.TensorType(np.int32, (shard_size,))
-  spec["seed"] = tff.TensorType(np.int32, (shard_size, 2))
-  return spec
+  """TFF type of one shard (the single element of a TFF client's dataset), from the
+  one shard layout (`pina_tff.training.shards.shard_layout`)."""
+  layout = shards_lib.shard_layout(model.feature_shapes(), shard_size, n_max,
+                                   feature_dtype)
+  return collections.OrderedDict((k, tff.TensorType(dtype, shape))
+                                 for k, (shape, dtype) in layout.items())
 
 
 def shard_to_dataset(shard: Mapping) -> tf.data.Dataset:
@@ -82,6 +78,14 @@ def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max
                             feature_dtype=np.float32) -> tff.learning.templates.ClientWorkProcess:
   """ClientWorkProcess running `pina_tff.training.local.shard_update` per TFF client.
 
+  Args:
+    model: the tail model.
+    spec: what each simulated client does (`pina_tff.training.local.LocalSpec`).
+    shard_size, n_max: the shard layout (S clients of at most N examples).
+    simulation_diagnostics: sum the simulation-only diagnostics into the measurements
+      (in the clear: not covered by ε).
+    feature_dtype: dtype of the shard features.
+
   Result: ClientResult(update=float32[C, P] (sum over the shard of C-slot clipped
   updates), update_weight=float32 (simulated clients in the shard; aggregators here
   ignore it)). Measurements: summed simulation diagnostics, or empty.
@@ -115,8 +119,3 @@ def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max
     return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
-
-
-def update_size(model, spec: local.LocalSpec) -> int:
-  """P, length of one slot of the update vector."""
-  return tm.vector_size(model.param_shapes(), spec.send_keys)

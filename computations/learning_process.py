@@ -49,8 +49,21 @@ class ProcessSpec:
 
 
 def build_process(model, spec: ProcessSpec) -> tff.learning.templates.LearningProcess:
-  """Composes the learning process; initial weights are zeros (set them with
-  `process.set_model_weights`)."""
+  """Composes the learning process of one stage (stage 0, or stage 2 of any method).
+
+  Args:
+    model: the tail model (`pina_tff.training.models`), which knows its parameter and
+      feature shapes.
+    spec: what shapes the process (`ProcessSpec`; see `computations.methods`).
+
+  Returns:
+    A `tff.learning.templates.LearningProcess` (broadcast of all C models, the
+    sharded client work, the C-slot DP aggregator, the scaling finalizer). Initial
+    weights are zeros: set them with `process.set_model_weights`.
+
+  Raises:
+    ValueError: an invalid aggregator spec or scaling mode.
+  """
   num_clusters = spec.local.num_clusters
   weights_type = cw.cluster_weights_type(model, num_clusters)
   shapes = model.param_shapes()

@@ -1,17 +1,9 @@
 """Maps a validated `pina_tff.config.RunConfig` to the composed processes of a method.
 
 Every method shares the trainable parameters (LoRA on the last W_V + head), the
-clipping bound, the aggregator and its calibrated noise; they differ only in what the
-spec says they differ in:
-
-  method    clusters  cluster choice  init          scaling      client extra
-  pina      C         loss argmin     stage 1       cfg scaling  -
-  pina_ri   C         loss argmin     random        cfg scaling  -
-  ifca      C         loss argmin     random        none         -
-  ifca_ldp  C         loss argmin     random        none         local noise, plain sum
-  fedavg    1         -               A0, B0 = 0    none         -
-  fedprox   1         -               A0, B0 = 0    none         proximal term mu
-  fednova   1         -               A0, B0 = 0    none         Δ / local steps
+clipping bound, the aggregator and its calibrated noise; they differ only in what
+their entry in `pina_tff.method_table` says (clusters and cluster choice, local
+noise, scaling, FedProx's proximal term, FedNova's step normalization).
 """
 
 from __future__ import annotations
@@ -20,17 +12,13 @@ import math
 
 from computations import aggregators as agg
 from computations import learning_process as lp
+from pina_tff import method_table
 from pina_tff.training import local
 from pina_tff.training import models as tm
 
-CLUSTERED = ("pina", "pina_ri", "ifca", "ifca_ldp")
-METHOD_NAMES = {"pina": "PINA", "pina_ri": "PINA+RI", "ifca": "IFCA",
-                "ifca_ldp": "IFCA+LDP", "fedavg": "FedAvg", "fedprox": "FedProx",
-                "fednova": "FedNova"}
-
-
 def num_model_clusters(cfg) -> int:
-  return cfg.num_clusters if cfg.method in CLUSTERED else 1
+  """Models trained in stage 2 by ``cfg.method`` (C when clustered, else 1)."""
+  return method_table.num_models(cfg.method, cfg.num_clusters)
 
 
 def _num_shards(cohort: int, shard_size: int) -> int:
@@ -53,9 +41,20 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
                 ) -> lp.ProcessSpec:
   """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator.
 
-  ``num_shards``: TFF clients per round, constant over the stage (the program pads
-  Poisson cohorts to it so the distributed-DP noise shares stay the same); default
-  ceil(cohort / shard_size). The denominator is the expected cohort qP = cohort.
+  Args:
+    cfg: the resolved RunConfig (stage 0 and the stage-2 aggregator settings).
+    z0: stage-0 noise multiplier (0: no noise; a 'ddp' aggregator then becomes a
+      noiseless secure sum, see `_aggregator_kind`).
+    shard_size: simulated clients per TFF client.
+    n_max: padded examples per client.
+    batch_size: local minibatch size.
+    diagnostics: release the simulation diagnostics (loss, counts).
+    num_shards: TFF clients per round, constant over the stage (the program pads
+      Poisson cohorts to it so the distributed-DP noise shares stay the same); default
+      ceil(cohort / shard_size). The denominator is the expected cohort qP = cohort.
+
+  Returns:
+    The stage-0 `ProcessSpec` (one model, head keys only, no scaling).
   """
   s0 = cfg.stage0
   # Every method, IFCA+LDP included, warms the head up through the configured aggregator.
@@ -78,19 +77,30 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
 def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
                 expected_local_steps: float = 1.0, diagnostics: bool = True,
                 num_shards: int | None = None) -> lp.ProcessSpec:
-  """The stage-2 process of `cfg.method` (see the module table).
+  """The stage-2 process of `cfg.method` (its `pina_tff.method_table` entry).
 
-  ``num_shards`` as in :func:`stage0_spec`. IFCA+LDP: each client adds N(0, (z2·S2)²)
-  itself (local DP; the aggregate is a plain sum).
+  Args:
+    cfg: the resolved RunConfig.
+    z2: stage-2 noise multiplier (central/distributed, or local for local-noise
+      methods: each client adds N(0, (z2·S2)²) itself and the aggregate is a plain
+      sum).
+    shard_size, n_max: as in :func:`stage0_spec`.
+    num_true_clusters: true clusters of the population (diagnostic counts).
+    expected_local_steps: FedNova's server-side multiplier (ignored otherwise).
+    diagnostics: release the simulation diagnostics.
+    num_shards: as in :func:`stage0_spec`.
+
+  Returns:
+    The stage-2 `ProcessSpec`.
   """
-  s2, method = cfg.stage2, cfg.method
-  clustered = method in CLUSTERED
-  ldp = method == "ifca_ldp"
+  s2, method = cfg.stage2, method_table.get(cfg.method)
+  ldp = method.local_noise
   local_spec = local.LocalSpec(
       num_clusters=num_model_clusters(cfg), local_epochs=s2.local_epochs,
       batch_size=s2.batch_size, learning_rate=s2.client_lr, clip_norm=s2.clip,
-      choose_cluster=clustered, fedprox_mu=s2.fedprox_mu if method == "fedprox" else 0.0,
-      normalize_by_steps=method == "fednova",
+      choose_cluster=method.clustered,
+      fedprox_mu=s2.fedprox_mu if method.proximal else 0.0,
+      normalize_by_steps=method.step_normalized,
       ldp_noise_stddev=z2 * s2.clip if ldp else 0.0,
       num_true_clusters=num_true_clusters)
   aggregator = agg.AggregatorSpec(
@@ -98,10 +108,10 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
       noise_multiplier=0.0 if ldp else z2,
       clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
       num_shards=num_shards or _num_shards(s2.cohort, shard_size), ddp_bits=s2.ddp_bits)
-  scaling = s2.scaling if method in ("pina", "pina_ri") else "none"
+  scaling = s2.scaling if method.pina_scaling else "none"
   return lp.ProcessSpec(
       local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,
       scaling_mode=scaling, warm_rounds=s2.warm_rounds,
       server_learning_rate=s2.server_lr, server_momentum=s2.server_momentum,
-      update_multiplier=expected_local_steps if method == "fednova" else 1.0,
+      update_multiplier=expected_local_steps if method.step_normalized else 1.0,
       simulation_diagnostics=diagnostics)

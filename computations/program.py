@@ -1,5 +1,12 @@
 """The experiment program: stage 0 -> stage 1 -> stage 2 (or a baseline), resumable.
 
+`run_simulation` is a short sequence of stages. Stages 0 and 2 are the same round loop
+(`computations.round_loop.run_rounds`) with different pieces; a round's client values
+come from a `computations.round_data.RoundDataSource`; the program state is
+`computations.program_state`, metrics go out through `computations.release`, and the
+summary is `computations.summary`. What a method is comes from
+`pina_tff.method_table`.
+
 Built on `tff.program`: program state (cluster models, finalizer state, stage-1
 result, progress) is saved with a `FileProgramStateManager` every N rounds and at
 every stage boundary; per-round metrics are released to a `CSVFileReleaseManager`
@@ -29,44 +36,47 @@ the local ε's, the noise mode, and the released metrics that ε does not cover.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
-import json
 import math
 import os
-import shutil
 import sys
-import time
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
-from scipy import optimize
 
 from computations import aggregators as agg
-from computations import client_work as cw
+from computations import finalizers as fin
 from computations import learning_process as lp
 from computations import methods
+from computations import program_state as ps
+from computations import release as release_lib
+from computations import round_data as rd
+from computations import round_loop as loop
 from computations import run_dir as run_dir_lib
 from computations import stage1 as stage1_lib
+from computations import summary as summary_lib
 from pina_tff import config as config_lib
+from pina_tff import method_table
+from pina_tff import rng_streams
 from pina_tff.clustering import kmeans_init as kmeans_lib
 from pina_tff.clustering import metrics as cluster_metrics
+from pina_tff.data import schema
 from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
-from pina_tff.privacy import ddp as ddp_lib
+from pina_tff.runtime import atomic
 from pina_tff.runtime import signals
-from pina_tff.runtime import sweep
 from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling as sampling_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import shards as shards_lib
 
-PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = 0, 1, 2, 3
+PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = (
+    ps.PHASE_STAGE0, ps.PHASE_STAGE1, ps.PHASE_STAGE2, ps.PHASE_DONE)
+UNPROTECTED_METRICS = release_lib.UNPROTECTED_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +97,6 @@ class ProgramOptions:
       clients' datasets read: the computation ships file names) or 'inline' (the data
       itself is serialized into each round's datasets). With
       privacy.noise_mode='secure' the shards always stay in memory ('inline').
-      itself is serialized into each round's datasets).
     restart: remove what an earlier run wrote into root_dir and start over (otherwise
       a root_dir made by another configuration is an error; see computations/run_dir).
   """
@@ -101,49 +110,6 @@ class ProgramOptions:
   restart: bool = False
 
 
-class _Progress:
-  """A progress bar with round, accuracy and ETA on a terminal; log lines otherwise."""
-
-  def __init__(self, mode: str, total: int, done: int, label: str):
-    if mode == "auto":
-      mode = "bar" if sys.stderr.isatty() else "log"
-    self.mode, self.total, self.done, self.label = mode, total, done, label
-    self.start = time.monotonic()
-    self.bar = None
-    if mode == "bar":
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      self.bar = tqdm(total=total, initial=done, desc=label, unit="round",
-                      dynamic_ncols=True)
-
-  def update(self, stage: int, rnd: int, acc: float, extra: str = ""):
-    self.done += 1
-    if self.bar is not None:
-      self.bar.set_postfix_str(f"stage {stage} round {rnd} acc {acc:.3f} {extra}")
-      self.bar.update(1)
-    elif self.mode == "log":
-      elapsed = time.monotonic() - self.start
-      left = self.total - self.done
-      eta = elapsed / max(1, self.done) * left
-      print(f"[{self.label}] stage {stage} round {rnd} ({self.done}/{self.total}) "
-            f"acc={acc:.4f} {extra} eta={eta:.0f}s", file=sys.stderr, flush=True)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
-
-
-#: Released metrics that ε does not cover (simulation diagnostics), by where they go.
-UNPROTECTED_METRICS = {
-    "metrics.csv": ["test_accuracy", "clustering_accuracy", "train_loss", "count_*"],
-    "summary.json": ["final_accuracy", "clustering_accuracy", "init_clustering_accuracy"],
-}
-_NOTE_UNPROTECTED = (
-    "simulation diagnostics, not covered by epsilon: accuracies are computed on every "
-    "client's data; train_loss and the per-cluster counts count_* are summed in the "
-    "clear. The norm_*/w_*/scale_* columns are functions of the noised aggregate "
-    "(covered).")
-
-
 def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simulation"
                   ) -> list:
   """Each client's stateless seed (training shuffles and its local-DP noise).
@@ -154,7 +120,8 @@ def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simul
   if noise_mode == "secure":
     base = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1)
     return [(base, int(i)) for i in ids]
-  base = (seed * 1_000_003 + stage * 7_919 + rnd) % (2 ** 31 - 1)
+  base = (seed * rng_streams.CLIENT_SEED_RUN + stage * rng_streams.CLIENT_SEED_STAGE
+          + rnd) % (2 ** 31 - 1)
   return [(base, int(i)) for i in ids]
 
 
@@ -171,36 +138,6 @@ def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
   largest = sampling_lib.max_cohort_size(cfg.seed, stage, rounds, population, cohort,
                                          cfg.privacy.sampling)
   return max(1, math.ceil(max(largest, 1) / shard_size))
-
-
-def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=None,
-                num_shards=None):
-  """The round's TFF client datasets: shards of the cohort (file-backed if file_dir),
-  padded with empty shards to ``num_shards``."""
-  datasets = []
-  chunks = shards_lib.split_cohort(list(range(len(ids))), shard_size)
-  if num_shards is not None:
-    if len(chunks) > num_shards:
-      raise ValueError(f"a cohort of {len(ids)} needs {len(chunks)} shards > {num_shards}")
-    chunks += [[] for _ in range(num_shards - len(chunks))]
-  feature_shapes = {k: clients[0][k].shape[1:] for k in feature_keys}
-  for i, chunk in enumerate(chunks):
-    members = [clients[ids[j]] for j in chunk]
-    shard = shards_lib.pack_shard(members, feature_keys, n_max, num_slots=shard_size,
-                                  client_seeds=[seeds[j] for j in chunk],
-                                  feature_shapes=feature_shapes)
-    datasets.append(cw.shard_to_file_dataset(shard, file_dir, f"shard{i:05d}")
-                    if file_dir else cw.shard_to_dataset(shard))
-  return datasets
-
-
-def _confusion_accuracy(confusion: np.ndarray) -> float:
-  """Clustering accuracy from a [C_model, C_true] count matrix (Hungarian matching)."""
-  total = confusion.sum()
-  if total <= 0:
-    return float("nan")
-  rows, cols = optimize.linear_sum_assignment(-confusion)
-  return float(confusion[rows, cols].sum() / total)
 
 
 class _Evaluator:
@@ -232,24 +169,10 @@ class _Evaluator:
     return acc, clus
 
 
-def _state_template(param_shapes, num_clusters, update_size):
-  return collections.OrderedDict(
-      phase=np.int32(0), round=np.int32(0), elapsed=np.float64(0.0),
-      weights=collections.OrderedDict(
-          (k, np.zeros((num_clusters,) + tuple(s), np.float32))
-          for k, s in param_shapes.items()),
-      velocity=np.zeros((num_clusters, update_size), np.float32),
-      head_kernel=np.zeros(param_shapes["head_kernel"], np.float32),
-      head_bias=np.zeros(param_shapes["head_bias"], np.float32),
-      init_clustering_accuracy=np.float64(np.nan),
-      final_accuracy=np.float64(np.nan), final_clustering_accuracy=np.float64(np.nan))
-
-
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-  os.replace(tmp, path)
+def write_json_atomic(path: str, obj) -> None:
+  """Writes ``obj`` as sorted, indented JSON to ``path`` (`pina_tff.runtime.atomic`);
+  NumPy scalars and arrays become numbers and lists."""
+  atomic.write_json(path, obj, default=_json_default)
 
 
 def _json_default(o):
@@ -260,10 +183,6 @@ def _json_default(o):
   return str(o)
 
 
-def _finite_or_str(x: float):
-  return "inf" if math.isinf(x) else x
-
-
 def calibrate(cfg) -> accounting.PrivacyReport:
   """Noise multipliers for `cfg` (all zero for epsilon = inf)."""
   return accounting.calibrate_from_config(cfg)
@@ -271,6 +190,59 @@ def calibrate(cfg) -> accounting.PrivacyReport:
 
 def _log_stderr(m: str) -> None:
   print(m, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Everything a run derives once from its config and population."""
+  cfg: config_lib.RunConfig
+  pop: population_lib.Population
+  options: ProgramOptions
+  report: accounting.PrivacyReport
+  accounting_plan: accounting.AccountingPlan
+  num_models: int
+  t0: int
+  t2: int
+  layout0: rd.StageLayout
+  layout2: rd.StageLayout
+  spec2: lp.ProcessSpec
+
+  @property
+  def diagnostics(self) -> bool:
+    return self.options.simulation_diagnostics
+
+  @property
+  def shapes(self) -> dict:
+    return self.pop.model.param_shapes()
+
+  def layout_summary(self) -> dict:
+    """{'stage0' | 'stage2': (shard size, TFF shards per round)}."""
+    return {"stage0": (self.layout0.shard_size, self.layout0.num_shards),
+            "stage2": (self.layout2.shard_size, self.layout2.num_shards)}
+
+
+def _make_plan(cfg, pop, options: ProgramOptions) -> _Plan:
+  """The run's derived quantities: ε calibration, shard layouts, stage-2 spec."""
+  report = calibrate(cfg)
+  shard2 = options.shard_size or shards_lib.default_shard_size(cfg.stage2.cohort)
+  shard0 = options.shard_size or shards_lib.default_shard_size(cfg.stage0.cohort)
+  t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
+  t2 = cfg.stage2.rounds
+  layout2 = rd.StageLayout(shard2, _num_shards(cfg, 2, t2, pop.size, cfg.stage2.cohort,
+                                               shard2))
+  layout0 = rd.StageLayout(shard0, _num_shards(cfg, 0, t0, pop.size, cfg.stage0.cohort,
+                                               shard0))
+  mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
+  expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
+                                                                cfg.stage2.batch_size))
+  spec2 = methods.stage2_spec(cfg, report.z2, shard2, pop.n_max_train,
+                              pop.num_true_clusters, expected_steps,
+                              options.simulation_diagnostics,
+                              num_shards=layout2.num_shards)
+  return _Plan(cfg=cfg, pop=pop, options=options, report=report,
+               accounting_plan=accounting.plan_from_config(cfg),
+               num_models=method_table.num_models(cfg.method, cfg.num_clusters),
+               t0=t0, t2=t2, layout0=layout0, layout2=layout2, spec2=spec2)
 
 
 def run_simulation(cfg, clients_dir: str, root_dir: str,
@@ -293,252 +265,306 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
 
 
 def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> dict:
-  cfg = config_lib.validate(cfg)
+  """The stages of one run in a locked run directory."""
   _quiet_logs()
-  size = _manifest_population(clients_dir)
-  if cfg.stage2.cohort > size or cfg.stage0.cohort > size:
-    raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
-                      f"larger than the population of {size} clients in {clients_dir}")
-  if cfg.population != size:
-    # The data decides the population; a delta that was only the default 1/P follows it.
-    default_delta = math.isclose(cfg.privacy.delta,
-                                 config_lib.default_delta(cfg.population))
-    cfg = config_lib.validate(dataclasses.replace(
-        cfg, population=size,
-        privacy=dataclasses.replace(cfg.privacy,
-                                    delta=None if default_delta else cfg.privacy.delta)))
+  cfg = _config_for_population(cfg, clients_dir)
   run_dir_lib.check_fingerprint(root_dir, config_lib.to_dict(cfg),
                                 run_dir_lib.data_fingerprint(clients_dir),
                                 options.restart, log)
   pop = population or population_lib.load_population(clients_dir, cfg.stage1.lora_rank,
                                                      cfg.seed, log)
-  _write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
-  report = calibrate(cfg)
-  z0, z1, z2 = report.z0, report.z1, report.z2
-  model = pop.model
-  tail = model.config
-  shapes = model.param_shapes()
-  num_clusters = methods.num_model_clusters(cfg)
-  shard_size = options.shard_size or shards_lib.default_shard_size(cfg.stage2.cohort)
-  shard0 = options.shard_size or shards_lib.default_shard_size(cfg.stage0.cohort)
-  n_max = pop.n_max_train
-  mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
-  expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
-                                                                cfg.stage2.batch_size))
-  t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
-  t2 = cfg.stage2.rounds
-  num_shards2 = _num_shards(cfg, 2, t2, pop.size, cfg.stage2.cohort, shard_size)
-  num_shards0 = _num_shards(cfg, 0, t0, pop.size, cfg.stage0.cohort, shard0)
-  spec2 = methods.stage2_spec(cfg, z2, shard_size, n_max, pop.num_true_clusters,
-                              expected_steps, options.simulation_diagnostics,
-                              num_shards=num_shards2)
-  update_size = tm.vector_size(shapes, spec2.local.send_keys)
-  plan = accounting.plan_from_config(cfg)
-  secure = cfg.privacy.noise_mode == "secure"
-  diagnostics = options.simulation_diagnostics
+  write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
+  plan = _make_plan(cfg, pop, options)
+  run = _Run(plan, root_dir, log)
+  stop = run.execute()
+  if stop is not None:
+    return stop
+  summary = summary_lib.summary(cfg, plan.report, plan.spec2, pop, run.state.values,
+                                plan.layout_summary(), plan.shapes, plan.diagnostics)
+  write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
+  return summary
 
-  manager = tff.program.FileProgramStateManager(os.path.join(root_dir, "checkpoints"),
-                                                keep_total=2)
-  template = _state_template(shapes, num_clusters, update_size)
-  saved, version = run_dir_lib.load_latest_readable(manager, template, log)
-  st = saved if saved is not None else template
-  if saved is not None:
-    log(f"resuming from checkpoint: phase {int(st['phase'])}, round {int(st['round'])}")
-  else:
-    st["head_kernel"] = pop.head["head_kernel"].astype(np.float32)
-    st["head_bias"] = pop.head["head_bias"].astype(np.float32)
-  csv_manager = tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
-                                                  key_fieldname="key")
-  tb_manager = tff.program.TensorBoardReleaseManager(os.path.join(root_dir, "tensorboard"))
-  evaluator = _Evaluator(pop, num_clusters) if diagnostics else None
-  nan2 = (float("nan"), float("nan"))
-  start_time = time.monotonic() - float(st["elapsed"])
-  rounds_this_call = 0
-  progress = _Progress(options.progress, t0 + t2,
-                       _rounds_done(st, t0), f"{cfg.method} eps={cfg.privacy.epsilon}")
 
-  def save(phase, rnd):
-    st["phase"], st["round"] = np.int32(phase), np.int32(rnd)
-    st["elapsed"] = np.float64(time.monotonic() - start_time)
-    asyncio.run(manager.save(st, version=_rounds_done(st, t0) + 10_000 * phase))
+def _config_for_population(cfg, clients_dir: str):
+  """`cfg` validated, with the population the data in `clients_dir` has.
 
-  def release(stage, rnd, acc, clus, loss, eps, counts=None, diag=None):
-    row = collections.OrderedDict(
-        stage=stage, round=rnd, method=cfg.method, test_accuracy=acc,
-        clustering_accuracy=clus, train_loss=loss, epsilon_spent=eps,
-        wall_s=time.monotonic() - start_time)
-    for c in range(max(num_clusters, 1)):
-      row[f"count_{c}"] = float(counts[c]) if counts is not None else float("nan")
-      for name, key in (("norm", "norms"), ("w", "w"), ("scale", "scale_factors")):
-        row[f"{name}_{c}"] = (float(diag[key][c]) if diag is not None and key in diag
-                              else float("nan"))
-    key = rnd if stage == 0 else t0 + rnd
-    asyncio.run(csv_manager.release(row, key=key))
-    asyncio.run(tb_manager.release(
-        collections.OrderedDict((k, v) for k, v in row.items() if k != "method"),
-        key=key))
+  Raises:
+    ConfigError: a cohort larger than that population, or an invalid config.
+    DataError: no readable manifest in `clients_dir`.
+  """
+  config_lib.validate(cfg)
+  size = len(schema.read_manifest(clients_dir, expected_format=None)["clients"])
+  if cfg.stage2.cohort > size or cfg.stage0.cohort > size:
+    raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
+                      f"larger than the population of {size} clients in {clients_dir}")
+  # The data decides the population; defaults (δ) are resolved for it, once.
+  return config_lib.resolve(cfg, population=size)
 
-  def stop_requested() -> bool:
-    return (options.stop_after_rounds is not None and
-            rounds_this_call >= options.stop_after_rounds)
 
-  def interrupted(phase: int):
+class _Run:
+  """One invocation of a run: its state, data, metrics and the three stages.
+
+  Args:
+    plan: what the run computes (`_Plan`).
+    root_dir: the locked run directory.
+    log: progress messages.
+  """
+
+  def __init__(self, plan: _Plan, root_dir: str, log: Callable[[str], None]):
+    cfg, pop = plan.cfg, plan.pop
+    self.plan, self.log = plan, log
+    update_size = tm.vector_size(plan.shapes, plan.spec2.local.send_keys)
+    self.state = ps.ProgramState(
+        root_dir, ps.state_template(plan.shapes, plan.num_models, update_size),
+        plan.t0, log)
+    st = self.state.values
+    if self.state.resumed:
+      log(f"resuming from checkpoint: phase {self.state.phase}, round {self.state.round}")
+    else:
+      st["head_kernel"] = pop.head["head_kernel"].astype(np.float32)
+      st["head_bias"] = pop.head["head_bias"].astype(np.float32)
+    self.release = release_lib.MetricsRelease(root_dir, cfg.method, plan.num_models,
+                                              plan.t0, self.state.wall_s)
+    self.evaluator = _Evaluator(pop, plan.num_models) if plan.diagnostics else None
+    self.rounds_this_call = 0
+    self.progress = loop.Progress(plan.options.progress, plan.t0 + plan.t2,
+                                  self.state.rounds_done(),
+                                  f"{cfg.method} eps={cfg.privacy.epsilon}")
+    self.data: Optional[rd.RoundDataSource] = None
+
+  def execute(self) -> Optional[dict]:
+    """Runs the stages not done yet; None when finished, else the stop result."""
+    self.data = _round_data_source(self.plan, self._sketch_shard_size())
+    try:
+      for phase, stage in ((PHASE_STAGE0, self._stage0), (PHASE_STAGE1, self._stage1),
+                           (PHASE_STAGE2, self._stage2)):
+        if self.state.phase == phase:
+          stop = stage()
+          if stop is not None:
+            return stop
+      return None
+    finally:
+      self.progress.close()
+      self.data.close()
+
+  # ------------------------------------------------------------ between rounds
+  def _stop(self, phase: int) -> Optional[dict]:
     """Between rounds: None, or (after a checkpoint if a signal asked) the stop result."""
     signum = signals.requested()
     if signum is None:
-      return {"interrupted": True} if stop_requested() else None
-    if _rounds_done(st, t0) + 10_000 * phase not in (asyncio.run(manager.get_versions())
-                                                      or []):
-      save(phase, int(st["round"]))
+      limit = self.plan.options.stop_after_rounds
+      return ({"interrupted": True}
+              if limit is not None and self.rounds_this_call >= limit else None)
+    self.state.save_unless_saved(phase)
     return {"interrupted": True, "signal": signum, "phase": phase,
-            "round": int(st["round"])}
+            "round": self.state.round}
 
-  if options.shard_transport not in ("file", "inline"):
-    raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
-                      f"{options.shard_transport!r}")
-  file_dir = None
-  # Secure noise mode: client seeds never touch a file (shards stay in memory).
-  if options.shard_transport == "file" and not secure:
-    file_dir = sweep.make_shard_dir()
-  try:
-    # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
-    if int(st["phase"]) == PHASE_STAGE0:
-      if t0 > 0:
-        spec0 = methods.stage0_spec(cfg, z0, shard0, n_max, cfg.stage2.batch_size,
-                                    diagnostics, num_shards=num_shards0)
-        proc0 = lp.build_process(model, spec0)
-        base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
-        state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
-            {k: v[None] for k, v in base.items()}))
-        for rnd in range(int(st["round"]) + 1, t0 + 1):
-          if stop := interrupted(PHASE_STAGE0):
-            return stop
-          ids = sampling_lib.cohort(cfg.seed, 0, rnd, pop.size, cfg.stage0.cohort,
-                                    cfg.privacy.sampling)
-          data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
-                             _client_seeds(cfg.seed, 0, rnd, ids, cfg.privacy.noise_mode),
-                             file_dir, num_shards0)
-          if agg.has_noise_seed(spec0.aggregator):
-            state = agg.with_noise_seed(state, _noise_seed(cfg, 0, rnd))
-          out = proc0.next(state, data)
-          state = out.state
-          w = proc0.get_model_weights(state).trainable
-          st["head_kernel"] = np.asarray(w["head_kernel"][0])
-          st["head_bias"] = np.asarray(w["head_bias"][0])
-          params = {k: np.asarray(v) for k, v in w.items()}
-          acc = (evaluator(params)[0] if diagnostics and _due(rnd, t0, options.eval_every)
-                 else float("nan"))
-          eps = accounting.epsilon_spent_after(
-              rnd, "stage0", plan, report.noise_multipliers, report.delta,
-              report.accountant, report.threat_model) if z0 > 0 else float("inf")
-          loss = float(out.metrics["client_work"]["loss_sum"]) / max(
-              1.0, float(out.metrics["client_work"]["num_clients"])) \
-              if diagnostics else float("nan")
-          release(0, rnd, acc, float("nan"), loss, eps)
-          rounds_this_call += 1
-          st["round"] = np.int32(rnd)
-          progress.update(0, rnd, acc)
-          if rnd % options.checkpoint_every == 0 or rnd == t0:
-            save(PHASE_STAGE0, rnd)
-      save(PHASE_STAGE1, 0)
+  def _hooks(self, phase: int, total: int) -> loop.RoundHooks:
+    def after_round(r: loop.RoundResult) -> None:
+      st = self.state.values
+      self.rounds_this_call += 1
+      st["round"] = np.int32(r.rnd)
+      if phase == PHASE_STAGE2 and not math.isnan(r.accuracy):
+        st["final_accuracy"] = np.float64(r.accuracy)
+        st["final_clustering_accuracy"] = np.float64(r.clustering)
+      extra = (f"clu={r.clustering:.2f}"
+               if phase == PHASE_STAGE2 and self.plan.num_models > 1 else "")
+      self.progress.update(r.stage, r.rnd, r.accuracy, extra)
+      if r.rnd % self.plan.options.checkpoint_every == 0 or r.rnd == total:
+        self.state.save(phase, r.rnd)
 
-    # ---------------- stage 1: sketches + k-means, or the baseline's init -------
-    if int(st["phase"]) == PHASE_STAGE1:
-      if stop := interrupted(PHASE_STAGE1):
+    return loop.RoundHooks(stop=lambda: self._stop(phase), release=self.release,
+                           after_round=after_round)
+
+  # ------------------------------------------------------------ round pieces
+  def _evaluate(self, total: int, clustering: bool):
+    def evaluate(rnd: int, params: dict) -> tuple:
+      if not (self.plan.diagnostics and
+              loop.due(rnd, total, self.plan.options.eval_every)):
+        return loop.nan_pair()
+      acc, clus = self.evaluator(params)
+      return (acc, clus) if clustering else (acc, float("nan"))
+    return evaluate
+
+  def _epsilon(self, stage_key: str, z: float):
+    p = self.plan
+    def epsilon(rnd: int) -> float:
+      if not z > 0:
+        return float("inf")
+      return accounting.epsilon_spent_after(
+          rnd, stage_key, p.accounting_plan, p.report.noise_multipliers,
+          p.report.delta, p.report.accountant, p.report.threat_model)
+    return epsilon
+
+  def _measurements(self, with_finalizer: bool):
+    diagnostics = self.plan.diagnostics
+    def measurements(metrics) -> tuple:
+      cwm = metrics["client_work"]
+      loss = (float(cwm["loss_sum"]) / max(1.0, float(cwm["num_clients"]))
+              if diagnostics else float("nan"))
+      if not with_finalizer:
+        return loss, None, None
+      counts = np.asarray(cwm["cluster_counts"]) if diagnostics else None
+      return loss, counts, metrics["finalizer"]
+    return measurements
+
+  def _round_stage(self, stage: int, total: int, process, spec, cohort: int, keep,
+                   z: float) -> loop.RoundStage:
+    """The pieces of stage 0 or stage 2 (they differ only in what is passed here)."""
+    cfg = self.plan.cfg
+    return loop.RoundStage(
+        stage=stage, total_rounds=total, process=process,
+        cohort=lambda rnd: sampling_lib.cohort(cfg.seed, stage, rnd, self.plan.pop.size,
+                                               cohort, cfg.privacy.sampling),
+        client_seeds=lambda rnd, ids: _client_seeds(cfg.seed, stage, rnd, ids,
+                                                     cfg.privacy.noise_mode),
+        noise_seed=((lambda rnd: _noise_seed(cfg, stage, rnd))
+                    if agg.has_noise_seed(spec.aggregator) else None),
+        keep=keep, evaluate=self._evaluate(total, clustering=stage == 2),
+        epsilon=self._epsilon(f"stage{stage}", z),
+        measurements=self._measurements(with_finalizer=stage == 2))
+
+  # ------------------------------------------------------------ stages
+  def _stage0(self) -> Optional[dict]:
+    """Head warm-up: DP-FedAvg on the head through the same DP aggregator."""
+    p, st = self.plan, self.state.values
+    if p.t0 > 0:
+      spec0 = methods.stage0_spec(p.cfg, p.report.z0, p.layout0.shard_size,
+                                  p.pop.n_max_train, p.cfg.stage2.batch_size,
+                                  p.diagnostics, num_shards=p.layout0.num_shards)
+      proc0 = lp.build_process(p.pop.model, spec0)
+      base = rt.init_trainable(p.pop.model.config, p.cfg.seed, st["head_kernel"],
+                               st["head_bias"])
+      state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
+          {k: v[None] for k, v in base.items()}))
+
+      def keep(rnd, state):
+        del rnd
+        w = proc0.get_model_weights(state).trainable
+        st["head_kernel"] = np.asarray(w["head_kernel"][0])
+        st["head_bias"] = np.asarray(w["head_bias"][0])
+        return {k: np.asarray(v) for k, v in w.items()}
+
+      stage = self._round_stage(0, p.t0, proc0, spec0, p.cfg.stage0.cohort, keep,
+                                p.report.z0)
+      _, stop = loop.run_rounds(stage, state, self.state.round + 1, self.data,
+                                self._hooks(PHASE_STAGE0, p.t0))
+      if stop is not None:
         return stop
-      base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
-      init = {k: np.repeat(v[None], num_clusters, axis=0) for k, v in base.items()}
-      if cfg.method == "pina":
-        centroids, acc1 = _stage1(cfg, pop, base, z1, n_max, log, diagnostics)
-        st["init_clustering_accuracy"] = np.float64(acc1)
-        delta = tm.unflatten(tf.constant(centroids), shapes, tm.LORA_KEYS,
-                             lead_shape=(num_clusters,))
-        for k in tm.LORA_KEYS:
-          init[k] = init[k] + delta[k].numpy()
-      elif cfg.method in methods.CLUSTERED:
-        rng = np.random.default_rng([cfg.seed, 1])
-        size = tail.lora_size
-        scale = cfg.stage1.clip / math.sqrt(size)  # [project choice] norm ~ S1
-        delta = tm.unflatten(tf.constant(rng.normal(0, scale, (num_clusters, size)),
-                                         tf.float32), shapes, tm.LORA_KEYS,
-                             lead_shape=(num_clusters,))
-        for k in tm.LORA_KEYS:
-          init[k] = init[k] + delta[k].numpy()
-      st["weights"] = collections.OrderedDict((k, init[k].astype(np.float32))
-                                              for k in shapes)
-      save(PHASE_STAGE2, 0)
+    self.state.save(PHASE_STAGE1, 0)
+    return None
 
-    # ---------------- stage 2: clustered rounds / baseline rounds ----------------
-    if int(st["phase"]) == PHASE_STAGE2:
-      proc = lp.build_process(model, spec2)
-      state = proc.initialize()
-      state = proc.set_model_weights(state, lp.model_weights(st["weights"]))
-      state = _with_finalizer_state(state, int(st["round"]), st["velocity"])
+  def _stage1(self) -> Optional[dict]:
+    """Stage-2 start: sketches + k-means (PINA), random offsets, or one shared model."""
+    stop = self._stop(PHASE_STAGE1)
+    if stop is not None:
+      return stop
+    p, st = self.plan, self.state.values
+    base = rt.init_trainable(p.pop.model.config, p.cfg.seed, st["head_kernel"],
+                             st["head_bias"])
+    init = {k: np.repeat(v[None], p.num_models, axis=0) for k, v in base.items()}
+    offsets = None
+    method = method_table.get(p.cfg.method)
+    if method.init == method_table.INIT_STAGE1:
+      offsets, acc1 = self._sketch_init(base)
+      st["init_clustering_accuracy"] = np.float64(acc1)
+    elif method.init == method_table.INIT_RANDOM:
+      offsets = _random_offsets(p.cfg, p.pop.model.config.lora_size, p.num_models)
+    if offsets is not None:
+      delta = tm.unflatten(tf.constant(offsets, tf.float32), p.shapes, tm.LORA_KEYS,
+                           lead_shape=(p.num_models,))
+      for k in tm.LORA_KEYS:
+        init[k] = init[k] + delta[k].numpy()
+    st["weights"] = _ordered({k: init[k].astype(np.float32) for k in p.shapes}, p.shapes)
+    self.state.save(PHASE_STAGE2, 0)
+    return None
+
+  def _stage2(self) -> Optional[dict]:
+    """Clustered rounds (or the baseline's rounds) from the stage-1 start."""
+    p, st = self.plan, self.state.values
+    proc = lp.build_process(p.pop.model, p.spec2)
+    state = proc.set_model_weights(proc.initialize(), lp.model_weights(st["weights"]))
+    state = state._replace(finalizer=fin.finalizer_state(self.state.round,
+                                                         st["velocity"]))
+
+    def keep(rnd, state):
+      del rnd
+      params = {k: np.asarray(v) for k, v in proc.get_model_weights(state).trainable.items()}
+      st["weights"] = _ordered(params, p.shapes)
+      st["velocity"] = np.asarray(state.finalizer["velocity"])
+      return params
+
+    stage = self._round_stage(2, p.t2, proc, p.spec2, p.cfg.stage2.cohort, keep,
+                              p.report.z2)
+    _, stop = loop.run_rounds(stage, state, self.state.round + 1, self.data,
+                              self._hooks(PHASE_STAGE2, p.t2))
+    if stop is not None:
+      return stop
+    if p.t2 == 0:
       params = {k: np.asarray(v) for k, v in st["weights"].items()}
-      for rnd in range(int(st["round"]) + 1, t2 + 1):
-        if stop := interrupted(PHASE_STAGE2):
-          return stop
-        ids = sampling_lib.cohort(cfg.seed, 2, rnd, pop.size, cfg.stage2.cohort,
-                                  cfg.privacy.sampling)
-        data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
-                           _client_seeds(cfg.seed, 2, rnd, ids, cfg.privacy.noise_mode),
-                           file_dir, num_shards2)
-        if agg.has_noise_seed(spec2.aggregator):
-          state = agg.with_noise_seed(state, _noise_seed(cfg, 2, rnd))
-        out = proc.next(state, data)
-        state = out.state
-        params = {k: np.asarray(v)
-                  for k, v in proc.get_model_weights(state).trainable.items()}
-        st["weights"] = collections.OrderedDict((k, params[k]) for k in shapes)
-        st["velocity"] = np.asarray(state.finalizer["velocity"])
-        acc, clus = (evaluator(params) if diagnostics and _due(rnd, t2, options.eval_every)
-                     else nan2)
-        eps = (accounting.epsilon_spent_after(
-            rnd, "stage2", plan, report.noise_multipliers, report.delta,
-            report.accountant, report.threat_model) if z2 > 0 else float("inf"))
-        cwm = out.metrics["client_work"]
-        counts = np.asarray(cwm["cluster_counts"]) if diagnostics else None
-        loss = (float(cwm["loss_sum"]) / max(1.0, float(cwm["num_clients"]))
-                if diagnostics else float("nan"))
-        release(2, rnd, acc, clus, loss, eps, counts, out.metrics["finalizer"])
-        rounds_this_call += 1
-        st["round"] = np.int32(rnd)
-        if not math.isnan(acc):
-          st["final_accuracy"] = np.float64(acc)
-          st["final_clustering_accuracy"] = np.float64(clus)
-        progress.update(2, rnd, acc, f"clu={clus:.2f}" if num_clusters > 1 else "")
-        if rnd % options.checkpoint_every == 0 or rnd == t2:
-          save(PHASE_STAGE2, rnd)
-      if t2 == 0:
-        acc, clus = evaluator(params) if diagnostics else nan2
-        st["final_accuracy"], st["final_clustering_accuracy"] = acc, clus
-      save(PHASE_DONE, t2)
-  finally:
-    progress.close()
-    if file_dir is not None:
-      shutil.rmtree(file_dir, ignore_errors=True)
+      acc, clus = self.evaluator(params) if p.diagnostics else loop.nan_pair()
+      st["final_accuracy"], st["final_clustering_accuracy"] = acc, clus
+    self.state.save(PHASE_DONE, p.t2)
+    return None
 
-  privacy_summary = _privacy_summary(cfg, report, spec2, num_shards0, num_shards2,
-                                     shard0, shard_size, shapes, diagnostics)
-  summary = collections.OrderedDict(
-      method=cfg.method, method_name=methods.METHOD_NAMES[cfg.method],
-      dataset=pop.dataset, epsilon_target=_finite_or_str(cfg.privacy.epsilon),
-      epsilon_achieved=_finite_or_str(report.epsilon_achieved), delta=report.delta,
-      noise_multipliers={"z0": z0, "z1": z1, "z2": z2},
-      local_epsilon1=(_finite_or_str(report.local_epsilon1)
-                      if report.local_epsilon1 is not None else None),
-      rounds={"stage0": t0, "stage2": t2}, num_clusters=cfg.num_clusters,
-      population=pop.size, cohort=cfg.stage2.cohort, shard_size=shard_size,
-      aggregator=spec2.aggregator.kind, scaling=spec2.scaling_mode,
-      final_accuracy=float(st["final_accuracy"]),
-      clustering_accuracy=(float(st["final_clustering_accuracy"])
-                           if pop.num_true_clusters > 1 and num_clusters > 1 else None),
-      init_clustering_accuracy=(float(st["init_clustering_accuracy"])
-                                if cfg.method == "pina" else None),
-      wall_clock_s=float(st["elapsed"]), privacy=report.to_dict(),
-      config=config_lib.to_dict(cfg), **privacy_summary)
-  _write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
-  return summary
+  # ------------------------------------------------------------ stage 1
+  def _sketch_shard_size(self) -> int:
+    s1, size = self.plan.cfg.stage1, self.plan.pop.size
+    return shards_lib.default_shard_size(min(s1.num_sketch_clients, size))
+
+  def _sketch_init(self, base):
+    """Sketches over M1 clients + server k-means. Returns (centroids, accuracy)."""
+    p = self.plan
+    cfg, pop, s1 = p.cfg, p.pop, p.cfg.stage1
+    m1 = min(s1.num_sketch_clients, pop.size)
+    ids = sampling_lib.sketch_cohort(cfg.seed, pop.size, m1)
+    spec = local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
+                           batch_size=cfg.stage2.batch_size, learning_rate=s1.lr,
+                           train_keys=tm.LORA_KEYS + (tm.HEAD_KEYS if s1.train_head
+                                                      else ()),
+                           send_keys=tm.LORA_KEYS)
+    z1 = p.report.z1
+    comp = stage1_lib.build_sketch_computation(pop.model, spec, s1.top_k, s1.clip, z1,
+                                               self._sketch_shard_size(), pop.n_max_train)
+    data = self.data.round_data(1, 0, ids, _client_seeds(cfg.seed, 1, 0, ids,
+                                                         cfg.privacy.noise_mode))
+    weights = lp.model_weights({k: v[None] for k, v in base.items()})
+    self.log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, "
+             f"z1={z1:.3f})")
+    sketches = stage1_lib.collect_sketches(comp(weights, data))
+    centroids, labels = kmeans_lib.kmeans_init(
+        sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
+        post_process_k=s1.top_k if s1.post_process else None)
+    if not p.diagnostics:
+      return centroids, float("nan")
+    acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
+    self.log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
+    return centroids, acc
+
+
+def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSource:
+  """The run's `RoundDataSource` (the one place a data source is chosen).
+
+  Today: `PackedRoundData` with ``options.shard_transport``; in secure noise mode the
+  shards stay in memory (client seeds never touch a file).
+  """
+  p = plan
+  return rd.PackedRoundData(
+      p.pop.train, p.pop.model.feature_keys, p.pop.n_max_train,
+      {0: p.layout0, 1: rd.StageLayout(sketch_shard_size), 2: p.layout2},
+      p.options.shard_transport, in_memory_only=p.cfg.privacy.noise_mode == "secure")
+
+
+def _random_offsets(cfg, lora_size: int, num_models: int) -> np.ndarray:
+  """Random LoRA offsets of the clusters: N(0, (S1/√P1)² I) rows, norm ≈ S1
+  [project choice], from the run seed's RANDOM_INIT stream."""
+  rng = np.random.default_rng([cfg.seed, rng_streams.RANDOM_INIT])
+  scale = cfg.stage1.clip / math.sqrt(lora_size)
+  return rng.normal(0, scale, (num_models, lora_size))
+
+
+def _ordered(params: dict, shapes) -> collections.OrderedDict:
+  return collections.OrderedDict((k, params[k]) for k in shapes)
 
 
 def _quiet_logs() -> None:
@@ -552,108 +578,3 @@ def _quiet_logs() -> None:
   tf.get_logger().setLevel(logging.CRITICAL)
   tf.autograph.set_verbosity(0)
   absl_logging.set_verbosity(absl_logging.FATAL)
-
-
-def _manifest_population(clients_dir: str) -> int:
-  """Number of clients listed in `clients_dir`'s manifest (read before any heavy work)."""
-  from pina_tff.data import schema  # pylint: disable=g-import-not-at-top
-  from pina_tff.errors import DataError  # pylint: disable=g-import-not-at-top
-  path = os.path.join(clients_dir, schema.MANIFEST_NAME)
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except FileNotFoundError:
-    raise DataError(f"{path}: not found; expected the output directory of pina-prepare "
-                    "or pina-embed") from None
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}: not valid JSON ({e})") from None
-  clients = manifest.get("clients")
-  if not isinstance(clients, list) or not clients:
-    raise DataError(f"{path}: expected a non-empty 'clients' list")
-  return len(clients)
-
-
-def _due(rnd: int, total: int, every: int) -> bool:
-  return rnd % max(1, every) == 0 or rnd == total
-
-
-def _rounds_done(st, t0: int) -> int:
-  phase, rnd = int(st["phase"]), int(st["round"])
-  if phase == PHASE_STAGE0:
-    return rnd
-  if phase == PHASE_STAGE1:
-    return t0
-  return t0 + rnd
-
-
-def _with_finalizer_state(state, rnd: int, velocity):
-  """The learning-process state with the finalizer's round and momentum restored."""
-  fin = collections.OrderedDict(round=np.int32(rnd),
-                                velocity=np.asarray(velocity, np.float32))
-  return tff.learning.templates.LearningAlgorithmState(
-      global_model_weights=state.global_model_weights, distributor=state.distributor,
-      client_work=state.client_work, aggregator=state.aggregator, finalizer=fin)
-
-
-def _privacy_summary(cfg, report, spec2, num_shards0, num_shards2, shard0, shard2,
-                     shapes, diagnostics) -> dict:
-  """The privacy fields of summary.json (see the module docstring)."""
-  nominal = {}
-  for stage, kind, z, clip, shard, n, keys, clusters in (
-      ("stage0", cfg.stage2.aggregator, report.z0, cfg.stage0.clip, shard0, num_shards0,
-       tm.HEAD_KEYS, 1),
-      ("stage2", spec2.aggregator.kind, report.z2, cfg.stage2.clip, shard2, num_shards2,
-       spec2.local.send_keys, spec2.local.num_clusters)):
-    if kind == "ddp" and z > 0:
-      dim = clusters * tm.vector_size(shapes, keys)
-      nominal[stage] = ddp_lib.nominal_for_effective(z, clip, shard, n, dim,
-                                                     cfg.stage2.ddp_bits)
-  p = cfg.privacy
-  return dict(
-      epsilon_release=_finite_or_str(report.epsilons["release"]),
-      epsilon_server=_finite_or_str(report.epsilons["server"]),
-      threat_model_calibrated=report.threat_model, sampling=p.sampling,
-      noise_mode=p.noise_mode, accountant=report.accountant,
-      # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
-      # (whose rounding and discrete Gaussian noise cannot be seeded; docs/privacy.md).
-      noise_reproducible=(p.noise_mode == "simulation" and not any(
-          k == "ddp" and z > 0 for k, z in ((cfg.stage2.aggregator, report.z0),
-                                            (spec2.aggregator.kind, report.z2)))),
-      local_epsilon1_sensitivity="2*S1 (any two inputs of one client)",
-      local_epsilon_ifca_ldp=(_finite_or_str(report.local_epsilon2)
-                              if report.local_epsilon2 is not None else None),
-      max_participations=report.max_participations,
-      ddp_nominal_noise_multipliers=nominal,
-      tff_shards_per_round={"stage0": num_shards0, "stage2": num_shards2},
-      simulation_diagnostics=diagnostics,
-      released_outside_epsilon=(dict(UNPROTECTED_METRICS, note=_NOTE_UNPROTECTED)
-                                if diagnostics else {}))
-
-
-def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True):
-  """Sketch computation over M1 clients + server k-means. Returns (centroids, acc)."""
-  s1 = cfg.stage1
-  m1 = min(s1.num_sketch_clients, pop.size)
-  ids = sampling_lib.sketch_cohort(cfg.seed, pop.size, m1)
-  model = pop.model
-  shard_size = shards_lib.default_shard_size(m1)
-  spec = local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
-                         batch_size=cfg.stage2.batch_size, learning_rate=s1.lr,
-                         train_keys=tm.LORA_KEYS + (tm.HEAD_KEYS if s1.train_head else ()),
-                         send_keys=tm.LORA_KEYS)
-  comp = stage1_lib.build_sketch_computation(model, spec, s1.top_k, s1.clip, z1,
-                                             shard_size, n_max)
-  data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
-                     _client_seeds(cfg.seed, 1, 0, ids, cfg.privacy.noise_mode))
-  weights = lp.model_weights({k: v[None] for k, v in base.items()})
-  log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, z1={z1:.3f})")
-  sketches = stage1_lib.collect_sketches(comp(weights, data))
-  post_k = s1.top_k if s1.post_process else None
-  centroids, labels = kmeans_lib.kmeans_init(sketches, cfg.num_clusters, cfg.seed,
-                                             n_init=s1.kmeans_restarts,
-                                             post_process_k=post_k)
-  if not diagnostics:
-    return centroids, float("nan")
-  acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
-  log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
-  return centroids, acc

@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pina_tff.errors import ConfigError
+from pina_tff.runtime import atomic
 from pina_tff.runtime import locks
 from pina_tff.runtime import paths
 from pina_tff.runtime import sweep
@@ -142,10 +143,7 @@ def check_fingerprint(root_dir: str, config: Mapping[str, Any], data_sha256: str
             "or pass --restart to start over")
   record = {"config": dict(config), "config_sha256": _sha256_json(config),
             "data_sha256": data_sha256}
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.write_json(path, record)
 
 
 def load_latest_readable(manager, template, log: Callable[[str], None]):

@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from computations import client_work as cw
+from pina_tff import rng_streams
 from pina_tff.privacy import sketch as sk
 from pina_tff.training import local
 from pina_tff.training import models as tm
@@ -32,9 +33,22 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
                              noise_multiplier: float, shard_size: int, n_max: int):
   """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.
 
-  `spec` sets local training (E1, lr, batch); its train_keys should include LoRA;
-  the sketch covers LoRA only (`models.LORA_KEYS`). Result per TFF client:
-  OrderedDict(sketch=float32[S, P1], client_mask=float32[S]).
+  Args:
+    model: the tail model.
+    spec: local training (E1, lr, batch); its train_keys should include LoRA; the
+      sketch covers LoRA only (`models.LORA_KEYS`).
+    top_k: k largest positive and k most negative entries kept.
+    clip: S1, L2 bound of each sparsified sketch.
+    noise_multiplier: z1; each client adds N(0, (z1·S1)²) per coordinate itself
+      (local DP: the sketches leave the clients already noised).
+    shard_size, n_max: the shard layout (S clients of at most N examples).
+
+  Returns:
+    A federated computation whose result per TFF client is
+    OrderedDict(sketch=float32[S, P1], client_mask=float32[S]), placed @CLIENTS.
+
+  Raises:
+    ConfigError: top_k out of [1, P1/2] (`pina_tff.privacy.sketch.validate_top_k`).
   """
   weights_type = cw.cluster_weights_type(model, 1)
   data_type = tff.SequenceType(cw.shard_element_type(model, shard_size, n_max))
@@ -54,7 +68,8 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
     delta = tm.flatten({k: final[k] - init[k] for k in sketch_keys}, sketch_keys,
                        lead_dims=1)
     clipped = sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
-    noise = local.per_client_normal(shard["seed"], [size], 11, noise_multiplier * clip)
+    noise = local.per_client_normal(shard["seed"], [size], rng_streams.SKETCH_NOISE,
+                                     noise_multiplier * clip)
     return collections.OrderedDict(sketch=clipped + noise,
                                    client_mask=shard["client_mask"])
 

@@ -1,9 +1,11 @@
 """Run configuration: frozen dataclasses for every stage, validation, (de)serialization.
 
 ``validate(cfg)`` raises :class:`pina_tff.errors.ConfigError` with one clear message
-per problem (the first one found) and returns the config with defaults resolved:
-``privacy.delta`` = min(1e-5, 1/(10·P)) when unset (``default_delta``; the reasoning is in
-``pina_tff.privacy.accounting``) and ``privacy.budget_split`` = the accounting default
+per problem (the first one found); it changes nothing. ``resolve(cfg, population)``
+is the one place defaults are filled in, once the population is known (the program
+calls it with the number of clients the data holds): ``privacy.delta`` =
+min(1e-5, 1/(10·P)) when unset (``default_delta``; the reasoning is in
+``pina_tff.privacy.accounting``) and ``privacy.budget_split`` = ``DEFAULT_BUDGET_SPLIT``
 when unset. δ > 1/P is an error unless ``privacy.allow_delta_above_inverse_population``
 is set, in which case it is a warning [project choice]. A finite ε with a noise-free
 aggregator (``secure_sum``) is an error, and so is ``ddp_bits`` outside [16, 22].
@@ -24,17 +26,24 @@ import typing
 import warnings
 from typing import Any, Dict, Mapping, Optional
 
+from pina_tff import method_table
+from pina_tff.simulation import sampling
 from pina_tff.errors import ConfigError
+from pina_tff.runtime import atomic
 
-METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
+METHODS = method_table.METHOD_KEYS  # owner: pina_tff.method_table
+# Owned here (the accounting, scaling and aggregator modules import them from config).
 AGGREGATORS = ("ddp", "central", "secure_sum")
 SCALINGS = ("none", "min_norm", "normality", "pina")
 ACCOUNTANTS = ("rdp", "pld")
 THREAT_MODELS = ("server", "release")
 NOISE_MODES = ("simulation", "secure")
-SAMPLINGS = ("poisson", "fixed")
+SAMPLINGS = sampling.SCHEMES  # owner: pina_tff.simulation.sampling
 DDP_BITS = (16, 22)
 BUDGET_STAGES = ("stage0", "stage1", "stage2")
+#: Share of the total ε per stage when ``privacy.budget_split`` is unset (re-normalized
+#: over the stages a run has; ``pina_tff.privacy.accounting``).
+DEFAULT_BUDGET_SPLIT = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +53,7 @@ class PrivacyConfig:
   epsilon: total ε (> 0; ``math.inf`` = no DP). delta: total δ in (0, 1); None →
   ``default_delta(P)`` = min(1e-5, 1/(10·P)).
   budget_split: ε share per stage ({'stage0','stage1','stage2'} → fraction); None →
-  ``pina_tff.privacy.accounting.DEFAULT_BUDGET_SPLIT`` (0.1 / 0.2 / 0.7).
+  ``DEFAULT_BUDGET_SPLIT`` (0.1 / 0.2 / 0.7).
   accountant: 'rdp' (default) or 'pld'. local_delta: δ1 for the reported local ε1 of the
   sketches (None → delta).
   threat_model: 'server' (default: the server knows who took part; no amplification)
@@ -154,7 +163,11 @@ def _choice(where: str, value: str, valid) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-  """Checks ``cfg``; returns it with defaults resolved (δ = 1/P, budget split)."""
+  """Checks ``cfg`` and returns it unchanged (unset δ is checked as its default).
+
+  Raises:
+    ConfigError: the first problem found, naming the field.
+  """
   if not isinstance(cfg, RunConfig):
     raise ConfigError(f"expected a RunConfig, found {type(cfg).__name__}.")
   p, s0, s1, s2 = cfg.privacy, cfg.stage0, cfg.stage1, cfg.stage2
@@ -192,9 +205,7 @@ def validate(cfg: RunConfig) -> RunConfig:
   if p.local_delta is not None and not 0.0 < p.local_delta < 1.0:
     raise _err("privacy.local_delta", "a value in (0, 1)", p.local_delta)
   split = p.budget_split
-  if split is None:
-    split = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
-  else:
+  if split is not None:
     unknown = sorted(set(split) - set(BUDGET_STAGES))
     if unknown:
       raise ConfigError(f"privacy.budget_split: unknown stage(s) {unknown}; valid "
@@ -262,18 +273,51 @@ def validate(cfg: RunConfig) -> RunConfig:
       raise ConfigError(
           f"stage2.aggregator: 'secure_sum' adds no noise, so privacy.epsilon={eps} "
           "cannot hold; use 'ddp' or 'central', or privacy.epsilon=inf.")
-  return dataclasses.replace(
-      cfg, privacy=dataclasses.replace(p, delta=delta, budget_split=dict(split)))
+  return cfg
 
 
-def _parse_epsilon(value: Any) -> Any:
+def resolve(cfg: RunConfig, population: Optional[int] = None) -> RunConfig:
+  """``cfg`` for ``population`` clients, validated, with every default filled in.
+
+  The one place defaults are resolved: δ = ``default_delta(P)`` and the budget split
+  = ``DEFAULT_BUDGET_SPLIT`` where unset. Idempotent for the same population; a δ or
+  split given explicitly is kept.
+
+  Args:
+    cfg: a RunConfig (unset δ / budget split allowed).
+    population: the number of clients the data holds (None: ``cfg.population``).
+
+  Raises:
+    ConfigError: ``cfg`` is invalid for that population.
+  """
+  if population is not None and population != cfg.population:
+    cfg = dataclasses.replace(cfg, population=int(population))
+  p = validate(cfg).privacy
+  return dataclasses.replace(cfg, privacy=dataclasses.replace(
+      p, delta=default_delta(cfg.population) if p.delta is None else p.delta,
+      budget_split=dict(DEFAULT_BUDGET_SPLIT if p.budget_split is None
+                        else p.budget_split)))
+
+
+#: Spellings of ε = ∞ (no DP) accepted in configs, flags and summaries (any case).
+INFINITY_SPELLINGS = ("inf", "+inf", "infinity", ".inf", "\u221e")
+
+
+def parse_epsilon(value: Any, where: str = "privacy.epsilon") -> Any:
+  """The one ε parser: a string ('inf', 'infinity', '∞', '8', ...) -> float; other
+  values are returned unchanged (``validate`` checks them).
+
+  Raises:
+    ConfigError: a string that is neither a number nor a spelling of infinity (the
+      message names ``where``).
+  """
   if isinstance(value, str):
-    if value.strip().lower() in ("inf", "+inf", "infinity", ".inf"):
+    if value.strip().lower() in INFINITY_SPELLINGS:
       return math.inf
     try:
       return float(value)
     except ValueError:
-      raise _err("privacy.epsilon", "a number or 'inf'", value) from None
+      raise _err(where, "a number or 'inf'", value) from None
   return value
 
 
@@ -329,7 +373,7 @@ def _build(cls, data: Mapping[str, Any], where: str):
       value = _build(_SECTIONS[key], value or {}, path)
     else:
       if cls is PrivacyConfig and key == "epsilon":
-        value = _parse_epsilon(value)
+        value = parse_epsilon(value, path)
       value = _check_type(path, hints[key], value)
     kwargs[key] = value
   return cls(**kwargs)
@@ -348,8 +392,13 @@ def to_dict(cfg: RunConfig) -> Dict[str, Any]:
   return d
 
 
-def load_config(path: str) -> RunConfig:
-  """Reads a JSON or YAML file into a validated RunConfig."""
+def read_config_dict(path: str) -> Dict[str, Any]:
+  """The raw nested dict of a JSON (``.json``) or YAML (``.yaml``/``.yml``) config file
+  (not type-checked or validated: `from_dict` and `validate` do that).
+
+  Raises:
+    ConfigError: unreadable file, unknown extension, parse error, or pyyaml missing.
+  """
   ext = os.path.splitext(path)[1].lower()
   if ext not in (".json", ".yaml", ".yml"):
     raise ConfigError(f"{path}: expected a .json, .yaml or .yml file, found "
@@ -359,34 +408,35 @@ def load_config(path: str) -> RunConfig:
       text = f.read()
   except OSError as e:
     raise ConfigError(f"cannot read config file {path}: {e}") from None
+  if ext == ".json":
+    parse, errors = json.loads, (ValueError,)
+  else:
+    try:
+      import yaml  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ConfigError(f"{path}: YAML config needs pyyaml (pip install pyyaml), "
+                        "or use a .json file.") from None
+    parse, errors = yaml.safe_load, (yaml.YAMLError, ValueError)
   try:
-    if ext == ".json":
-      data = json.loads(text)
-    elif ext in (".yaml", ".yml"):
-      try:
-        import yaml  # pylint: disable=g-import-not-at-top
-      except ImportError:
-        raise ConfigError(f"{path}: YAML config needs pyyaml (pip install pyyaml), "
-                          "or use a .json file.") from None
-      data = yaml.safe_load(text)
-    else:
-      raise ConfigError(f"{path}: expected a .json, .yaml or .yml file, found "
-                        f"extension {ext!r}.")
-  except (ValueError, Exception) as e:  # json / yaml parse errors
-    if isinstance(e, ConfigError):
-      raise
+    return parse(text) or {}
+  except errors as e:
     raise ConfigError(f"{path}: cannot parse config: {e}") from None
+
+
+def load_config(path: str) -> RunConfig:
+  """Reads a JSON or YAML file into a validated RunConfig (defaults not resolved).
+
+  Raises:
+    ConfigError: as `read_config_dict`, or an invalid value (the message names
+      ``path`` and the field).
+  """
+  data = read_config_dict(path)
   try:
-    return validate(from_dict(data or {}))
+    return validate(from_dict(data))
   except ConfigError as e:
-    raise ConfigError(f"{path}: {e}") from None
-  except TypeError as e:
     raise ConfigError(f"{path}: {e}") from None
 
 
 def save_config(cfg: RunConfig, path: str) -> None:
   """Writes ``to_dict(cfg)`` as JSON (tmp file + rename)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.write_json(path, to_dict(cfg))

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import math
 import os
 import shlex
@@ -49,7 +48,9 @@ from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
+from pina_tff import method_table
 from pina_tff.errors import PinaError
+from pina_tff.runtime import atomic
 from pina_tff.reporting import results as results_lib
 from pina_tff.runtime import signals
 cli.import_keras_quietly()
@@ -59,7 +60,7 @@ from pipelines import presets
 FLAGS = flags.FLAGS
 
 ALL_METHODS = list(config_lib.METHODS)
-PINA_METHODS = ("pina", "pina_ri")
+PINA_METHODS = method_table.keys_where(pina_scaling=True)
 
 
 def _digits_config():
@@ -199,11 +200,7 @@ class _GridRecord:
     info = {"invocations": self.previous + [self.entry],
             "wall_clock_s": round(sum(i.get("wall_s") or 0.0 for i in self.previous)
                                   + self.entry["wall_s"], 3)}
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    tmp = f"{self.path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(info, f, indent=1)
-    os.replace(tmp, self.path)
+    atomic.write_json(self.path, info, indent=1, sort_keys=False, make_dirs=True)
     return info
 
 

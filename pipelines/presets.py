@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 from pina_tff import config as config_lib
 
@@ -48,14 +47,8 @@ FMNIST_DEFAULTS = {
 
 
 def parse_epsilon(text: str) -> float:
-  """'inf' / '∞' or a positive number; ConfigError otherwise."""
-  t = str(text).strip().lower()
-  if t in ("inf", "infinity", "∞"):
-    return math.inf
-  try:
-    return float(t)
-  except ValueError:
-    raise config_lib.ConfigError(
-        f"--epsilon must be a number or 'inf', found {text!r}") from None
+  """--epsilon: 'inf' / '∞' or a number (`pina_tff.config.parse_epsilon`);
+  ConfigError otherwise."""
+  return config_lib.parse_epsilon(str(text), "--epsilon")
 
 

@@ -82,7 +82,10 @@ flags.DEFINE_bool("restart", False, "Start over in a --root_dir that holds an ea
 def build_config(flag_values) -> config_lib.RunConfig:
   """Config file (or digits defaults) overridden by the flags that were given."""
   if flag_values.config:
-    base = config_lib.to_dict(config_lib.load_config(flag_values.config))
+    base = config_lib.read_config_dict(flag_values.config)
+    if not isinstance(base, dict):
+      raise config_lib.ConfigError(f"{flag_values.config}: expected a mapping of keys "
+                                   f"to values, found {base!r}")
   else:
     base = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DIGITS_DEFAULTS.items()}
   over = {
@@ -120,9 +123,12 @@ def build_config(flag_values) -> config_lib.RunConfig:
     for key in path[:-1]:
       node = node.setdefault(key, {})
     node[path[-1]] = value
-  if isinstance(base.get("privacy", {}).get("epsilon"), str):
-    base["privacy"]["epsilon"] = parse_epsilon(base["privacy"]["epsilon"])
-  return config_lib.from_dict(base)
+  try:
+    return config_lib.from_dict(base)
+  except config_lib.ConfigError as e:
+    if not flag_values.config:
+      raise
+    raise config_lib.ConfigError(f"{flag_values.config}: {e}") from None
 
 
 def main(argv):

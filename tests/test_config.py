@@ -22,11 +22,34 @@ def _cfg(**over):
 
 
 def test_defaults_validate_and_delta_defaults_well_below_inverse_population():
-  cfg = C.validate(_cfg(population=500, **{"stage0.cohort": 50, "stage2.cohort": 50,
-                                           "stage1.num_sketch_clients": 100}))
+  raw = _cfg(population=500, **{"stage0.cohort": 50, "stage2.cohort": 50,
+                                "stage1.num_sketch_clients": 100})
+  assert C.validate(raw) == raw  # validate checks, resolve fills defaults
+  cfg = C.resolve(raw)
   assert cfg.privacy.delta == pytest.approx(min(1e-5, 1 / 5000))
   assert cfg.privacy.budget_split == {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
   assert cfg.sketch_size == 768
+  assert C.resolve(cfg) == cfg
+
+
+def test_resolve_follows_the_population_the_data_has():
+  raw = _cfg(population=500, **{"stage0.cohort": 50, "stage2.cohort": 50,
+                                "stage1.num_sketch_clients": 100})
+  assert C.resolve(raw, population=20_000).privacy.delta == pytest.approx(5e-6)
+  assert C.resolve(raw, population=20_000).population == 20_000
+  given = C.from_dict({**C.to_dict(raw), "privacy": {"delta": 1e-6}})
+  assert C.resolve(given, population=20_000).privacy.delta == 1e-6
+  with pytest.raises(ConfigError, match="cohort: expected at most the population"):
+    C.resolve(raw, population=10)
+
+
+@pytest.mark.parametrize("text", ["inf", "INF", "+inf", "Infinity", ".inf", "\u221e"])
+def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
+  assert math.isinf(C.parse_epsilon(text))
+  assert C.from_dict({"privacy": {"epsilon": text}}).privacy.epsilon == math.inf
+  assert C.parse_epsilon(" 2.5 ") == 2.5 and C.parse_epsilon(3) == 3
+  with pytest.raises(ConfigError, match="--epsilon"):
+    C.parse_epsilon("lots", "--epsilon")
 
 
 @pytest.mark.parametrize("over, match", [

@@ -35,9 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from pina_tff.aggregation import normality
+from pina_tff.config import SCALINGS as SCALING_MODES
 from pina_tff.errors import ConfigError
-
-SCALING_MODES = ("none", "min_norm", "normality", "pina")
 
 
 def _check_mode(mode: str) -> None:

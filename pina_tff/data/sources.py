@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from pina_tff import rng_streams
 from pina_tff.errors import ConfigError, DataError
 
 
@@ -101,7 +102,7 @@ def load_digits(seed: int = 0, public_fraction: float = 0.2, **unused) -> Source
   labels = d.target.astype(np.int64)
   if not 0.0 <= public_fraction < 1.0:
     raise ConfigError(f"public_fraction is {public_fraction}, expected 0 <= x < 1")
-  rng = np.random.default_rng([seed, 1])
+  rng = np.random.default_rng([seed, rng_streams.PUBLIC_SPLIT])
   order = rng.permutation(len(labels))
   n_public = int(round(public_fraction * len(labels)))
   pub, fed = np.sort(order[:n_public]), np.sort(order[n_public:])
@@ -229,7 +230,7 @@ def split_public(name: str, train: Tuple[np.ndarray, np.ndarray],
   if not 0 <= public_size < len(tr_y):
     raise ConfigError(f"--public_size is {public_size}; the {name} train split has "
                       f"{len(tr_y)} examples, expected 0 <= x < {len(tr_y)}")
-  order = np.random.default_rng([seed, 1]).permutation(len(tr_y))
+  order = np.random.default_rng([seed, rng_streams.PUBLIC_SPLIT]).permutation(len(tr_y))
   pub, fed = np.sort(order[:public_size]), np.sort(order[public_size:])
   images = check_images(np.concatenate([tr_x[fed], te_x]), name)
   is_test = np.concatenate([np.zeros(len(fed), bool), np.ones(len(te_y), bool)])

@@ -12,7 +12,6 @@ fmnist_vit); epochs, hold-out fraction, batch size and learning rate default per
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -22,6 +21,7 @@ import tensorflow as tf
 
 from pina_tff.data import schema
 from pina_tff.errors import DataError
+from pina_tff.runtime import atomic
 from pina_tff.models import backbone as bb
 from pina_tff.models import weights as weights_lib
 
@@ -135,9 +135,6 @@ def run_pretrain(clients_dir: str, output: str | None = None, epochs: int | None
   report["dataset"] = manifest.get("dataset")
   report["total_seconds"] = time.time() - t_start
   rpath = report_path(output)
-  tmp = f"{rpath}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(json.dumps(report, indent=1, sort_keys=True) + "\n")
-  os.replace(tmp, rpath)
+  atomic.write_json(rpath, report, indent=1, newline=True)
   report["report_file"] = rpath
   return report

@@ -67,15 +67,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import dp_accounting
 import numpy as np
 
-from pina_tff.config import default_delta  # pylint: disable=unused-import (re-export)
+from pina_tff import config as config_lib
+from pina_tff.config import DEFAULT_BUDGET_SPLIT
+from pina_tff import method_table
 from pina_tff.errors import ConfigError
 from pina_tff.simulation import sampling as sampling_lib
 
-STAGES = ("stage0", "stage1", "stage2")
-ACCOUNTANTS = ("rdp", "pld")
-THREAT_MODELS = ("server", "release")
+STAGES = config_lib.BUDGET_STAGES
+ACCOUNTANTS = config_lib.ACCOUNTANTS
+THREAT_MODELS = config_lib.THREAT_MODELS
 #: Default share of ε per stage (re-normalized over the stages a plan runs).
-DEFAULT_BUDGET_SPLIT = {"stage0": 0.1, "stage1": 0.2, "stage2": 0.7}
 #: Relative tolerance of the default calibration (achieved ∈ [(1 - tol)·ε, ε]).
 DEFAULT_TOLERANCE = 0.01
 _Z_LOWER = 1e-3
@@ -337,13 +338,6 @@ def local_epsilon(noise_multiplier: float, delta: float, accountant: str = "rdp"
                      accountant)
 
 
-def ifca_ldp_epsilon(noise_multiplier: float, max_participations: int, delta: float,
-                     accountant: str = "rdp") -> float:
-  """IFCA+LDP against the server (zero-out): Gaussian(z)^K, no amplification."""
-  return epsilon_for([StageEvent("stage2", noise_multiplier, max_participations)],
-                     delta, accountant)
-
-
 def _calibrate_stage(event_of_z, target_epsilon: float, delta: float,
                      accountant: str) -> float:
   """Smallest z with ε(event_of_z(z)) ≤ target_epsilon (brentq within a bracket).
@@ -539,17 +533,6 @@ def _fit_common_factor(plan, zs, delta, threat_model, accountant, target, tol):
   return best
 
 
-def calibrate_ifca_ldp(target_epsilon: float, delta: float, max_participations: int,
-                       accountant: str = "rdp") -> float:
-  """Noise multiplier z of IFCA+LDP: Gaussian(z)^K is (ε, δ)-DP (0 if ε = inf)."""
-  _check_delta(delta)
-  if not target_epsilon > 0:
-    raise ConfigError(f"target epsilon must be > 0 (or inf), found {target_epsilon}.")
-  return _calibrate_stage(
-      lambda z: StageEvent("stage2", z, max_participations), target_epsilon, delta,
-      accountant)
-
-
 def epsilon_spent_after(rounds_done: int, stage: str, plan: AccountingPlan,
                         noise_multipliers: Mapping[str, float], delta: float,
                         accountant: str = "rdp",
@@ -569,26 +552,29 @@ def epsilon_spent_after(rounds_done: int, stage: str, plan: AccountingPlan,
 def plan_from_config(cfg) -> AccountingPlan:
   """The :class:`AccountingPlan` of a validated :class:`pina_tff.config.RunConfig`.
 
-  Stage 1 runs only for method 'pina' (``num_sketch_clients`` clients); stage 0 when
-  enabled with T0 > 0; 'ifca_ldp' accounts stage 2 as local DP. The cohort schedule
+  Stage 1 runs only for methods whose table entry uses it (PINA;
+  ``num_sketch_clients`` clients); stage 0 when enabled with T0 > 0; methods with local
+  noise (IFCA+LDP) account stage 2 as local DP (``pina_tff.method_table``). The cohort schedule
   is the one the program draws from ``cfg.seed`` with ``cfg.privacy.sampling``.
   """
   s0, s2 = cfg.stage0, cfg.stage2
+  method = method_table.get(cfg.method)
   t0 = s0.rounds if s0.enabled else 0
   return AccountingPlan(
       population=cfg.population,
       stage0_rounds=t0, stage0_cohort=s0.cohort if t0 > 0 else 0,
-      stage1_enabled=cfg.method == "pina",
+      stage1_enabled=method.uses_stage1,
       stage2_rounds=s2.rounds, stage2_cohort=s2.cohort,
-      stage2_local_dp=cfg.method == "ifca_ldp",
+      stage2_local_dp=method.local_noise,
       sampling=cfg.privacy.sampling, seed=int(cfg.seed),
       stage1_clients=min(cfg.stage1.num_sketch_clients, cfg.population))
 
 
 def calibrate_from_config(cfg, **kwargs) -> PrivacyReport:
-  """:func:`calibrate_noise_multipliers` for a validated RunConfig."""
+  """:func:`calibrate_noise_multipliers` for a RunConfig (defaults resolved by
+  ``pina_tff.config.resolve``)."""
+  cfg = config_lib.resolve(cfg)
   p = cfg.privacy
-  delta = p.delta if p.delta is not None else default_delta(cfg.population)
   return calibrate_noise_multipliers(
-      p.epsilon, delta, plan_from_config(cfg), p.budget_split, p.accountant,
+      p.epsilon, p.delta, plan_from_config(cfg), p.budget_split, p.accountant,
       local_delta=p.local_delta, threat_model=p.threat_model, **kwargs)

@@ -24,16 +24,14 @@ from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pina_tff import errors  # noqa: E402
+from pina_tff import method_table  # noqa: E402
 from pina_tff.reporting import results as res  # noqa: E402
 
 DPI = 100
-METHOD_STYLE = {  # colour, marker: stable across every figure
-    "pina": ("#d62728", "o"), "pina_ri": ("#ff7f0e", "s"), "ifca": ("#1f77b4", "^"),
-    "ifca_ldp": ("#17becf", "v"), "fedavg": ("#2ca02c", "D"), "fedprox": ("#9467bd", "P"),
-    "fednova": ("#8c564b", "X"),
-}
-CLUSTERING_METHODS = ("pina", "pina_ri", "ifca_ldp")
-CONVERGENCE_METHODS = ("pina", "pina_ri")
+METHOD_STYLE = {  # colour, marker: stable across every figure (the method table's)
+    k: (m.colour, m.marker) for k, m in method_table.METHODS.items()}
+CLUSTERING_METHODS = method_table.keys_where(plot_clustering=True)
+CONVERGENCE_METHODS = method_table.keys_where(plot_convergence=True)
 
 
 def _style(method: str) -> dict:

@@ -25,13 +25,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pina_tff import config
 from pina_tff import errors
+from pina_tff.runtime import atomic
+from pina_tff import method_table
 
-METHOD_ORDER = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
-METHOD_NAMES = {
-    "pina": "PINA", "pina_ri": "PINA+RI", "ifca": "IFCA", "ifca_ldp": "IFCA+LDP",
-    "fedavg": "FedAvg", "fedprox": "FedProx", "fednova": "FedNova",
-}
+METHOD_ORDER = method_table.METHOD_KEYS
+METHOD_NAMES = {k: m.name for k, m in method_table.METHODS.items()}
 DATASET_ORDER = ("cifar10", "fashion_mnist", "femnist", "digits")
 DATASET_NAMES = {
     "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "femnist": "FEMNIST",
@@ -42,7 +42,7 @@ STAGE_WARMUP = 0
 STAGE_TRAIN = 2
 # The baselines among which pina-grid picks the one that gets extra seeds.
 BASELINES = ("fedavg", "fedprox", "fednova", "ifca", "ifca_ldp")
-CLUSTERED_METHODS = ("pina", "pina_ri", "ifca", "ifca_ldp")
+CLUSTERED_METHODS = method_table.keys_where(clustered=True)
 SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 
@@ -60,14 +60,9 @@ def dataset_name(dataset: str) -> str:
 
 def parse_epsilon(value: Any) -> float:
   """epsilon_target as a float: 2 -> 2.0, 'inf' / 'Infinity' / '∞' / None -> inf."""
-  if value is None:
+  if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
     return math.inf
-  if isinstance(value, str):
-    v = value.strip().lower()
-    if v in ("inf", "+inf", "infinity", "\u221e", "none", ""):
-      return math.inf
-    return float(v)
-  return float(value)
+  return float(config.parse_epsilon(value, "epsilon_target"))
 
 
 def format_epsilon(eps: float) -> str:
@@ -186,7 +181,7 @@ def _to_float(value: Any) -> float:
 
 def _to_eps(value: Any) -> float:
   """An achieved ε from JSON: number, 'inf' -> inf; None / other -> NaN."""
-  if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "\u221e"):
+  if isinstance(value, str) and value.strip().lower() in config.INFINITY_SPELLINGS:
     return math.inf
   return _to_float(value)
 
@@ -539,12 +534,7 @@ def _flatten(d: Mapping, prefix: str):
 
 
 def _atomic_write(path: str, text: str) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", newline="") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  atomic.write_text(path, text, make_dirs=True)
 
 
 def results_csv_text(records: Sequence[RunRecord]) -> str:

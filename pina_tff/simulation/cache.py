@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pina_tff.data import schema
 from pina_tff.errors import DataError
+from pina_tff.runtime import atomic
 from pina_tff.runtime import locks
 
 KEY_NAME = "cache_key.json"
@@ -53,10 +54,7 @@ def _read(path: str) -> Optional[dict]:
 
 
 def _write(path: str, obj: Mapping[str, Any]) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, indent=1)
 
 
 @contextlib.contextmanager

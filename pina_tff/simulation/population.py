@@ -10,7 +10,6 @@ then reduced once to the frozen features of `pina_tff.models.reduced_tail`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Callable, Optional
 
@@ -67,27 +66,18 @@ def _log(msg: str, log: Optional[Callable[[str], None]]) -> None:
     log(msg)
 
 
-def ensure_embeddings(clients_dir: str, lora_rank: int = 1, seed: int = 0,
+def ensure_embeddings(clients_dir: str, seed: int = 0,
                       log: Optional[Callable[[str], None]] = None) -> str:
   """Returns an embeddings directory for `clients_dir`, creating and caching the
   pre-trained digits backbone and the embeddings there when missing or built from
   something else (other data, backbone or seed; see `pina_tff.simulation.cache`).
   One builder at a time: a second caller waits for the first."""
-  manifest_path = os.path.join(clients_dir, schema.MANIFEST_NAME)
-  if not os.path.exists(manifest_path):
-    raise DataError(f"{manifest_path}: not found; expected the output directory of "
-                    "pina-prepare or pina-embed")
-  with open(manifest_path) as f:
-    fmt = json.load(f).get("format")
-  if fmt == schema.EMBEDDINGS_FORMAT:
+  manifest = schema.read_manifest(clients_dir, expected_format=None)
+  if manifest["format"] == schema.EMBEDDINGS_FORMAT:
     return clients_dir
-  if fmt != schema.CLIENTS_FORMAT:
-    raise DataError(f"{manifest_path}: format {fmt!r}, expected "
-                    f"{schema.CLIENTS_FORMAT!r} or {schema.EMBEDDINGS_FORMAT!r}")
   emb_dir = os.path.join(clients_dir, "embeddings")
   from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
   from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
-  manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
   name = bb.backbone_for_dataset(manifest["dataset"])
   config = bb.get_config(name, image_shape=tuple(manifest["image_shape"]),
                          num_classes=int(manifest["num_classes"]))
@@ -137,7 +127,7 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
                     log: Optional[Callable[[str], None]] = None,
                     batch_size: int = 512) -> Population:
   """Loads (and if needed, pre-trains/embeds) the population of `clients_dir`."""
-  emb_dir = ensure_embeddings(clients_dir, lora_rank, seed, log)
+  emb_dir = ensure_embeddings(clients_dir, seed, log)
   data = readers.load_embeddings(emb_dir)
   manifest = data.manifest
   config = bb.BackboneConfig.from_json(manifest["backbone"])

@@ -26,6 +26,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from pina_tff import rng_streams
 from pina_tff.training import models as tm
 
 
@@ -105,7 +106,8 @@ def _epoch_permutations(mask, epochs, shuffle, seeds):
   perms = []
   for e in range(epochs):
     if shuffle:
-      keys = per_client_uniform(seeds, [mask.shape[1]], 1000 + e)
+      keys = per_client_uniform(seeds, [mask.shape[1]],
+                                rng_streams.EPOCH_SHUFFLE + e)
     else:
       keys = base / tf.cast(n, tf.float32)
     perms.append(tf.argsort(keys + 2.0 * (1.0 - mask), axis=-1, stable=True))
@@ -219,7 +221,8 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
   onehot = tf.one_hot(choice, num_clusters) * client_mask[:, None]
   slots = onehot[:, :, None] * clipped[:, None, :]
   if spec.ldp_noise_stddev > 0:
-    noise = per_client_normal(seed, [num_clusters, int(slots.shape[-1])], 7,
+    noise = per_client_normal(seed, [num_clusters, int(slots.shape[-1])],
+                              rng_streams.LDP_NOISE,
                               spec.ldp_noise_stddev)
     slots = slots + noise * client_mask[:, None, None]
   true = shard["true_cluster"]

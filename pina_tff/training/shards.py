@@ -7,11 +7,39 @@ a TFF computation has one fixed client type.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from typing import Mapping, Sequence
 
 import numpy as np
+
+#: Value a shard's per-slot 'true_cluster' holds for empty slots and unknown clusters.
+UNKNOWN_CLUSTER = -1
+
+
+def shard_layout(feature_shapes: Mapping[str, tuple], num_slots: int, n_max: int,
+                 feature_dtype=np.float32) -> "collections.OrderedDict[str, tuple]":
+  """The one shard layout: {key: (shape, NumPy dtype)}, in element order.
+
+  Read by `pack_shard` (the NumPy arrays) and by
+  `computations.client_work.shard_element_type` (the TFF type), so both always agree.
+
+  Args:
+    feature_shapes: {feature key: shape of one example's feature}.
+    num_slots: simulated clients per shard (S).
+    n_max: padded examples per client (N).
+    feature_dtype: dtype of the features.
+  """
+  layout = collections.OrderedDict(
+      (k, ((num_slots, n_max) + tuple(s), feature_dtype))
+      for k, s in feature_shapes.items())
+  layout["label"] = ((num_slots, n_max), np.int32)
+  layout["mask"] = ((num_slots, n_max), np.float32)
+  layout["client_mask"] = ((num_slots,), np.float32)
+  layout["true_cluster"] = ((num_slots,), np.int32)
+  layout["seed"] = ((num_slots, 2), np.int32)
+  return layout
 
 
 def pack_shard(clients: Sequence[Mapping[str, np.ndarray]], feature_keys, n_max: int,
@@ -30,13 +58,10 @@ def pack_shard(clients: Sequence[Mapping[str, np.ndarray]], feature_keys, n_max:
     raise ValueError(f"{len(clients)} clients do not fit a shard of {num_slots} slots")
   if feature_shapes is None:
     feature_shapes = {k: clients[0][k].shape[1:] for k in feature_keys}
-  out = {k: np.zeros((num_slots, n_max) + tuple(feature_shapes[k]), dtype)
-         for k in feature_keys}
-  out["label"] = np.zeros((num_slots, n_max), np.int32)
-  out["mask"] = np.zeros((num_slots, n_max), np.float32)
-  out["client_mask"] = np.zeros((num_slots,), np.float32)
-  out["true_cluster"] = np.full((num_slots,), -1, np.int32)
-  out["seed"] = np.zeros((num_slots, 2), np.int32)
+  layout = shard_layout({k: feature_shapes[k] for k in feature_keys}, num_slots, n_max,
+                        dtype)
+  out = {k: np.zeros(shape, dt) for k, (shape, dt) in layout.items()}
+  out["true_cluster"][:] = UNKNOWN_CLUSTER
   for i, cl in enumerate(clients):
     n = min(len(cl["label"]), n_max)
     for k in feature_keys:
@@ -44,7 +69,7 @@ def pack_shard(clients: Sequence[Mapping[str, np.ndarray]], feature_keys, n_max:
     out["label"][i, :n] = cl["label"][:n]
     out["mask"][i, :n] = 1.0
     out["client_mask"][i] = 1.0
-    out["true_cluster"][i] = int(cl.get("true_cluster", -1))
+    out["true_cluster"][i] = int(cl.get("true_cluster", UNKNOWN_CLUSTER))
     out["seed"][i] = client_seeds[i] if client_seeds is not None else (seed[0], seed[1] + i)
   return out
 

@@ -117,7 +117,10 @@ def test_ifca_ldp_gets_no_amplification_by_sampling(reports):
       dp_accounting.PoissonSampledDpEvent(M2 / POP, _gaussian(r.z2)), T2))
   amplified = acc.get_epsilon(1e-5)
   k2 = int(sampling.participation_counts(0, 2, T2, POP, M2).max())
-  alone = accounting.ifca_ldp_epsilon(r.z2, k2, 1e-5)
+  # Against the server: Gaussian(z2) composed over the busiest client's K rounds.
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.SelfComposedDpEvent(_gaussian(r.z2), k2))
+  alone = acc.get_epsilon(1e-5)
   assert amplified < 0.5 * alone
   assert r.stage_epsilons["stage2"] == pytest.approx(alone, rel=1e-6)
   assert r.epsilons["release"] >= alone * (1 - 1e-9)  # no amplification there either
@@ -169,7 +172,7 @@ def test_plan_of_a_run_without_stage0_and_default_delta():
   assert plan.active_stages() == ["stage2"]
   # An unvalidated config (delta None) is accounted at the default delta, like validate().
   r = accounting.calibrate_from_config(raw)
-  assert r.delta == config_lib.default_delta(POP) == config_lib.validate(raw).privacy.delta
+  assert r.delta == config_lib.default_delta(POP) == config_lib.resolve(raw).privacy.delta
   assert r.delta == min(1e-5, 1 / (10 * POP))
   assert r.budget_split == {"stage2": 1.0} and r.z0 == 0.0
 

@@ -28,6 +28,7 @@ import pytest
 from computations import context
 from computations import learning_process as lp
 from computations import program
+from computations import program_state
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
 from pina_tff.aggregation import scaling
@@ -78,7 +79,7 @@ def _load_state(root, pop, cfg):
   import asyncio  # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   shapes = pop.model.param_shapes()
-  template = program._state_template(shapes, C, tm.vector_size(shapes, tm.LORA_KEYS +
+  template = program_state.state_template(shapes, C, tm.vector_size(shapes, tm.LORA_KEYS +
                                                                tm.HEAD_KEYS))
   manager = tff.program.FileProgramStateManager(str(root / "checkpoints"))
   state, _ = asyncio.run(manager.load_latest(template))

@@ -112,7 +112,7 @@ def test_default_delta_is_well_below_one_over_population():
   assert config_lib.default_delta(100) == 1e-5
   assert config_lib.default_delta(10 ** 6) == 1e-7
   for pop in (10 ** 4, 10 ** 6):
-    cfg = config_lib.validate(config_lib.RunConfig(population=pop))
+    cfg = config_lib.resolve(config_lib.RunConfig(population=pop))
     assert cfg.privacy.delta <= 1 / (10 * pop) and cfg.privacy.delta <= 1e-5
 
 

@@ -32,7 +32,7 @@ def test_privacy_choices(key, value):
 
 
 def test_privacy_defaults():
-  p = _validate().privacy
+  p = C.resolve(_validate()).privacy
   assert (p.threat_model, p.sampling, p.noise_mode) == ("server", "poisson", "simulation")
   assert p.delta == 1e-5
 

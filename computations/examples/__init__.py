@@ -1,0 +1,1 @@
+"""Runnable examples of embedding pina-tff computations in other TFF stacks."""

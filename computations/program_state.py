@@ -1,0 +1,107 @@
+"""The program's checkpointed state: where the run is and the models it has so far.
+
+One `collections.OrderedDict` of NumPy values saved with TFF's
+`tff.program.FileProgramStateManager` (version = rounds done + 10,000 · phase, so a
+later phase always sorts after an earlier one): phase and round, wall time so far,
+the cluster models, the finalizer's momentum, the warmed-up head, and the accuracies
+the summary reports. A run killed at any moment resumes from the latest readable
+version (`computations.run_dir.load_latest_readable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow_federated as tff
+
+from computations import run_dir as run_dir_lib
+
+PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = 0, 1, 2, 3
+#: Checkpoint versions of a later phase sort after every version of an earlier one.
+PHASE_VERSION_STRIDE = 10_000
+
+
+def state_template(param_shapes, num_clusters: int, update_size: int
+                   ) -> collections.OrderedDict:
+  """The program state's structure (zeros): what a checkpoint holds.
+
+  Args:
+    param_shapes: {parameter key: shape of one model's parameter}.
+    num_clusters: models trained in stage 2.
+    update_size: length of one model's flattened update (the finalizer's momentum row).
+  """
+  return collections.OrderedDict(
+      phase=np.int32(0), round=np.int32(0), elapsed=np.float64(0.0),
+      weights=collections.OrderedDict(
+          (k, np.zeros((num_clusters,) + tuple(s), np.float32))
+          for k, s in param_shapes.items()),
+      velocity=np.zeros((num_clusters, update_size), np.float32),
+      head_kernel=np.zeros(param_shapes["head_kernel"], np.float32),
+      head_bias=np.zeros(param_shapes["head_bias"], np.float32),
+      init_clustering_accuracy=np.float64(np.nan),
+      final_accuracy=np.float64(np.nan), final_clustering_accuracy=np.float64(np.nan))
+
+
+class ProgramState:
+  """The program state of one run directory, loaded (or fresh) and saved by phase.
+
+  Args:
+    root_dir: the run directory (checkpoints under ``<root_dir>/checkpoints``).
+    template: `state_template(...)` of this run.
+    stage0_rounds: T0 (rounds done counts stage-0 rounds before stage-2 ones).
+    log: progress messages.
+
+  Attributes:
+    values: the state itself (read and written by the program between saves).
+    resumed: whether a checkpoint was loaded.
+  """
+
+  def __init__(self, root_dir: str, template, stage0_rounds: int,
+               log: Callable[[str], None]):
+    self._manager = tff.program.FileProgramStateManager(
+        os.path.join(root_dir, run_dir_lib.CHECKPOINTS), keep_total=2)
+    saved, _ = run_dir_lib.load_latest_readable(self._manager, template, log)
+    self.values = saved if saved is not None else template
+    self.resumed = saved is not None
+    self._t0 = stage0_rounds
+    self._start = time.monotonic() - float(self.values["elapsed"])
+
+  @property
+  def phase(self) -> int:
+    return int(self.values["phase"])
+
+  @property
+  def round(self) -> int:
+    return int(self.values["round"])
+
+  def wall_s(self) -> float:
+    """Seconds of run time so far, over every invocation."""
+    return time.monotonic() - self._start
+
+  def rounds_done(self) -> int:
+    """Rounds of stages 0 and 2 done so far."""
+    if self.phase == PHASE_STAGE0:
+      return self.round
+    if self.phase == PHASE_STAGE1:
+      return self._t0
+    return self._t0 + self.round
+
+  def _version(self) -> int:
+    return self.rounds_done() + PHASE_VERSION_STRIDE * self.phase
+
+  def save(self, phase: int, rnd: int) -> None:
+    """Saves the state as at round ``rnd`` of ``phase``."""
+    self.values["phase"], self.values["round"] = np.int32(phase), np.int32(rnd)
+    self.values["elapsed"] = np.float64(self.wall_s())
+    asyncio.run(self._manager.save(self.values, version=self._version()))
+
+  def save_unless_saved(self, phase: int) -> None:
+    """Saves the current round of ``phase`` unless that version is already on disk."""
+    self.values["phase"] = np.int32(phase)
+    if self._version() not in (asyncio.run(self._manager.get_versions()) or []):
+      self.save(phase, self.round)

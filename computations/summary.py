@@ -1,0 +1,107 @@
+"""summary.json: the run-level results and privacy facts of a finished run.
+
+Fields (kept stable: `pina_tff.reporting` and pina-grid read them): method and its
+display name, dataset, ε target / achieved (server and release threat models), δ,
+every noise multiplier, local ε's, rounds, C, population, cohort, shard size,
+aggregator, scaling, final / clustering / init-clustering accuracy, wall time, the
+privacy report and config, the sampling scheme, noise mode, accountant, whether the
+noise is bitwise reproducible, distributed-DP nominal multipliers, TFF shards per
+round and the released metrics that ε does not cover.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+from computations import release
+from pina_tff import config as config_lib
+from pina_tff import method_table
+from pina_tff.privacy import ddp as ddp_lib
+from pina_tff.training import models as tm
+
+
+def finite_or_str(x: float):
+  """``x``, or the string "inf" for an infinite ``x`` (JSON has no infinity)."""
+  return "inf" if math.isinf(x) else x
+
+
+def _ddp_nominal(cfg, report, spec2, layout, shapes) -> dict:
+  """TFF distributed-DP nominal noise multipliers of stages 0 and 2 (ddp with z > 0)."""
+  nominal = {}
+  for stage, kind, z, clip, keys, clusters in (
+      ("stage0", cfg.stage2.aggregator, report.z0, cfg.stage0.clip, tm.HEAD_KEYS, 1),
+      ("stage2", spec2.aggregator.kind, report.z2, cfg.stage2.clip,
+       spec2.local.send_keys, spec2.local.num_clusters)):
+    if kind == "ddp" and z > 0:
+      shard, n = layout[stage]
+      dim = clusters * tm.vector_size(shapes, keys)
+      nominal[stage] = ddp_lib.nominal_for_effective(z, clip, shard, n, dim,
+                                                     cfg.stage2.ddp_bits)
+  return nominal
+
+
+def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dict:
+  """The privacy fields of summary.json.
+
+  Args:
+    cfg: the run's resolved RunConfig.
+    report: its `pina_tff.privacy.accounting.PrivacyReport`.
+    spec2: the stage-2 `ProcessSpec`.
+    layout: {'stage0' | 'stage2': (shard size, TFF shards per round)}.
+    shapes: the model's parameter shapes.
+    diagnostics: whether simulation diagnostics were released.
+  """
+  p = cfg.privacy
+  return dict(
+      epsilon_release=finite_or_str(report.epsilons["release"]),
+      epsilon_server=finite_or_str(report.epsilons["server"]),
+      threat_model_calibrated=report.threat_model, sampling=p.sampling,
+      noise_mode=p.noise_mode, accountant=report.accountant,
+      # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
+      # (whose rounding and discrete Gaussian noise cannot be seeded; docs/privacy.md).
+      noise_reproducible=(p.noise_mode == "simulation" and not any(
+          k == "ddp" and z > 0 for k, z in ((cfg.stage2.aggregator, report.z0),
+                                            (spec2.aggregator.kind, report.z2)))),
+      local_epsilon1_sensitivity="2*S1 (any two inputs of one client)",
+      local_epsilon_ifca_ldp=(finite_or_str(report.local_epsilon2)
+                              if report.local_epsilon2 is not None else None),
+      max_participations=report.max_participations,
+      ddp_nominal_noise_multipliers=_ddp_nominal(cfg, report, spec2, layout, shapes),
+      tff_shards_per_round={k: n for k, (_, n) in layout.items()},
+      simulation_diagnostics=diagnostics,
+      released_outside_epsilon=(dict(release.UNPROTECTED_METRICS,
+                                     note=release.NOTE_UNPROTECTED)
+                                if diagnostics else {}))
+
+
+def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
+            ) -> collections.OrderedDict:
+  """summary.json of a finished run.
+
+  Args:
+    cfg, report, spec2, layout, shapes, diagnostics: as in `privacy_fields`.
+    pop: the `pina_tff.simulation.population.Population`.
+    st: the final program state (`computations.program_state`).
+  """
+  method = method_table.get(cfg.method)
+  num_models = method_table.num_models(cfg.method, cfg.num_clusters)
+  return collections.OrderedDict(
+      method=cfg.method, method_name=method.name,
+      dataset=pop.dataset, epsilon_target=finite_or_str(cfg.privacy.epsilon),
+      epsilon_achieved=finite_or_str(report.epsilon_achieved), delta=report.delta,
+      noise_multipliers={"z0": report.z0, "z1": report.z1, "z2": report.z2},
+      local_epsilon1=(finite_or_str(report.local_epsilon1)
+                      if report.local_epsilon1 is not None else None),
+      rounds={"stage0": cfg.stage0.rounds if cfg.stage0.enabled else 0,
+              "stage2": cfg.stage2.rounds},
+      num_clusters=cfg.num_clusters, population=pop.size, cohort=cfg.stage2.cohort,
+      shard_size=layout["stage2"][0], aggregator=spec2.aggregator.kind,
+      scaling=spec2.scaling_mode, final_accuracy=float(st["final_accuracy"]),
+      clustering_accuracy=(float(st["final_clustering_accuracy"])
+                           if pop.num_true_clusters > 1 and num_models > 1 else None),
+      init_clustering_accuracy=(float(st["init_clustering_accuracy"])
+                                if method.uses_stage1 else None),
+      wall_clock_s=float(st["elapsed"]), privacy=report.to_dict(),
+      config=config_lib.to_dict(cfg),
+      **privacy_fields(cfg, report, spec2, layout, shapes, diagnostics))

@@ -1,0 +1,142 @@
+"""The one round loop (computations.round_loop) with plain-Python pieces: the order of a
+round's steps, what the data source is asked for, resume and stop semantics, and the
+packed data source's padding and transports."""
+import collections
+import os
+
+import numpy as np
+import pytest
+
+from computations import round_data as rd
+from computations import round_loop as loop
+from pina_tff.errors import ConfigError
+
+Output = collections.namedtuple("Output", ["state", "metrics"])
+
+
+class _Process:
+  """Adds the sum of the round's values to the state (an int)."""
+
+  def __init__(self, calls):
+    self.calls = calls
+
+  def next(self, state, values):
+    self.calls.append(("next", state, list(values)))
+    return Output(state + sum(values), {"loss": float(sum(values))})
+
+
+class _Source:
+  def __init__(self, calls):
+    self.calls = calls
+
+  def round_data(self, stage, rnd, ids, seeds):
+    self.calls.append(("data", stage, rnd, list(ids), list(seeds)))
+    return [10 * rnd + i for i in ids]
+
+  def close(self):
+    pass
+
+
+def _stage(calls, total=3):
+  return loop.RoundStage(
+      stage=2, total_rounds=total, process=_Process(calls),
+      cohort=lambda rnd: [rnd, rnd + 1],
+      client_seeds=lambda rnd, ids: [(rnd, i) for i in ids],
+      noise_seed=None,
+      keep=lambda rnd, state: calls.append(("keep", rnd, state)) or {"w": state},
+      evaluate=lambda rnd, params: (params["w"] / 100.0, 0.5),
+      epsilon=lambda rnd: 0.25 * rnd,
+      measurements=lambda metrics: (metrics["loss"], None, None))
+
+
+def _hooks(calls, stop_before=None):
+  done = []
+  def stop():
+    return {"interrupted": True} if stop_before is not None and len(done) >= stop_before \
+        else None
+  return loop.RoundHooks(stop=stop, release=lambda r: calls.append(("release", r)),
+                         after_round=lambda r: done.append(r.rnd) or
+                         calls.append(("after", r.rnd))), done
+
+
+def test_each_round_runs_its_steps_in_order_and_releases_what_it_computed():
+  calls = []
+  hooks, done = _hooks(calls)
+  state, stop = loop.run_rounds(_stage(calls), 0, 1, _Source(calls), hooks)
+  assert stop is None and done == [1, 2, 3]
+  # Round 1: cohort [1, 2] -> values [11, 12]; round 2: [22, 23]; round 3: [33, 34].
+  assert state == 11 + 12 + 22 + 23 + 33 + 34
+  kinds = [c[0] for c in calls]
+  assert kinds == ["data", "next", "keep", "release", "after"] * 3
+  assert calls[0] == ("data", 2, 1, [1, 2], [(1, 1), (1, 2)])
+  released = [c[1] for c in calls if c[0] == "release"]
+  assert [r.rnd for r in released] == [1, 2, 3]
+  assert released[0].accuracy == pytest.approx(23 / 100) and released[0].clustering == 0.5
+  assert released[1].epsilon == 0.5 and released[1].loss == 45.0
+
+
+def test_resume_starts_at_the_given_round_and_stop_returns_before_a_round():
+  calls = []
+  hooks, done = _hooks(calls, stop_before=1)
+  state, stop = loop.run_rounds(_stage(calls), 100, 2, _Source(calls), hooks)
+  assert stop == {"interrupted": True}
+  assert done == [2] and state == 100 + 22 + 23
+  assert [c[2] for c in calls if c[0] == "data"] == [2]
+
+
+def test_noise_seed_is_set_before_next(monkeypatch):
+  calls = []
+  seen = []
+  monkeypatch.setattr(loop.agg, "with_noise_seed",
+                      lambda state, seed: seen.append((state, seed)) or state)
+  stage = _stage(calls, total=2)
+  stage = loop.RoundStage(**{**stage.__dict__, "noise_seed": lambda rnd: 7 * rnd})
+  hooks, _ = _hooks(calls)
+  loop.run_rounds(stage, 0, 1, _Source(calls), hooks)
+  assert seen == [(0, 7), (23, 14)]
+
+
+def test_due_marks_every_nth_and_the_last_round():
+  assert [r for r in range(1, 8) if loop.due(r, 7, 3)] == [3, 6, 7]
+  assert all(loop.due(r, 5, 0) for r in range(1, 6))
+
+
+def _clients(sizes):
+  rng = np.random.default_rng(0)
+  return [{"x": rng.normal(size=(n, 3)).astype(np.float32),
+           "label": np.arange(n, dtype=np.int64) % 4} for n in sizes]
+
+
+@pytest.mark.parametrize("transport", ["file", "inline"])
+def test_packed_round_data_pads_to_the_stage_layout(transport):
+  clients = _clients([3, 1, 4, 2, 5])
+  layouts = {0: rd.StageLayout(shard_size=2, num_shards=3), 1: rd.StageLayout(4)}
+  source = rd.PackedRoundData(clients, ("x",), 5, layouts, transport)
+  try:
+    values = source.round_data(0, 1, [4, 0, 2], [(9, 4), (9, 0), (9, 2)])
+    assert len(values) == 3  # 2 shards of the cohort + 1 empty
+    shards = [next(iter(v)) for v in values]
+    assert [float(s["client_mask"].numpy().sum()) for s in shards] == [2.0, 1.0, 0.0]
+    np.testing.assert_array_equal(shards[0]["x"].numpy()[0, :5], clients[4]["x"])
+    np.testing.assert_array_equal(shards[1]["seed"].numpy()[0], [9, 2])
+    assert len(source.round_data(1, 0, [0, 1, 2], [(0, 0)] * 3)) == 1  # as needed
+    with pytest.raises(ValueError, match="needs 4 shards > 3"):
+      source.round_data(0, 2, [0, 1, 2, 3, 4, 0, 1], [(0, 0)] * 7)
+  finally:
+    file_dir = source._file_dir  # pylint: disable=protected-access
+    source.close()
+  assert (file_dir is not None) == (transport == "file")
+  if file_dir is not None:
+    assert not os.path.exists(file_dir)
+
+
+def test_packed_round_data_keeps_secure_shards_in_memory_and_rejects_bad_transport():
+  source = rd.PackedRoundData(_clients([2]), ("x",), 2, {0: rd.StageLayout(1)}, "file",
+                              in_memory_only=True)
+  assert source._file_dir is None  # pylint: disable=protected-access
+  with pytest.raises(ConfigError, match="shard_transport"):
+    rd.PackedRoundData(_clients([2]), ("x",), 2, {}, "carrier-pigeon")
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
