@@ -34,6 +34,8 @@ import tensorflow_federated as tff
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
 
+from computations import context
+from computations import mergeable_ddp
 from pina_tff.privacy import ddp as ddp_lib
 
 AGGREGATORS = ("ddp", "central", "secure_sum", "sum")
@@ -101,15 +103,11 @@ class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def create(self, value_type):
     spec = self._spec
-    dim = _value_dim(value_type)
-    z_nom = ddp_lib.nominal_for_effective(spec.noise_multiplier, spec.clip_norm,
-                                          spec.shard_size, spec.num_shards, dim,
-                                          spec.ddp_bits)
-    ddp_lib.check_ddp_regime(z_nom, spec.clip_norm, spec.shard_size, spec.num_shards,
-                             dim, spec.ddp_bits)
+    params = ddp_lib.calibrate(spec.noise_multiplier, spec.clip_norm, spec.shard_size,
+                               spec.num_shards, _value_dim(value_type), spec.ddp_bits)
+    z_nom = params["z_nominal"]
     self.nominal_multiplier = z_nom
-    self.ddp_parameters = ddp_lib.ddp_parameters(z_nom, spec.clip_norm, spec.shard_size,
-                                                 spec.num_shards, dim, spec.ddp_bits)
+    self.ddp_parameters = params
     return distributed_dp.DistributedDpSumFactory(
         noise_multiplier=z_nom / spec.shard_size,
         expected_clients_per_round=spec.num_shards,
@@ -212,7 +210,11 @@ def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggrega
   """The inner (unweighted) sum factory for one TFF client = one shard."""
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
-    return EffectiveDdpSumFactory(spec)
+    # Secure sums run only unsplit in the simulation runtime; across several workers
+    # (or on the native runtime) the same mechanism runs as plain modular sums.
+    if context.secure_sums_supported():
+      return EffectiveDdpSumFactory(spec)
+    return mergeable_ddp.MergeableDdpSumFactory(spec)
   if spec.kind == "central":
     return SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)
   if spec.kind == "secure_sum":
