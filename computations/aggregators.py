@@ -193,6 +193,38 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
+class ClippedSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """The secure sum's result as one mergeable plain sum: every coordinate of each TFF
+  client's value clipped to [-bound, bound] (as ``tff.aggregators.SecureSumFactory``
+  does with these bounds), then ``federated_sum``. Used where secure sums cannot run
+  (several workers, native runtime); in simulation both are sums in the clear."""
+
+  def __init__(self, bound: float):
+    self._bound = float(bound)
+
+  def create(self, value_type):
+    bound = self._bound
+
+    @tff.tensorflow.computation(value_type)
+    def clip_value(value):
+      return tf.nest.map_structure(
+          lambda v: tf.clip_by_value(v, tf.cast(-bound, v.dtype), tf.cast(bound, v.dtype)),
+          value)
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=tff.federated_sum(tff.federated_map(clip_value, value)),
+          measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
 def has_noise_seed(spec: "AggregatorSpec") -> bool:
   """Whether the aggregator's state is a noise seed (set per round by the program)."""
   return spec.kind == "central"
@@ -218,6 +250,8 @@ def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggrega
   if spec.kind == "central":
     return SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)
   if spec.kind == "secure_sum":
+    if not context.secure_sums_supported():
+      return ClippedSumFactory(shard_clip)
     return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(shard_clip),
                                             lower_bound_threshold=-float(shard_clip))
   return tff.aggregators.SumFactory()

@@ -74,6 +74,12 @@ def parse_addresses(text: str) -> list[str]:
   return out
 
 
+def is_loopback(address: str) -> bool:
+  """Whether 'host:port' names this machine's loopback interface."""
+  host = address.rpartition(":")[0].strip("[]")
+  return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def worker_env(device: str = "cpu", verbose: bool = False) -> dict[str, str]:
   """Environment of a local service: quiet TF logs unless verbose; no GPU for 'cpu'."""
   env = dict(os.environ)
@@ -239,7 +245,6 @@ def execution_context(addresses: Sequence[str], *, secure_sums_in_clear: bool = 
     (context, close): `close()` closes the gRPC channels (the caller's job after use).
   """
   # pylint: disable=g-import-not-at-top
-  import tensorflow_federated as tff
   from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
   from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
   from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
@@ -255,12 +260,70 @@ def execution_context(addresses: Sequence[str], *, secure_sums_in_clear: bool = 
     context = sync_execution_context.SyncExecutionContext(
         executor_fn=built[0][0], **kwargs)
   else:
-    context = tff.backends.native.create_mergeable_comp_execution_context(
-        [async_execution_context.AsyncExecutionContext(executor_fn=f, **kwargs)
-         for f, _ in built], num_subrounds=num_subrounds)
+    from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler  # pylint: disable=g-import-not-at-top
+    context = _OrderedMergeableContext(
+        async_contexts=[async_execution_context.AsyncExecutionContext(
+            executor_fn=f, **kwargs) for f, _ in built],
+        compiler_fn=mergeable_comp_compiler.compile_to_mergeable_comp_form,
+        num_subrounds=num_subrounds)
 
   def close():
     for c in channels:
       with contextlib.suppress(Exception):
         c.close()
   return context, close
+
+
+def _ordered_mergeable_class():
+  """TFF's MergeableCompExecutionContext that returns CLIENTS-placed results in the
+  clients' order.
+
+  TFF 0.87 concatenates the subrounds' CLIENTS-placed results in the order the
+  subrounds *finish* (``_run_in_async_context_pool`` waits FIRST_COMPLETED), so with
+  several workers e.g. stage 1's sketches came back shuffled against their clients.
+  Here the after-merge part runs per subround and the results are concatenated in
+  subround order; everything else is TFF's own code.
+  """
+  # pylint: disable=g-import-not-at-top,protected-access
+  import asyncio
+  from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context as mc
+  from tensorflow_federated.python.core.impl.types import computation_types
+  from tensorflow_federated.python.core.impl.types import type_analysis
+  from tensorflow_federated.python.core.impl.types import type_conversions
+
+  async def invoke_in_order(comp, arg, contexts):
+    arg_list = arg.value() if arg is not None else [None] * len(contexts)
+    merged, merge_context = await mc._invoke_merge_in_async_pool(comp, arg_list,
+                                                                 contexts)
+    result_type = comp.after_merge.type_signature.result
+    if type_analysis.contains_only(result_type, lambda t: not isinstance(
+        t, computation_types.FederatedType) or t.all_equal):
+      # Nothing at CLIENTS: every subround would return the same (as TFF does).
+      return await mc._compute_after_merged(comp, arg_list[0], merged, merge_context)
+    results = await asyncio.gather(*[
+        mc._compute_after_merged(comp, x, merged, contexts[i % len(contexts)])
+        for i, x in enumerate(arg_list)])
+    return mc._repackage_partitioned_values(list(results), result_type_spec=result_type)
+
+  class OrderedMergeableContext(mc.MergeableCompExecutionContext):
+    """See `_ordered_mergeable_class`."""
+
+    def invoke(self, comp, arg=None):
+      if not isinstance(comp, mc.MergeableCompForm):
+        comp = self._compiler_pipeline.compile(comp)
+      if arg is not None:
+        arg = mc.MergeableCompExecutionContextValue(
+            arg, comp.up_to_merge.type_signature.parameter, self._num_subrounds)
+      result = type_conversions.type_to_py_container(
+          self._async_runner.run_coro_and_return_result(
+              invoke_in_order(comp, arg, self._async_execution_contexts)),
+          comp.after_merge.type_signature.result)
+      if self._transform_result is not None:
+        result = self._transform_result(result)
+      return result
+
+  return OrderedMergeableContext
+
+
+def _OrderedMergeableContext(**kwargs):  # pylint: disable=invalid-name
+  return _ordered_mergeable_class()(**kwargs)
