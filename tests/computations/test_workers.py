@@ -181,7 +181,7 @@ def _program_cfg():
   return config_lib.RunConfig(
       method="pina", num_clusters=2, population=24, seed=0, model_width=64,
       privacy=config_lib.PrivacyConfig(epsilon=math.inf),
-      stage0=config_lib.Stage0Config(enabled=True, rounds=1, cohort=8, lr=0.1, clip=0.7),
+      stage0=config_lib.Stage0Config(enabled=False, rounds=1, cohort=8, lr=0.1, clip=0.7),
       stage1=config_lib.Stage1Config(num_sketch_clients=12, local_epochs=1, lr=0.5,
                                      top_k=8, clip=0.6, kmeans_restarts=2),
       stage2=config_lib.Stage2Config(
