@@ -161,7 +161,6 @@ def local_workers(num_workers: int, *, device: str = "cpu", verbose: bool = Fals
       proc = subprocess.Popen(worker_command(port, max_concurrent_computation_calls),
                               stdin=subprocess.DEVNULL,
                               stdout=None if verbose else subprocess.DEVNULL,
-                              stderr=None if verbose else subprocess.DEVNULL,
                               env=env, start_new_session=True, close_fds=True)
       procs.append(proc)
       _STARTED.append(proc)
@@ -170,6 +169,10 @@ def local_workers(num_workers: int, *, device: str = "cpu", verbose: bool = Fals
     wait_until_serving(addresses, start_timeout_s, procs)
     yield addresses
   finally:
+    for proc in procs:  # all at once, then wait for each
+      with contextlib.suppress(ProcessLookupError):
+        if proc.poll() is None:
+          proc.send_signal(signal.SIGINT)
     for proc in procs:
       stop(proc)
       with contextlib.suppress(ValueError):
