@@ -28,6 +28,7 @@ Times are wall-clock seconds (ms where the name says so).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -398,8 +399,13 @@ def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
 
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
-               profile: bool, batch_size: int = 0, data_mode: str = "inline") -> dict:
-  """One stage-2 config, in this process. Returns timings and peak RSS."""
+               profile: bool, batch_size: int = 0, data_mode: str = "inline",
+               context_kwargs: dict | None = None) -> dict:
+  """One stage-2 config, in this process. Returns timings and peak RSS.
+
+  ``context_kwargs``: `tff_context` arguments (default: the simulation runtime on one
+  local worker), e.g. ``dict(num_workers=2, runtime="worker")``.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
   from computations import client_work as cw  # pylint: disable=g-import-not-at-top
@@ -438,6 +444,11 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                                     expected_clients=cohort, shard_size=s,
                                     num_shards=num_shards),
       shard_size=s, n_max=examples, scaling_mode="pina")
+  # Built inside the context: the aggregator's form depends on the runtime (secure sums
+  # on one simulation service, mergeable sums across services).
+  runtime = contextlib.ExitStack()
+  runtime.enter_context(tff_context(**(context_kwargs or dict(runtime="simulation")),
+                                    default_num_clients=num_shards))
   t0 = time.perf_counter()
   process = lp.build_process(model, spec)
   res["build_s"] = time.perf_counter() - t0
@@ -460,7 +471,7 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
     return out
 
   pack_times, round_times = [], []
-  with tff_context(runtime="simulation", default_num_clients=num_shards):
+  with runtime:
     state = process.initialize()
     state = process.set_model_weights(state, lp.model_weights(init))
     for r in range(rounds + 1):

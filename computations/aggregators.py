@@ -34,6 +34,8 @@ import tensorflow_federated as tff
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
 
+from computations import context
+from computations import mergeable_ddp
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.privacy import ddp as ddp_lib
@@ -104,15 +106,11 @@ class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def create(self, value_type):
     spec = self._spec
-    dim = _value_dim(value_type)
-    z_nom = ddp_lib.nominal_for_effective(spec.noise_multiplier, spec.clip_norm,
-                                          spec.shard_size, spec.num_shards, dim,
-                                          spec.ddp_bits)
-    ddp_lib.check_ddp_regime(z_nom, spec.clip_norm, spec.shard_size, spec.num_shards,
-                             dim, spec.ddp_bits)
+    params = ddp_lib.calibrate(spec.noise_multiplier, spec.clip_norm, spec.shard_size,
+                               spec.num_shards, _value_dim(value_type), spec.ddp_bits)
+    z_nom = params["z_nominal"]
     self.nominal_multiplier = z_nom
-    self.ddp_parameters = ddp_lib.ddp_parameters(z_nom, spec.clip_norm, spec.shard_size,
-                                                 spec.num_shards, dim, spec.ddp_bits)
+    self.ddp_parameters = params
     return distributed_dp.DistributedDpSumFactory(
         noise_multiplier=z_nom / spec.shard_size,
         expected_clients_per_round=spec.num_shards,
@@ -199,6 +197,38 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
+class ClippedSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """The secure sum's result as one mergeable plain sum: every coordinate of each TFF
+  client's value clipped to [-bound, bound] (as ``tff.aggregators.SecureSumFactory``
+  does with these bounds), then ``federated_sum``. Used where secure sums cannot run
+  (several workers, native runtime); in simulation both are sums in the clear."""
+
+  def __init__(self, bound: float):
+    self._bound = float(bound)
+
+  def create(self, value_type):
+    bound = self._bound
+
+    @tff.tensorflow.computation(value_type)
+    def clip_value(value):
+      return tf.nest.map_structure(
+          lambda v: tf.clip_by_value(v, tf.cast(-bound, v.dtype), tf.cast(bound, v.dtype)),
+          value)
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=tff.federated_sum(tff.federated_map(clip_value, value)),
+          measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
 def has_noise_seed(spec: "AggregatorSpec") -> bool:
   """Whether the aggregator's state is a noise seed (set per round by the program)."""
   return spec.kind == "central"
@@ -216,15 +246,23 @@ def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggrega
     spec: the `AggregatorSpec` (each TFF client's value is bounded by S·S2).
 
   Returns:
-    'ddp': `EffectiveDdpSumFactory`; 'central': `SeededGaussianSumFactory`;
+    'ddp': `EffectiveDdpSumFactory` where the runtime runs secure sums (one simulation
+    service), else the same mechanism as `mergeable_ddp.MergeableDdpSumFactory`;
+    'central': `SeededGaussianSumFactory`;
     'secure_sum': TFF's `SecureSumFactory` bounded at ±S·S2; 'sum': `SumFactory`.
   """
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp":
-    return EffectiveDdpSumFactory(spec)
+    # Secure sums run only unsplit in the simulation runtime; across several workers
+    # (or on the native runtime) the same mechanism runs as plain modular sums.
+    if context.secure_sums_supported():
+      return EffectiveDdpSumFactory(spec)
+    return mergeable_ddp.MergeableDdpSumFactory(spec)
   if spec.kind == "central":
     return SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)
   if spec.kind == "secure_sum":
+    if not context.secure_sums_supported():
+      return ClippedSumFactory(shard_clip)
     return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(shard_clip),
                                             lower_bound_threshold=-float(shard_clip))
   return tff.aggregators.SumFactory()

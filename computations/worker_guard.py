@@ -59,6 +59,9 @@ def _guard_process() -> Optional[subprocess.Popen]:
                           stderr=subprocess.DEVNULL, start_new_session=True,
                           close_fds=True)
   _guard["proc"], _guard["owner"] = proc, os.getpid()
+  if not _guard.get("atexit"):
+    atexit.register(_close_guard)
+    _guard["atexit"] = True
   return proc
 
 
@@ -85,8 +88,6 @@ def _close_guard() -> None:
     proc.stdin.close()
     proc.wait(timeout=5)
 
-
-atexit.register(_close_guard)
 
 
 def guard_pid() -> Optional[int]:

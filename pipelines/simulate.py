@@ -15,6 +15,7 @@ Bad input prints one `error: ...` line and exits with status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
@@ -70,8 +71,13 @@ flags.DEFINE_enum("scaling", None, list(config_lib.SCALINGS), "PINA aggregate sc
 flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 aggregator.")
 flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
 flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
-flags.DEFINE_integer("workers", 1, "TFF executors (>1: mergeable-computation context; "
-                     "needs --aggregator=central).")
+flags.DEFINE_integer("workers", 1, "Local TFF worker services started on loopback ports "
+                     "(>1: each round's clients are split over them).")
+flags.DEFINE_string("worker_addresses", None,
+                    "host:port[,host:port...] of running TFF worker services "
+                    "(worker_binary --port=PORT) to use instead of local ones; each "
+                    "round's clients are split over them. See README 'More than one "
+                    "machine'.")
 flags.DEFINE_integer("shard_size", None, "Simulated clients per TFF client (auto).")
 flags.DEFINE_integer("checkpoint_every", 5, "Checkpoint every N rounds.")
 flags.DEFINE_integer("eval_every", 1, "Evaluate every N rounds.")
@@ -139,21 +145,24 @@ def main(argv):
     cfg = config_lib.validate(build_config(FLAGS))
     if FLAGS.workers < 1:
       raise config_lib.ConfigError(f"--workers must be >= 1, found {FLAGS.workers}")
-    if FLAGS.workers > 1 and cfg.stage2.aggregator != "central":
-      # TFF's mergeable-computation context splits a round at one merge point; the
-      # distributed-DP and secure-sum aggregators chain secure sums after each other.
-      raise config_lib.ConfigError(
-          f"--workers={FLAGS.workers} (TFF's mergeable-computation context) supports "
-          f"only --aggregator=central; found --aggregator={cfg.stage2.aggregator}, whose "
-          "chained secure sums cannot be split across workers. Use --workers=1.")
+    addresses = None
+    if FLAGS.worker_addresses:
+      from computations import workers  # pylint: disable=g-import-not-at-top
+      addresses = workers.parse_addresses(FLAGS.worker_addresses)
+      if FLAGS.workers != 1:
+        raise config_lib.ConfigError("give either --workers or --worker_addresses")
     from computations import context  # pylint: disable=g-import-not-at-top
     from computations import program  # pylint: disable=g-import-not-at-top
     options = program.ProgramOptions(
         shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
         eval_every=FLAGS.eval_every, progress=FLAGS.progress,
         simulation_diagnostics=FLAGS.diagnostics, restart=FLAGS.restart)
+    if addresses and not all(workers.is_loopback(a) for a in addresses):
+      # Services on other machines cannot read this machine's shard files.
+      options = dataclasses.replace(options, shard_transport="inline")
     with signals.graceful_stop():
-      with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers):
+      with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers,
+                               worker_addresses=addresses):
         summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)

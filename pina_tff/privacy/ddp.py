@@ -128,3 +128,26 @@ def check_ddp_regime(z_nominal: float, clip: float, shard_size: int, num_shards:
           f"distributed DP: the scaled local noise stddev {p['scaled_local_stddev']:.3g} "
           f"is below {MIN_SCALED_LOCAL_STDDEV} ({bits} bits, {num_shards} shards, "
           f"dimension {dim}); the Gaussian accounting would not hold. Use more bits.")
+
+
+def calibrate(z_effective: float, clip: float, shard_size: int, num_shards: int,
+              dim: int, bits: int) -> dict:
+  """The DDP sum's parameters for a target effective multiplier (one place for both
+  the secure-sum and the mergeable formulation of the same mechanism).
+
+  Returns ``ddp_parameters(...)`` plus ``z_nominal`` (the multiplier TFF's factory is
+  given) and ``noise_scale_int``: the discrete Gaussian scale each TFF client samples
+  with, ``ceil(scaled_local_stddev)`` as tensorflow_privacy's
+  ``DistributedDiscreteGaussianSumQuery`` rounds it (0 without noise).
+
+  Raises:
+    ConfigError: bits outside [16, 22], an unreachable target, or a scaled local
+      stddev below 1 (see :func:`check_ddp_regime`).
+  """
+  z_nom = nominal_for_effective(z_effective, clip, shard_size, num_shards, dim, bits)
+  check_ddp_regime(z_nom, clip, shard_size, num_shards, dim, bits)
+  params = ddp_parameters(z_nom, clip, shard_size, num_shards, dim, bits)
+  params["z_nominal"] = z_nom
+  local = params["scaled_local_stddev"]
+  params["noise_scale_int"] = int(math.ceil(local)) if local > 0 else 0
+  return params

@@ -1,4 +1,5 @@
-"""computations.context: runs TFF computations and never leaves a worker_binary behind."""
+"""computations.context: runs TFF computations and never leaves a worker_binary behind;
+importing it changes nothing in TFF."""
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from computations import context as context_lib
+from computations import workers
 from computations.context import tff_context
 from pina_tff.errors import ConfigError
 
@@ -37,7 +38,8 @@ def _alive(pid):
 
 
 def _workers():
-  return [p.pid for p in context_lib.worker_processes()]
+  return [p.pid for p in psutil.Process().children(recursive=True)
+          if p.name() == workers.WORKER_NAME]
 
 
 def test_runs_computation_and_stops_worker():
@@ -159,22 +161,40 @@ def test_signal_inside_block_stops_worker(sig):
     proc.stdout.close()
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
-
-def test_simulation_runtime_runs_secure_sum_in_process_without_workers():
-  """The default runtime simulates secure aggregation; its workers are stopped too."""
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-  before = {p.pid for p in psutil.Process().children(recursive=True)
-            if p.name() == "worker_binary"}
+def test_simulation_runtime_runs_secure_sum_and_stops_its_worker():
+  """The default runtime simulates secure aggregation (TFF's test compiler) in a
+  worker_binary that it starts and stops; the native runtime rejects secure sums."""
+  before = set(_workers())
 
   @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
   def secure_total(x):
     return tff.federated_secure_sum_bitwidth(x, 8)
 
   with tff_context(device="cpu") as ctx:
+    assert len(ctx.worker_pids) == 1 and ctx.runtime == "simulation"
     assert secure_total([1, 2, 3]) == 6
-  after = {p.pid for p in psutil.Process().children(recursive=True)
-           if p.name() == "worker_binary"}
-  assert after <= before
+  assert set(_workers()) <= before
+  with tff_context(device="cpu", runtime="worker"):
+    with pytest.raises(Exception):
+      secure_total([1, 2, 3])
+  assert set(_workers()) <= before
+
+
+def test_import_leaves_tff_untouched():
+  """No patching at import: TFF's executor factory still uses the real subprocess
+  module, and a fresh interpreter importing context has no extra atexit hooks."""
+  import subprocess as real_subprocess  # pylint: disable=g-import-not-at-top
+  from tensorflow_federated.python.core.impl.executor_stacks import executor_factory  # pylint: disable=g-import-not-at-top
+  assert executor_factory.subprocess is real_subprocess
+  code = ("import atexit, tensorflow_federated\n"
+          "n = atexit._ncallbacks()\n"
+          "import computations.context\n"
+          "print(atexit._ncallbacks() - n)")
+  env = dict(os.environ, PYTHONPATH=_ROOT)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env, cwd=_ROOT, timeout=120, check=True).stdout
+  assert out.split()[-1] == "0"
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

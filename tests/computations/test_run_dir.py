@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
-from computations import context  # noqa: F401  (makes TFF's default context quiet at exit)
+from computations import context
 from computations import run_dir
 from pina_tff import config as config_lib
 from pina_tff.errors import ConfigError
@@ -63,6 +63,11 @@ def _state(x):
 
 
 def test_unreadable_newest_checkpoint_is_moved_aside(tmp_path):
+  with context.tff_context():  # the state manager runs TFF computations
+    _check_unreadable_checkpoint(tmp_path)
+
+
+def _check_unreadable_checkpoint(tmp_path):
   m = tff.program.FileProgramStateManager(str(tmp_path), keep_total=2)
   for v in (1, 2):
     asyncio.run(m.save(_state(v), version=v))

@@ -28,8 +28,12 @@ CASES = {
     "zero_clip": (["--clip=0", "--clients_dir={clients}"], ["clip"]),
     "missing_clients_dir": ([], ["--clients_dir"]),
     "clients_dir_does_not_exist": (["--clients_dir={missing}"], ["not found"]),
-    "workers_with_secure_sums": (["--workers=2", "--clients_dir={clients}"],
-                                 ["--workers", "central"]),
+    "malformed_worker_address": (["--worker_addresses=10.0.0.1:8000,nohost",
+                                  "--clients_dir={clients}"],
+                                 ["--worker_addresses", "nohost"]),
+    "workers_and_addresses": (["--workers=2", "--worker_addresses=10.0.0.1:8000",
+                               "--clients_dir={clients}"],
+                              ["--workers", "--worker_addresses"]),
     "unexpected_argument": (["--clients_dir={clients}", "extra"], ["unexpected", "extra"]),
 }
 # Also checked through the console-script entry point (`python -m`, absl's app.run).
