@@ -92,51 +92,20 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
   def create(self, value_type) -> tff.templates.AggregationProcess:
     spec = self._spec
     dim = sum(int(np.prod(t.shape)) for t in _leaves(value_type))
-    traced = {}  # the value's Python structure, as `encode` sees it (for `decode`)
     params = ddp_lib.calibrate(spec.noise_multiplier, spec.clip_norm, spec.shard_size,
                                spec.num_shards, dim, spec.ddp_bits)
     self.nominal_multiplier = params["z_nominal"]
     self.ddp_parameters = params
-    d, scale = params["padded_dim"], params["scale"]
-    noise_scale = params["noise_scale_int"]
-    clip = float(spec.shard_size * spec.clip_norm)
-    modulus = 2 ** spec.ddp_bits
     seed_type = tff.TensorType(np.int64, SEED_SHAPE)
+    encode, decode = _codec(value_type, dim, params,
+                            clip=float(spec.shard_size * spec.clip_norm),
+                            modulus=2 ** spec.ddp_bits)
     initial_seed = np.frombuffer(np.random.SeedSequence().generate_state(
         4, np.uint32).tobytes(), np.int64).copy()
 
     @tff.tensorflow.computation()
     def init_seed():
       return tf.constant(initial_seed, tf.int64)
-
-    @tff.tensorflow.computation(value_type, seed_type)
-    def encode(value, seed):
-      traced["structure"] = value
-      flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1])
-                        for v in tf.nest.flatten(value)], axis=0)
-      x = tf.pad(flat, [[0, d - dim]])
-      x = tf.clip_by_norm(x, clip)
-      x = fwht(x * _signs(seed, d)) * tf.constant(scale, tf.float32)
-      floor = tf.floor(x)
-      up = tf.random.stateless_uniform([d], seed=_fresh_seed()) < (x - floor)
-      ints = tf.cast(floor, tf.int64) + tf.cast(up, tf.int64)
-      if noise_scale > 0:
-        ints += tf.cast(discrete_gaussian_utils.sample_discrete_gaussian(
-            scale=tf.constant(noise_scale, tf.int32), shape=[d], dtype=tf.int32),
-                        tf.int64)
-      return tf.math.floormod(ints, modulus)
-
-    @tff.tensorflow.computation(tff.TensorType(np.int64, [d]), seed_type)
-    def decode(total, seed):
-      centered = tf.math.floormod(total, modulus)
-      centered = tf.where(centered >= modulus // 2, centered - modulus, centered)
-      x = tf.cast(centered, tf.float32) / tf.constant(scale, tf.float32)
-      x = fwht(x) * _signs(seed, d)
-      like = tf.nest.flatten(traced["structure"])
-      parts = tf.split(x[:dim], [int(np.prod(v.shape)) for v in like])
-      return tf.nest.pack_sequence_as(
-          traced["structure"],
-          [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, like)])
 
     @tff.tensorflow.computation(seed_type)
     def advance(seed):
@@ -157,3 +126,51 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
           measurements=tff.federated_value((), tff.SERVER))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
+  """(encode, decode) TFF computations of the mechanism (module docstring, steps 1-5).
+
+  Args:
+    value_type: the TFF type of one client's value.
+    dim: its number of scalars.
+    params: `ddp.calibrate`'s result (padded_dim d, scale s, noise_scale_int).
+    clip: the L2 bound of one TFF client's value (S·clip).
+    modulus: m = 2^bits.
+
+  Returns:
+    encode(value, seed) -> int64[d] in [0, m); decode(total, seed) -> a value of
+    `value_type`'s structure (the mean is taken by the caller).
+  """
+  d, scale, noise_scale = params["padded_dim"], params["scale"], params["noise_scale_int"]
+  seed_type = tff.TensorType(np.int64, SEED_SHAPE)
+  traced = {}  # the value's Python structure, as `encode` sees it (for `decode`)
+
+  @tff.tensorflow.computation(value_type, seed_type)
+  def encode(value, seed):
+    traced["structure"] = value
+    flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1])
+                      for v in tf.nest.flatten(value)], axis=0)
+    x = tf.clip_by_norm(tf.pad(flat, [[0, d - dim]]), clip)
+    x = fwht(x * _signs(seed, d)) * tf.constant(scale, tf.float32)
+    floor = tf.floor(x)
+    up = tf.random.stateless_uniform([d], seed=_fresh_seed()) < (x - floor)
+    ints = tf.cast(floor, tf.int64) + tf.cast(up, tf.int64)
+    if noise_scale > 0:
+      ints += tf.cast(discrete_gaussian_utils.sample_discrete_gaussian(
+          scale=tf.constant(noise_scale, tf.int32), shape=[d], dtype=tf.int32), tf.int64)
+    return tf.math.floormod(ints, modulus)
+
+  @tff.tensorflow.computation(tff.TensorType(np.int64, [d]), seed_type)
+  def decode(total, seed):
+    centered = tf.math.floormod(total, modulus)
+    centered = tf.where(centered >= modulus // 2, centered - modulus, centered)
+    x = tf.cast(centered, tf.float32) / tf.constant(scale, tf.float32)
+    x = fwht(x) * _signs(seed, d)
+    like = tf.nest.flatten(traced["structure"])
+    parts = tf.split(x[:dim], [int(np.prod(v.shape)) for v in like])
+    return tf.nest.pack_sequence_as(
+        traced["structure"],
+        [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, like)])
+
+  return encode, decode
