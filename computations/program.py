@@ -49,6 +49,7 @@ from computations import aggregators as agg
 from computations import client_work as cw
 from computations import learning_process as lp
 from computations import methods
+from computations import resident_data
 from computations import run_dir as run_dir_lib
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
@@ -87,7 +88,10 @@ class ProgramOptions:
       clients' datasets read: the computation ships file names) or 'inline' (the data
       itself is serialized into each round's datasets). With
       privacy.noise_mode='secure' the shards always stay in memory ('inline').
-      itself is serialized into each round's datasets).
+      'resident' (default): the population is laid out once per run
+      (`computations.resident_data`) and each round ships only the cohort's row
+      numbers and client seeds; shards are gathered inside the client computation.
+      Same results as 'file'/'inline'; client seeds are never written (any noise mode).
     restart: remove what an earlier run wrote into root_dir and start over (otherwise
       a root_dir made by another configuration is an error; see computations/run_dir).
   """
@@ -97,7 +101,7 @@ class ProgramOptions:
   progress: str = "auto"
   stop_after_rounds: Optional[int] = None
   simulation_diagnostics: bool = True
-  shard_transport: str = "file"
+  shard_transport: str = "resident"
   restart: bool = False
 
 
@@ -174,9 +178,11 @@ def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
 
 
 def _pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=None,
-                num_shards=None):
+                num_shards=None, source=None):
   """The round's TFF client datasets: shards of the cohort (file-backed if file_dir),
-  padded with empty shards to ``num_shards``."""
+  padded with empty shards to ``num_shards``; read from the resident ``source`` if given."""
+  if source is not None:  # issue 11: resident population, nothing packed
+    return source.round_data(ids, seeds, shard_size, num_shards)
   datasets = []
   chunks = shards_lib.split_cohort(list(range(len(ids))), shard_size)
   if num_shards is not None:
@@ -393,12 +399,17 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
     return {"interrupted": True, "signal": signum, "phase": phase,
             "round": int(st["round"])}
 
-  if options.shard_transport not in ("file", "inline"):
-    raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
+  if options.shard_transport not in ("file", "inline", "resident"):
+    raise ConfigError(f"shard_transport must be 'file', 'inline' or 'resident', found "
                       f"{options.shard_transport!r}")
   file_dir = None
+  source = None
+  if options.shard_transport == "resident":  # issue 11: lay out once, ship row numbers
+    file_dir = sweep.make_shard_dir()
+    source = resident_data.from_population(pop.train, model.feature_keys, n_max,
+                                           os.path.join(file_dir, "resident"))
   # Secure noise mode: client seeds never touch a file (shards stay in memory).
-  if options.shard_transport == "file" and not secure:
+  elif options.shard_transport == "file" and not secure:
     file_dir = sweep.make_shard_dir()
   try:
     # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
@@ -417,7 +428,7 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
                                     cfg.privacy.sampling)
           data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard0,
                              _client_seeds(cfg.seed, 0, rnd, ids, cfg.privacy.noise_mode),
-                             file_dir, num_shards0)
+                             file_dir, num_shards0, source)
           if agg.has_noise_seed(spec0.aggregator):
             state = agg.with_noise_seed(state, _noise_seed(cfg, 0, rnd))
           out = proc0.next(state, data)
@@ -449,7 +460,7 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
       base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
       init = {k: np.repeat(v[None], num_clusters, axis=0) for k, v in base.items()}
       if cfg.method == "pina":
-        centroids, acc1 = _stage1(cfg, pop, base, z1, n_max, log, diagnostics)
+        centroids, acc1 = _stage1(cfg, pop, base, z1, n_max, log, diagnostics, source)
         st["init_clustering_accuracy"] = np.float64(acc1)
         delta = tm.unflatten(tf.constant(centroids), shapes, tm.LORA_KEYS,
                              lead_shape=(num_clusters,))
@@ -482,7 +493,7 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
                                   cfg.privacy.sampling)
         data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
                            _client_seeds(cfg.seed, 2, rnd, ids, cfg.privacy.noise_mode),
-                           file_dir, num_shards2)
+                           file_dir, num_shards2, source)
         if agg.has_noise_seed(spec2.aggregator):
           state = agg.with_noise_seed(state, _noise_seed(cfg, 2, rnd))
         out = proc.next(state, data)
@@ -630,7 +641,7 @@ def _privacy_summary(cfg, report, spec2, num_shards0, num_shards2, shard0, shard
                                 if diagnostics else {}))
 
 
-def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True):
+def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True, source=None):
   """Sketch computation over M1 clients + server k-means. Returns (centroids, acc)."""
   s1 = cfg.stage1
   m1 = min(s1.num_sketch_clients, pop.size)
@@ -644,7 +655,8 @@ def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True):
   comp = stage1_lib.build_sketch_computation(model, spec, s1.top_k, s1.clip, z1,
                                              shard_size, n_max)
   data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
-                     _client_seeds(cfg.seed, 1, 0, ids, cfg.privacy.noise_mode))
+                     _client_seeds(cfg.seed, 1, 0, ids, cfg.privacy.noise_mode),
+                     source=source)
   weights = lp.model_weights({k: v[None] for k, v in base.items()})
   log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, z1={z1:.3f})")
   sketches = stage1_lib.collect_sketches(comp(weights, data))
