@@ -48,9 +48,11 @@ class ProcessSpec:
   simulation_diagnostics: bool = True
 
 
-def build_process(model, spec: ProcessSpec) -> tff.learning.templates.LearningProcess:
+def build_process(model, spec: ProcessSpec,
+                  reader=None) -> tff.learning.templates.LearningProcess:
   """Composes the learning process; initial weights are zeros (set them with
-  `process.set_model_weights`)."""
+  `process.set_model_weights`). `reader`: see `client_work.build_shard_client_work`
+  (None: each TFF client's dataset holds its packed shard)."""
   num_clusters = spec.local.num_clusters
   weights_type = cw.cluster_weights_type(model, num_clusters)
   shapes = model.param_shapes()
@@ -64,7 +66,7 @@ def build_process(model, spec: ProcessSpec) -> tff.learning.templates.LearningPr
 
   distributor = tff.learning.templates.build_broadcast_process(weights_type)
   work = cw.build_shard_client_work(model, spec.local, spec.shard_size, spec.n_max,
-                                    spec.simulation_diagnostics)
+                                    spec.simulation_diagnostics, reader=reader)
   update_type = work.next.type_signature.result.result.member.update
   weight_type = work.next.type_signature.result.result.member.update_weight
   aggregator = agg.build_cslot_aggregator(spec.aggregator).create(update_type, weight_type)

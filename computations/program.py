@@ -417,7 +417,7 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
       if t0 > 0:
         spec0 = methods.stage0_spec(cfg, z0, shard0, n_max, cfg.stage2.batch_size,
                                     diagnostics, num_shards=num_shards0)
-        proc0 = lp.build_process(model, spec0)
+        proc0 = lp.build_process(model, spec0, reader=source and source.reader)
         base = rt.init_trainable(tail, cfg.seed, st["head_kernel"], st["head_bias"])
         state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
             {k: v[None] for k, v in base.items()}))
@@ -481,7 +481,7 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
 
     # ---------------- stage 2: clustered rounds / baseline rounds ----------------
     if int(st["phase"]) == PHASE_STAGE2:
-      proc = lp.build_process(model, spec2)
+      proc = lp.build_process(model, spec2, reader=source and source.reader)
       state = proc.initialize()
       state = proc.set_model_weights(state, lp.model_weights(st["weights"]))
       state = _with_finalizer_state(state, int(st["round"]), st["velocity"])
@@ -653,7 +653,8 @@ def _stage1(cfg, pop, base, z1, n_max, log, diagnostics=True, source=None):
                          train_keys=tm.LORA_KEYS + (tm.HEAD_KEYS if s1.train_head else ()),
                          send_keys=tm.LORA_KEYS)
   comp = stage1_lib.build_sketch_computation(model, spec, s1.top_k, s1.clip, z1,
-                                             shard_size, n_max)
+                                             shard_size, n_max,
+                                             reader=source and source.reader)
   data = _pack_round(pop.train, ids, model.feature_keys, n_max, shard_size,
                      _client_seeds(cfg.seed, 1, 0, ids, cfg.privacy.noise_mode),
                      source=source)

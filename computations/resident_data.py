@@ -3,14 +3,14 @@ inside the client computation.
 
 `ResidentRoundData` is a round data source: `round_data(ids, seeds, shard_size,
 num_shards)` returns one `tf.data.Dataset` per TFF client, as `process.next` takes
-them, with the same element type as a packed shard
-(`client_work.shard_element_type`). The dataset's graph holds only that shard's row
-numbers [S] and client seeds [S, 2] (a few KB); its map function memory-maps the
-layout's array files (`tf.raw_ops.ImmutableConst`, which maps a file read-only without
-copying) and gathers the rows, so the only per-round copy of example data is the
-gather itself, done by the TFF worker that runs the client. Nothing is packed or
-written per round. The files must stay in place while rounds run; a worker on another
-machine needs them at the same path.
+them. Each dataset holds one element, that shard's row numbers [S] and client seeds
+[S, 2] (a few KB, no functions to trace or instantiate). The client computation,
+built with the source's `ResidentReader`, gathers the shard from the layout's array
+files, which enter its graph as `tf.raw_ops.ImmutableConst` (a read-only memory map of
+the file, no copy): the only per-round copy of example data is the gather itself,
+done by the TFF worker that runs the client. Nothing is packed or written per round.
+The files must stay in place while rounds run; a worker on another machine needs them
+at the same path.
 
 Equivalence: the gathered shard equals `shards.pack_shard` of the same clients with
 the same seeds, bit for bit (tests/computations/test_resident_data.py), so results do
@@ -31,38 +31,60 @@ import tensorflow as tf
 from pina_tff.simulation import resident
 
 
-class ResidentRoundData:
-  """Round data source over a `pina_tff.simulation.resident.Layout`."""
+class ResidentReader:
+  """Turns a resident shard element {rows int32[S], seed int32[S, 2]} into the shard
+  dict of `client_work.shard_element_type` (inside a TF/TFF computation).
+
+  The layout's arrays enter the graph as `ImmutableConst` ops: read-only memory maps of
+  the files, made when the computation's kernels are built, so a round copies only
+  the gathered rows."""
 
   def __init__(self, layout: resident.Layout):
     self.layout = layout
-    specs = [(k, tf.as_dtype(np.dtype(d)), list(s)) for k, (d, s) in layout.arrays.items()]
-    paths = {k: layout.path(k) for k in layout.arrays}
-    pad_row = layout.pad_row
-    feature_keys = layout.feature_keys
+    self._specs = [(k, tf.as_dtype(np.dtype(d)), list(s))
+                   for k, (d, s) in layout.arrays.items()]
 
-    def read(element):
-      rows = element["rows"]
-      full = {k: tf.raw_ops.ImmutableConst(dtype=dtype, shape=shape,
-                                           memory_region_name=paths[k])
-              for k, dtype, shape in specs}
-      out = collections.OrderedDict()
-      for k in feature_keys:
-        out[k] = tf.gather(full[k], rows)
-      out["label"] = tf.gather(full["label"], rows)
-      out["mask"] = tf.gather(full["mask"], rows)
-      out["client_mask"] = tf.cast(tf.not_equal(rows, pad_row), tf.float32)
-      out["true_cluster"] = tf.gather(full["true_cluster"], rows)
-      out["seed"] = element["seed"]
-      return out
+  def element_type(self, shard_size: int):
+    """TFF type of one resident element (what each TFF client's dataset holds)."""
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    return collections.OrderedDict(
+        rows=tff.TensorType(np.int32, (shard_size,)),
+        seed=tff.TensorType(np.int32, (shard_size, 2)))
 
-    self._read = read
+  def read(self, element) -> collections.OrderedDict:
+    """The shard (features, 'label', 'mask', 'client_mask', 'true_cluster', 'seed')."""
+    rows = tf.convert_to_tensor(element["rows"], tf.int32)
+    full = {k: tf.raw_ops.ImmutableConst(dtype=dtype, shape=shape,
+                                         memory_region_name=self.layout.path(k))
+            for k, dtype, shape in self._specs}
+    out = collections.OrderedDict()
+    for k in self.layout.feature_keys:
+      out[k] = tf.gather(full[k], rows)
+    out["label"] = tf.gather(full["label"], rows)
+    out["mask"] = tf.gather(full["mask"], rows)
+    out["client_mask"] = tf.cast(tf.not_equal(rows, self.layout.pad_row), tf.float32)
+    out["true_cluster"] = tf.gather(full["true_cluster"], rows)
+    out["seed"] = tf.convert_to_tensor(element["seed"], tf.int32)
+    return out
 
-  def shard_dataset(self, rows: np.ndarray, seeds: np.ndarray) -> tf.data.Dataset:
-    """One TFF client's dataset: a single shard element gathered from `rows` [S]."""
-    element = collections.OrderedDict(rows=tf.constant(np.asarray(rows, np.int32)),
-                                      seed=tf.constant(np.asarray(seeds, np.int32)))
-    return tf.data.Dataset.from_tensors(element).map(self._read)
+
+class ResidentRoundData:
+  """Round data source over a `pina_tff.simulation.resident.Layout`.
+
+  Its datasets hold row numbers and seeds only; the computations that consume them
+  must be built with `self.reader` (`learning_process.build_process(...,
+  reader=...)`, `stage1.build_sketch_computation(..., reader=...)`)."""
+
+  def __init__(self, layout: resident.Layout):
+    self.layout = layout
+    self.reader = ResidentReader(layout)
+
+  @staticmethod
+  def shard_dataset(rows: np.ndarray, seeds: np.ndarray) -> tf.data.Dataset:
+    """One TFF client's dataset: the single element {rows [S], seed [S, 2]}."""
+    return tf.data.Dataset.from_tensors(collections.OrderedDict(
+        rows=tf.constant(np.asarray(rows, np.int32)),
+        seed=tf.constant(np.asarray(seeds, np.int32))))
 
   def round_data(self, ids: Sequence[int], seeds: Sequence, shard_size: int,
                  num_shards: Optional[int] = None, *, stage: Optional[int] = None,

@@ -29,22 +29,24 @@ from pina_tff.training import models as tm
 
 
 def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: float,
-                             noise_multiplier: float, shard_size: int, n_max: int):
+                             noise_multiplier: float, shard_size: int, n_max: int,
+                             reader=None):
   """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.
 
   `spec` sets local training (E1, lr, batch); its train_keys should include LoRA;
   the sketch covers LoRA only (`models.LORA_KEYS`). Result per TFF client:
-  OrderedDict(sketch=float32[S, P1], client_mask=float32[S]).
+  OrderedDict(sketch=float32[S, P1], client_mask=float32[S]). `reader`: see
+  `client_work.build_shard_client_work`.
   """
   weights_type = cw.cluster_weights_type(model, 1)
-  data_type = tff.SequenceType(cw.shard_element_type(model, shard_size, n_max))
+  data_type = cw.client_data_type(model, shard_size, n_max, reader)
   sketch_keys = tm.LORA_KEYS
   size = tm.vector_size(model.param_shapes(), sketch_keys)
   sk.validate_top_k(top_k, size)
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_sketch(weights, dataset):
-    shard = dataset.get_single_element()
+    shard = cw.read_shard(dataset, reader)
     s = shard["label"].shape[0]
     features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
     init = {k: tf.repeat(v, s, axis=0) for k, v in weights.trainable.items()}

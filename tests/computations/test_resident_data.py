@@ -1,11 +1,13 @@
 """Resident round data (shards gathered inside the client computation) against packed
 shards: the same element, the same TFF round, the same program run.
 
-* The dataset's single element equals `pack_shard` of the same clients and seeds, key
-  for key and bit for bit, with a padded shard and an empty (all-padding) shard, and
-  has the packed shard's element spec.
+* The reader's shard (what the client computation gathers from the dataset's row
+  numbers) equals `pack_shard` of the same clients and seeds, key for key and bit for
+  bit, with a padded shard and an empty (all-padding) shard, with the packed dtypes
+  and static shapes.
 * One round of the composed TFF process (C = 2, loss-based cluster choice, clipping
-  active, noise off) gives the same new models from resident and packed shards.
+  active, noise off) built with the reader on resident datasets gives the same new
+  models as the plain process on packed shards.
 * The program at epsilon = inf on the shared digits population (stage 0, PINA stage 1,
   stage 2 with momentum) writes the same metrics and summary with
   shard_transport='resident' as with 'file'.
@@ -67,14 +69,16 @@ def test_element_equals_the_packed_shard(population):
   want = _packed(clients, IDS, SEEDS, 3, 4)
   assert len(data) == 4
   for ds, w in zip(data, want):
-    assert ds.element_spec == cw.shard_to_dataset(w).element_spec
-    got = ds.get_single_element()
+    got = source.reader.read(ds.get_single_element())
     assert list(got) == list(w)
+    packed_spec = cw.shard_to_dataset(w).element_spec
+    assert {k: (v.dtype, tuple(v.shape)) for k, v in got.items()} == {
+        k: (v.dtype, tuple(v.shape)) for k, v in packed_spec.items()}
     for k in w:
       np.testing.assert_array_equal(got[k].numpy(), w[k], err_msg=k)
 
 
-def _process(shard_size, num_shards):
+def _process(shard_size, num_shards, reader=None):
   model = tm.LinearModel(DIM, K)
   spec = lp.ProcessSpec(
       local=local.LocalSpec(num_clusters=C, local_epochs=2, batch_size=2,
@@ -85,7 +89,7 @@ def _process(shard_size, num_shards):
                                     expected_clients=len(IDS), shard_size=shard_size,
                                     num_shards=num_shards),
       shard_size=shard_size, n_max=N_MAX, scaling_mode="none", server_learning_rate=1.0)
-  return lp.build_process(model, spec)
+  return lp.build_process(model, spec, reader=reader)
 
 
 def test_tff_round_from_resident_equals_packed(population, tff_ctx):
@@ -93,9 +97,9 @@ def test_tff_round_from_resident_equals_packed(population, tff_ctx):
   rng = np.random.default_rng(4)
   params = {"head_kernel": rng.normal(size=(C, DIM, K)).astype(np.float32),
             "head_bias": rng.normal(size=(C, K)).astype(np.float32)}
-  process = _process(3, 4)
   packed = [cw.shard_to_dataset(s) for s in _packed(clients, IDS, SEEDS, 3, 4)]
-  want = h.run_rounds(process, params, packed)
+  want = h.run_rounds(_process(3, 4), params, packed)
+  process = _process(3, 4, source.reader)
   got = h.run_rounds(process, params, source.round_data(IDS, SEEDS, 3, 4))
   moved = False
   for k in params:

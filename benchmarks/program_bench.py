@@ -1,0 +1,152 @@
+"""Stage-2 rounds as pina-simulate runs them: `computations.program.run_simulation` on a
+synthetic population of reduced-tail features, with per-round times and a profile.
+
+The population has the shapes of a real one (FMNIST model: width 64, 4 heads, MLP 128;
+ViT-S/16: width 384, 6 heads, MLP 1536; 5 training and 1 test example per client, as
+the embedded Fashion-MNIST population) but random features and random frozen tail
+weights: times do not depend on the values. The program runs stage 1 (PINA sketches,
+k-means) once and then the stage-2 rounds; a round's time is the difference of
+consecutive `wall_s` in metrics.csv (everything the program does between two rounds:
+cohort, round data, the TFF round, reading the models back, evaluation if due,
+accounting, metrics release, checkpoints). The first stage-2 round (tracing) is
+reported separately.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import csv
+import io
+import json
+import math
+import os
+import pstats
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+MODELS = {
+    # name: (width, heads, mlp_dim, classes)
+    "fmnist": (64, 4, 128, 10),
+    "vit_s16": (384, 6, 1536, 10),
+}
+
+
+#: What the per-round profile lists (regex over "file:line(function)"): our round loop's
+#: parts and TFF's computation calls.
+PROFILE_FILTER = (r"program.py|resident_data.py|accounting.py:\d+\(epsilon_spent|"
+                  r"sampling.py:\d+\(cohort|computation_impl.py:\d+\(__call__|"
+                  r"release_manager.py:\d+\(release|program_state_manager.py:\d+\(save|"
+                  r"learning_process.py|_client_seeds")
+
+
+def synthetic_population(model_name: str, population: int, clusters: int,
+                         train_examples: int = 5, test_examples: int = 1, seed: int = 1):
+  """A `pina_tff.simulation.population.Population` of random features (float32)."""
+  from benchmarks import bench  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
+  from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
+  from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top
+  width, heads, mlp, classes = MODELS[model_name]
+  config = rt.TailConfig(width=width, num_heads=heads, mlp_dim=mlp, num_classes=classes)
+  rng = np.random.default_rng(seed)
+  true = rng.integers(0, clusters, population)
+
+  def split(n):
+    x = rng.standard_normal((population, n, width), dtype=np.float32)
+    z = 0.1 * rng.standard_normal((population, n, heads, width), dtype=np.float32)
+    y = rng.integers(0, classes, (population, n)).astype(np.int32)
+    return [{"x_base": x[i], "z": z[i], "label": y[i], "true_cluster": int(true[i])}
+            for i in range(population)]
+
+  head = {"head_kernel": (0.05 * rng.standard_normal((width, classes))).astype(np.float32),
+          "head_bias": np.zeros((classes,), np.float32)}
+  return population_lib.Population(
+      dataset=f"synthetic-{model_name}", model=tm.ViTTailModel(config, bench.random_frozen(config)),
+      head=head, train=split(train_examples), test=split(test_examples),
+      true_clusters=true.astype(np.int64), num_true_clusters=clusters)
+
+
+def fake_clients_dir(directory: str, population: int) -> str:
+  """A manifest naming `population` clients (the program reads the size from it)."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "manifest.json"), "w") as f:
+    json.dump({"format": "pina-embeddings/1", "dataset": "synthetic",
+               "clients": [{"client_id": f"c{i:06d}"} for i in range(population)]}, f)
+  return directory
+
+
+def run_config(population: int, cohort: int, clusters: int, rounds: int,
+               epsilon: float, aggregator: str, sketch_clients: int):
+  """The Fashion-MNIST preset's stage 2 (5 local epochs, batch 16, DDP, 'pina'
+  scaling) with the given cohort, C, rounds and ε; stage 0 off; a small stage 1."""
+  from pina_tff import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.RunConfig(
+      method="pina", num_clusters=clusters, population=population, seed=0,
+      privacy=config_lib.PrivacyConfig(epsilon=epsilon),
+      stage0=config_lib.Stage0Config(enabled=False, rounds=0, cohort=cohort),
+      stage1=config_lib.Stage1Config(num_sketch_clients=min(sketch_clients, population),
+                                     local_epochs=1, lr=1.0, top_k=16, clip=1.0,
+                                     train_head=False, kmeans_restarts=1),
+      stage2=config_lib.Stage2Config(rounds=rounds, cohort=cohort, local_epochs=5,
+                                     batch_size=16, client_lr=1.0, server_lr=10.0,
+                                     server_momentum=0.0, clip=1.0, warm_rounds=2,
+                                     scaling="pina", aggregator=aggregator,
+                                     fedprox_mu=0.1))
+
+
+def round_times(metrics_csv: str) -> list[float]:
+  """Seconds of each stage-2 round (differences of wall_s; the first has no
+  predecessor and is measured from the end of stage 1, so it includes tracing)."""
+  with open(metrics_csv, newline="") as f:
+    walls = [float(r["wall_s"]) for r in csv.DictReader(f) if r["stage"] == "2"]
+  return [b - a for a, b in zip(walls, walls[1:])]
+
+
+def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
+        clusters: int = 4, rounds: int = 3, epsilon: float = 8.0, aggregator: str = "ddp",
+        transport: str = "resident", eval_every: int = 1, diagnostics: bool = True,
+        profile: bool = False, sketch_clients: int = 200, shard_size: int = 0,
+        profile_lines: int = 25) -> dict:
+  """Runs the program once (stage 1 + `rounds` + 1 stage-2 rounds); returns times."""
+  from computations import program  # pylint: disable=g-import-not-at-top
+  from computations.context import tff_context  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  pop = synthetic_population(model_name, population, clusters)
+  res = {"model": model_name, "population": population, "cohort": cohort,
+         "clusters": clusters, "epsilon": epsilon, "aggregator": aggregator,
+         "transport": transport, "eval_every": eval_every, "diagnostics": diagnostics,
+         "make_population_s": time.perf_counter() - t0}
+  cfg = run_config(population, cohort, clusters, rounds + 1, epsilon, aggregator,
+                   sketch_clients)
+  opts = program.ProgramOptions(shard_size=shard_size or None, checkpoint_every=5,
+                                eval_every=eval_every, progress="none",
+                                simulation_diagnostics=diagnostics,
+                                shard_transport=transport)
+  with tempfile.TemporaryDirectory(prefix="pina-bench-prog-") as tmp:
+    clients_dir = fake_clients_dir(os.path.join(tmp, "clients"), population)
+    root = os.path.join(tmp, "run")
+    prof = cProfile.Profile() if profile else None
+    t0 = time.perf_counter()
+    with tff_context(runtime="simulation"):
+      if prof:
+        prof.enable()
+      summary = program.run_simulation(cfg, clients_dir, root, opts, log=lambda m: None,
+                                       population=pop)
+      if prof:
+        prof.disable()
+    res["run_s"] = time.perf_counter() - t0
+    times = round_times(os.path.join(root, "metrics.csv"))
+  res["round_s"] = times
+  res["median_round_s"] = statistics.median(times) if times else math.nan
+  res["shard_size"] = summary["shard_size"]
+  res["tff_shards"] = summary["tff_shards_per_round"]["stage2"]
+  res["final_accuracy"] = summary["final_accuracy"]
+  if prof:
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).sort_stats("cumulative")
+    stats.print_stats(PROFILE_FILTER, profile_lines)
+    res["profile"] = out.getvalue()
+  return res
