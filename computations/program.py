@@ -215,8 +215,12 @@ class _Evaluator:
   def __init__(self, pop: population_lib.Population, num_clusters: int):
     keys = pop.model.feature_keys
     ids = list(range(pop.size))
-    self.select = shards_lib.pack_shard([pop.train[i] for i in ids], keys, pop.n_max_train)
-    self.test = shards_lib.pack_shard([pop.test[i] for i in ids], keys, pop.n_max_test)
+    # Tensors made once (issue 11): converting the whole population every call cost
+    # 0.05 s (FMNIST) to 0.5 s (ViT-S/16 features) per evaluation.
+    self.select = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
+        [pop.train[i] for i in ids], keys, pop.n_max_train).items()}
+    self.test = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
+        [pop.test[i] for i in ids], keys, pop.n_max_test).items()}
     self.true = pop.true_clusters
     model = pop.model
 
@@ -229,9 +233,7 @@ class _Evaluator:
 
   def __call__(self, params) -> tuple[float, float]:
     correct, total, choice = self._fn(
-        {k: tf.constant(v) for k, v in params.items()},
-        {k: tf.constant(v) for k, v in self.select.items()},
-        {k: tf.constant(v) for k, v in self.test.items()})
+        {k: tf.constant(v) for k, v in params.items()}, self.select, self.test)
     acc = float(correct) / max(1.0, float(total))
     clus = (cluster_metrics.clustering_accuracy(choice.numpy(), self.true)
             if self.num_clusters > 1 else float("nan"))
@@ -325,14 +327,20 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
   tail = model.config
   shapes = model.param_shapes()
   num_clusters = methods.num_model_clusters(cfg)
-  shard_size = options.shard_size or shards_lib.default_shard_size(cfg.stage2.cohort)
-  shard0 = options.shard_size or shards_lib.default_shard_size(cfg.stage0.cohort)
+  t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
+  t2 = cfg.stage2.rounds
+  # issue 11: shards sized for the largest scheduled (Poisson) cohort, not the expected
+  # one: a cohort just over M used to fill one more, mostly padding, shard.
+  shard_size = options.shard_size or shards_lib.default_shard_size(max(
+      1, sampling_lib.max_cohort_size(cfg.seed, 2, t2, pop.size, cfg.stage2.cohort,
+                                      cfg.privacy.sampling) or cfg.stage2.cohort))
+  shard0 = options.shard_size or shards_lib.default_shard_size(max(
+      1, sampling_lib.max_cohort_size(cfg.seed, 0, t0, pop.size, cfg.stage0.cohort,
+                                      cfg.privacy.sampling) or cfg.stage0.cohort))
   n_max = pop.n_max_train
   mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
   expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
                                                                 cfg.stage2.batch_size))
-  t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
-  t2 = cfg.stage2.rounds
   num_shards2 = _num_shards(cfg, 2, t2, pop.size, cfg.stage2.cohort, shard_size)
   num_shards0 = _num_shards(cfg, 0, t0, pop.size, cfg.stage0.cohort, shard0)
   spec2 = methods.stage2_spec(cfg, z2, shard_size, n_max, pop.num_true_clusters,
