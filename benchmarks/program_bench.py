@@ -42,10 +42,29 @@ PROFILE_FILTER = (r"program.py|resident_data.py|accounting.py:\d+\(epsilon_spent
                   r"learning_process.py|_client_seeds")
 
 
+def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
+  """The 18 frozen tail arrays of `config`, random (LayerNorm gammas 1, betas 0)."""
+  from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
+  d = config.width
+  rng = np.random.default_rng(seed)
+  shapes = config.frozen_shapes()
+  out = {}
+  for k in rt.FROZEN_KEYS:
+    if k.endswith("_gamma"):
+      out[k] = np.ones((d,), np.float32)
+    elif k.endswith("_beta"):
+      out[k] = np.zeros((d,), np.float32)
+    else:
+      fan_in = shapes[k][0] if len(shapes[k]) > 1 else 1
+      scale = 1.0 / math.sqrt(fan_in) if len(shapes[k]) > 1 else 0.02
+      out[k] = (scale * rng.standard_normal(shapes[k])).astype(np.float32)
+  rt.check_frozen(out, config)
+  return out
+
+
 def synthetic_population(model_name: str, population: int, clusters: int,
                          train_examples: int = 5, test_examples: int = 1, seed: int = 1):
   """A `pina_tff.simulation.population.Population` of random features (float32)."""
-  from benchmarks import bench  # pylint: disable=g-import-not-at-top
   from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
   from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
   from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top
@@ -64,7 +83,7 @@ def synthetic_population(model_name: str, population: int, clusters: int,
   head = {"head_kernel": (0.05 * rng.standard_normal((width, classes))).astype(np.float32),
           "head_bias": np.zeros((classes,), np.float32)}
   return population_lib.Population(
-      dataset=f"synthetic-{model_name}", model=tm.ViTTailModel(config, bench.random_frozen(config)),
+      dataset=f"synthetic-{model_name}", model=tm.ViTTailModel(config, random_frozen(config)),
       head=head, train=split(train_examples), test=split(test_examples),
       true_clusters=true.astype(np.int64), num_true_clusters=clusters)
 
