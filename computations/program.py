@@ -212,15 +212,21 @@ def _confusion_accuracy(confusion: np.ndarray) -> float:
 class _Evaluator:
   """IFCA-style test accuracy over the whole population in one compiled graph."""
 
-  def __init__(self, pop: population_lib.Population, num_clusters: int):
+  def __init__(self, pop: population_lib.Population, num_clusters: int,
+               train_source=None, test_source=None):
     keys = pop.model.feature_keys
     ids = list(range(pop.size))
-    # Tensors made once (issue 11): converting the whole population every call cost
-    # 0.05 s (FMNIST) to 0.5 s (ViT-S/16 features) per evaluation.
-    self.select = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
-        [pop.train[i] for i in ids], keys, pop.n_max_train).items()}
-    self.test = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
-        [pop.test[i] for i in ids], keys, pop.n_max_test).items()}
+    # issue 11: tensors made once (converting the whole population every call cost
+    # 0.05 s (FMNIST) to 0.5 s (ViT-S/16 features) per evaluation); with resident
+    # layouts they are the layouts' memory maps (no copy; the padding row has mask 0).
+    if train_source is not None and test_source is not None:
+      self.select = train_source.reader.full_arrays()
+      self.test = test_source.reader.full_arrays()
+    else:
+      self.select = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
+          [pop.train[i] for i in ids], keys, pop.n_max_train).items()}
+      self.test = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
+          [pop.test[i] for i in ids], keys, pop.n_max_test).items()}
     self.true = pop.true_clusters
     model = pop.model
 
@@ -235,7 +241,8 @@ class _Evaluator:
     correct, total, choice = self._fn(
         {k: tf.constant(v) for k, v in params.items()}, self.select, self.test)
     acc = float(correct) / max(1.0, float(total))
-    clus = (cluster_metrics.clustering_accuracy(choice.numpy(), self.true)
+    clus = (cluster_metrics.clustering_accuracy(choice.numpy()[:len(self.true)],
+                                                self.true)
             if self.num_clusters > 1 else float("nan"))
     return acc, clus
 
@@ -364,7 +371,6 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
   csv_manager = tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
                                                   key_fieldname="key")
   tb_manager = tff.program.TensorBoardReleaseManager(os.path.join(root_dir, "tensorboard"))
-  evaluator = _Evaluator(pop, num_clusters) if diagnostics else None
   nan2 = (float("nan"), float("nan"))
   start_time = time.monotonic() - float(st["elapsed"])
   rounds_this_call = 0
@@ -416,9 +422,15 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
     file_dir = sweep.make_shard_dir()
     source = resident_data.from_population(pop.train, model.feature_keys, n_max,
                                            os.path.join(file_dir, "resident"))
+    test_source = (resident_data.from_population(pop.test, model.feature_keys,
+                                                 pop.n_max_test,
+                                                 os.path.join(file_dir, "resident_test"))
+                   if diagnostics else None)
   # Secure noise mode: client seeds never touch a file (shards stay in memory).
   elif options.shard_transport == "file" and not secure:
     file_dir = sweep.make_shard_dir()
+  evaluator = (_Evaluator(pop, num_clusters, source, source and test_source)
+               if diagnostics else None)
   try:
     # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------
     if int(st["phase"]) == PHASE_STAGE0:

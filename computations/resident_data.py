@@ -51,6 +51,14 @@ class ResidentReader:
         rows=tff.TensorType(np.int32, (shard_size,)),
         seed=tff.TensorType(np.int32, (shard_size, 2)))
 
+  def full_arrays(self) -> collections.OrderedDict:
+    """Every array of the layout as a tensor [P + 1, ...] backed by the file's memory
+    map (no copy; eager). Row P is the padding client (mask 0)."""
+    return collections.OrderedDict(
+        (k, tf.raw_ops.ImmutableConst(dtype=dtype, shape=shape,
+                                      memory_region_name=self.layout.path(k)))
+        for k, dtype, shape in self._specs)
+
   def read(self, element) -> collections.OrderedDict:
     """The shard (features, 'label', 'mask', 'client_mask', 'true_cluster', 'seed')."""
     rows = tf.convert_to_tensor(element["rows"], tf.int32)
