@@ -4,22 +4,37 @@ Subcommands (first positional argument):
 
   head     the "head workload": N clients x 32 examples of 384-dim features, a 384->10
            linear model, 1 local epoch of batch 16 (2 SGD steps, lr 0.1), per-client L2
-           clip 0.1, central Gaussian noise (multiplier 1.0), server SGD 1.0. Three paths
-           in one process, same data and initial weights:
+           clip 0.1, central Gaussian noise (multiplier 1.0), server SGD 1.0. Paths in
+           one process, same data and initial weights (--paths):
              stock    tff.learning.algorithms.build_unweighted_fed_avg, keras linear model,
                       one TFF client per simulated client, DifferentiallyPrivateFactory.
                       gaussian_fixed (fixed clip 0.1, not dp_aggregator's adaptive clip);
-             sharded  computations.learning_process.build_process (S simulated clients
-                      per TFF client, AggregatorSpec kind 'central');
-             plain    the same arithmetic as one tf.function, vectorized over clients.
+             sharded / sharded_file / sharded_program
+                      computations.learning_process.build_process (S simulated clients
+                      per TFF client, AggregatorSpec kind 'central'), shards inline, in
+                      files written once, or packed and written every round (what
+                      pina-simulate did before issue 11);
+             resident the same process reading a resident population: laid out once,
+                      every round ships row numbers, shards gathered inside the client
+                      computation (computations.resident_data; what pina-simulate does);
+             plain    the same arithmetic as one tf.function, vectorized over clients;
+             pfl      pfl-research in its own venv (benchmarks/run_pfl.sh makes it;
+                      $PFL_VENV, default /tmp/pfl-venv), run right after; skipped with a
+                      note when absent.
            Round 1 is a warm-up (tracing, worker start) and is not timed; the median of
-           --rounds timed rounds is reported. Last line:
+           --rounds timed rounds is reported. Last two lines:
+           `head_ratios clients=N pfl_ms_per_client=W sharded_path=P sharded_over_plain=R
+            pfl_over_sharded=Q stock_over_sharded=T`
            `head clients=N stock_tff_ms_per_client=X sharded_ms_per_client=Y
-            plain_tf_ms_per_client=Z`
-  stage2   one PINA stage-2 round (choose_cluster, C clusters, LoRA + head, scaling 'pina')
-           on synthetic reduced ViT-S/16 features; seconds per round and peak RSS.
-           With --sweep, runs every (cohort, clusters, aggregator) config in its own
-           subprocess (separate RSS peaks) and prints a table.
+            plain_tf_ms_per_client=Z` (sharded = the path pina-simulate takes)
+  stage2   PINA stage-2 rounds. --stage2_path=program (default): the program itself
+           (computations.program.run_simulation) on a synthetic population of the FMNIST
+           model's or ViT-S/16's reduced-tail shape (--model), timing each round and its
+           parts (benchmarks/program_bench.py). --stage2_path=process: process.next alone
+           with per-round packing (--stage2_data inline|file). Peak RSS of the process
+           and its children. With --sweep, every (model, cohort, clusters, aggregator)
+           config runs in its own subprocess (separate RSS peaks). Last line:
+           `stage2 cohort=M clusters=C aggregator=A round_s=X pack_s=Y peak_rss_gib=Z ...`
   embed    embedding-prefix throughput (examples/s) of digits_tiny and ViT-S/16.
 
 Times are wall-clock seconds (ms where the name says so).
