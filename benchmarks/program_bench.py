@@ -186,26 +186,30 @@ class _PartTimers:
     for owner, name, orig in reversed(self._undo):
       setattr(owner, name, orig)
 
-  def per_round(self, rounds: int, per_round_calls: dict) -> dict:
-    """Median seconds per round of each part over the last `rounds` rounds."""
+  def per_round(self, rounds: int, per_round_calls: dict, skip_last: int = 0) -> dict:
+    """Median seconds per round of each part over `rounds` rounds that end
+    `skip_last` rounds before the last one."""
     out = {}
     named = collections.defaultdict(list)
     for name, dt in self.calls.get("tff_calls", []):
       named[name].append(dt)
-    if len(named.get("next", [])) > rounds:
-      out["tff_next"] = statistics.median(named["next"][-rounds:])
-      # Other TFF calls (reading the models back) from the first timed round on.
+    if len(named.get("next", [])) > rounds + skip_last:
+      nexts_s = named["next"][:len(named["next"]) - skip_last]
+      out["tff_next"] = statistics.median(nexts_s[-rounds:])
+      # Other TFF calls (reading the models back) of the timed rounds.
       calls = self.calls["tff_calls"]
       nexts = [i for i, (name, _) in enumerate(calls) if name == "next"]
-      first = nexts[-rounds]
-      out["tff_other_calls"] = sum(dt for name, dt in calls[first:]
+      first = nexts[-rounds - skip_last]
+      end = nexts[-skip_last] if skip_last else len(calls)
+      out["tff_other_calls"] = sum(dt for name, dt in calls[first:end]
                                    if name != "next") / rounds
     for part, calls in self.calls.items():
       if part == "tff_calls":
         continue
       k = per_round_calls.get(part, 1)
-      if len(calls) < (rounds + 1) * k:  # not every round (e.g. eval_every > 1)
+      if len(calls) < (rounds + 1 + skip_last) * k:  # not every round (eval_every > 1)
         continue
+      calls = calls[:len(calls) - skip_last * k]
       tail = calls[-rounds * k:]
       sums = [sum(tail[i:i + k]) for i in range(0, len(tail), k)]
       out[part] = statistics.median(sums) if sums else 0.0
@@ -246,12 +250,13 @@ def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
         prof.disable()
     res["run_s"] = time.perf_counter() - t0
     times = round_times(os.path.join(root, "metrics.csv"))
+    skip_last = 0
     if eval_every > 1 and len(times) > 1:
-      times = times[:-1]  # the last round always evaluates
+      times, skip_last = times[:-1], 1  # the last round always evaluates
   res["round_s"] = times
   res["median_round_s"] = statistics.median(times) if times else math.nan
   saves = timers.calls.pop("checkpoint", [])
-  parts = timers.per_round(len(times), {"release": 2})
+  parts = timers.per_round(len(times), {"release": 2}, skip_last)
   parts["rest"] = res["median_round_s"] - sum(parts.values())
   res["parts_s"] = parts
   if "evaluate" not in parts and timers.calls.get("evaluate"):
