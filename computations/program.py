@@ -417,19 +417,13 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
     raise ConfigError(f"shard_transport must be 'file', 'inline' or 'resident', found "
                       f"{options.shard_transport!r}")
   file_dir = None
-  source = None
+  source = test_source = None
   if options.shard_transport == "resident":  # issue 11: lay out once, ship row numbers
-    file_dir = sweep.make_shard_dir()
-    source = resident_data.from_population(pop.train, model.feature_keys, n_max,
-                                           os.path.join(file_dir, "resident"))
-    test_source = (resident_data.from_population(pop.test, model.feature_keys,
-                                                 pop.n_max_test,
-                                                 os.path.join(file_dir, "resident_test"))
-                   if diagnostics else None)
+    source, test_source = resident_data.population_sources(pop)
   # Secure noise mode: client seeds never touch a file (shards stay in memory).
   elif options.shard_transport == "file" and not secure:
     file_dir = sweep.make_shard_dir()
-  evaluator = (_Evaluator(pop, num_clusters, source, source and test_source)
+  evaluator = (_Evaluator(pop, num_clusters, source, test_source)
                if diagnostics else None)
   try:
     # ---------------- stage 0: head warm-up (DP-FedAvg on the head) -------------

@@ -22,7 +22,13 @@ which contribute zero).
 
 from __future__ import annotations
 
+import atexit
 import collections
+import os
+import shutil
+import itertools
+import threading
+import weakref
 from typing import Optional, Sequence
 
 import numpy as np
@@ -113,3 +119,38 @@ def from_population(clients, feature_keys, n_max: int, directory: str,
   round data source reading it."""
   return ResidentRoundData(resident.write_layout(clients, feature_keys, n_max, directory,
                                                  feature_shapes=feature_shapes))
+
+
+_lock = threading.Lock()
+_process_dir: Optional[str] = None
+_by_population: dict = {}   # id(pop) -> (weakref to pop, (train source, test source))
+_counter = itertools.count()
+
+
+def _layout_root() -> str:
+  """This process's layout directory (`pina-shards-<pid>-*`, /dev/shm when available;
+  removed at exit, or by the start-up sweep if the process died)."""
+  global _process_dir
+  if _process_dir is None:
+    from pina_tff.runtime import sweep  # pylint: disable=g-import-not-at-top
+    _process_dir = sweep.make_shard_dir()
+    atexit.register(shutil.rmtree, _process_dir, True)
+  return _process_dir
+
+
+def population_sources(pop) -> tuple:
+  """(train, test) round data sources of a `pina_tff.simulation.population.Population`,
+  laid out once per population object and process and reused by later runs on it
+  (pina-grid runs every method on one loaded population). Reusing the same files
+  matters beyond the time saved: TensorFlow caches kernels, and with them the memory
+  maps, by file name, so a fresh layout per run would keep every earlier run's maps."""
+  with _lock:
+    hit = _by_population.get(id(pop))
+    if hit is not None and hit[0]() is pop:
+      return hit[1]
+    root = os.path.join(_layout_root(), f"population-{next(_counter)}")
+    keys = pop.model.feature_keys
+    sources = (from_population(pop.train, keys, pop.n_max_train, os.path.join(root, "train")),
+               from_population(pop.test, keys, pop.n_max_test, os.path.join(root, "test")))
+    _by_population[id(pop)] = (weakref.ref(pop), sources)
+    return sources

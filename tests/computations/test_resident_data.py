@@ -144,6 +144,21 @@ def test_program_resident_equals_file(digits_clients_dir, tff_ctx, tmp_path):
   assert not math.isnan(s_res["final_accuracy"])
 
 
+def test_layout_is_made_once_per_population_object():
+  from pina_tff.simulation import population as population_lib
+  from benchmarks import program_bench
+  pop = program_bench.synthetic_population("fmnist", 6, 2)
+  train, test = resident_data.population_sources(pop)
+  again = resident_data.population_sources(pop)
+  assert again[0] is train and again[1] is test
+  other = population_lib.Population(**{**pop.__dict__})
+  assert resident_data.population_sources(other)[0].layout.directory != train.layout.directory
+  rows, sd = resident.shard_rows(test.layout, [5, 0], [(1, 5), (1, 0)], 3)[0]
+  got = test.reader.read({"rows": rows, "seed": sd})
+  np.testing.assert_array_equal(got["z"].numpy()[0, :1], pop.test[5]["z"])
+  assert got["client_mask"].numpy().tolist() == [1, 1, 0]
+
+
 def test_unknown_transport_is_an_error(digits_clients_dir, tmp_path):
   with pytest.raises(program.ConfigError, match="shard_transport must be"):
     program.run_simulation(_cfg(), digits_clients_dir, str(tmp_path),
