@@ -447,7 +447,9 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
             state = agg.with_noise_seed(state, _noise_seed(cfg, 0, rnd))
           out = proc0.next(state, data)
           state = out.state
-          w = proc0.get_model_weights(state).trainable
+          # issue 11: the state is already in Python; get_model_weights would be one
+          # more TFF call per round (15-40 ms) returning the same values.
+          w = state.global_model_weights.trainable
           st["head_kernel"] = np.asarray(w["head_kernel"][0])
           st["head_bias"] = np.asarray(w["head_bias"][0])
           params = {k: np.asarray(v) for k, v in w.items()}
@@ -513,7 +515,7 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
         out = proc.next(state, data)
         state = out.state
         params = {k: np.asarray(v)
-                  for k, v in proc.get_model_weights(state).trainable.items()}
+                  for k, v in state.global_model_weights.trainable.items()}
         st["weights"] = collections.OrderedDict((k, params[k]) for k in shapes)
         st["velocity"] = np.asarray(state.finalizer["velocity"])
         acc, clus = (evaluator(params) if diagnostics and _due(rnd, t2, options.eval_every)
