@@ -4,22 +4,37 @@ Subcommands (first positional argument):
 
   head     the "head workload": N clients x 32 examples of 384-dim features, a 384->10
            linear model, 1 local epoch of batch 16 (2 SGD steps, lr 0.1), per-client L2
-           clip 0.1, central Gaussian noise (multiplier 1.0), server SGD 1.0. Three paths
-           in one process, same data and initial weights:
+           clip 0.1, central Gaussian noise (multiplier 1.0), server SGD 1.0. Paths in
+           one process, same data and initial weights (--paths):
              stock    tff.learning.algorithms.build_unweighted_fed_avg, keras linear model,
                       one TFF client per simulated client, DifferentiallyPrivateFactory.
                       gaussian_fixed (fixed clip 0.1, not dp_aggregator's adaptive clip);
-             sharded  computations.learning_process.build_process (S simulated clients
-                      per TFF client, AggregatorSpec kind 'central');
-             plain    the same arithmetic as one tf.function, vectorized over clients.
+             sharded / sharded_file / sharded_program
+                      computations.learning_process.build_process (S simulated clients
+                      per TFF client, AggregatorSpec kind 'central'), shards inline, in
+                      files written once, or packed and written every round (what
+                      pina-simulate did before issue 11);
+             resident the same process reading a resident population: laid out once,
+                      every round ships row numbers, shards gathered inside the client
+                      computation (computations.resident_data; what pina-simulate does);
+             plain    the same arithmetic as one tf.function, vectorized over clients;
+             pfl      pfl-research in its own venv (benchmarks/run_pfl.sh makes it;
+                      $PFL_VENV, default /tmp/pfl-venv), run right after; skipped with a
+                      note when absent.
            Round 1 is a warm-up (tracing, worker start) and is not timed; the median of
-           --rounds timed rounds is reported. Last line:
+           --rounds timed rounds is reported. Last two lines:
+           `head_ratios clients=N pfl_ms_per_client=W sharded_path=P sharded_over_plain=R
+            pfl_over_sharded=Q stock_over_sharded=T`
            `head clients=N stock_tff_ms_per_client=X sharded_ms_per_client=Y
-            plain_tf_ms_per_client=Z`
-  stage2   one PINA stage-2 round (choose_cluster, C clusters, LoRA + head, scaling 'pina')
-           on synthetic reduced ViT-S/16 features; seconds per round and peak RSS.
-           With --sweep, runs every (cohort, clusters, aggregator) config in its own
-           subprocess (separate RSS peaks) and prints a table.
+            plain_tf_ms_per_client=Z` (sharded = the path pina-simulate takes)
+  stage2   PINA stage-2 rounds. --stage2_path=program (default): the program itself
+           (computations.program.run_simulation) on a synthetic population of the FMNIST
+           model's or ViT-S/16's reduced-tail shape (--model), timing each round and its
+           parts (benchmarks/program_bench.py). --stage2_path=process: process.next alone
+           with per-round packing (--stage2_data inline|file). Peak RSS of the process
+           and its children. With --sweep, every (model, cohort, clusters, aggregator)
+           config runs in its own subprocess (separate RSS peaks). Last line:
+           `stage2 cohort=M clusters=C aggregator=A round_s=X pack_s=Y peak_rss_gib=Z ...`
   embed    embedding-prefix throughput (examples/s) of digits_tiny and ViT-S/16.
 
 Times are wall-clock seconds (ms where the name says so).
@@ -49,6 +64,7 @@ cli.import_keras_quietly()
 from pina_tff.models import backbone as bb  # noqa: E402  pylint: disable=g-import-not-at-top
 from pina_tff.errors import ConfigError  # noqa: E402
 from pina_tff.models import split
+from benchmarks.program_bench import random_frozen  # noqa: F401  (re-exported)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("clients", 1000, "head: simulated clients per round (N).")
@@ -57,9 +73,12 @@ flags.DEFINE_integer("shard_size", 0, "Simulated clients per TFF client (0: defa
 flags.DEFINE_float("noise_multiplier", 1.0, "Central noise multiplier z (std / clip).")
 flags.DEFINE_enum("runtime", "worker", ["worker", "simulation"],
                   "head: TFF runtime for stock and sharded paths.")
-flags.DEFINE_list("paths", "stock,sharded,sharded_file,sharded_program,plain",
+flags.DEFINE_list("paths", "stock,sharded_program,resident,plain,pfl",
                   "head: which paths to run (stock, sharded, sharded_file, sharded_program "
-                  "(what pina-simulate does: file-backed, repacked each round), plain).")
+                  "(file-backed, repacked each round: pina-simulate before issue 11), "
+                  "resident (what pina-simulate does: the population laid out once, "
+                  "rounds ship row numbers), plain, pfl (pfl-research in its own venv, "
+                  "see benchmarks/run_pfl.sh; skipped with a note if absent)).")
 flags.DEFINE_integer("cohort", 1000, "stage2: simulated clients per round (M).")
 flags.DEFINE_integer("clusters", 4, "stage2: number of clusters C.")
 flags.DEFINE_integer("population", 10000, "stage2: population size.")
@@ -73,7 +92,24 @@ flags.DEFINE_integer("stage2_batch_size", 0,
 flags.DEFINE_enum("stage2_data", "file", ["inline", "file"],
                   "stage2: shards go to TFF inline (client_work.shard_to_dataset) or as "
                   "file-backed datasets written every round (what pina-simulate does).")
+flags.DEFINE_enum("stage2_path", "program", ["program", "process"],
+                  "stage2: 'program' runs computations.program.run_simulation on a "
+                  "synthetic population (what pina-simulate does per round: resident "
+                  "data, TFF round, evaluation, accounting, metrics; "
+                  "benchmarks/program_bench.py); 'process' times process.next alone "
+                  "with per-round packing (--stage2_data).")
+flags.DEFINE_enum("model", "vit_s16", ["fmnist", "vit_s16"],
+                  "stage2 --stage2_path=program: tail shape (FMNIST model: width 64; "
+                  "ViT-S/16: width 384), synthetic features, 5 train + 1 test examples.")
+flags.DEFINE_integer("eval_every", 1,
+                     "stage2 --stage2_path=program: evaluate every N rounds (1: every "
+                     "round, pina-simulate's default).")
+flags.DEFINE_string("transport", "resident",
+                    "stage2 --stage2_path=program: ProgramOptions.shard_transport.")
+flags.DEFINE_float("epsilon", 8.0, "stage2 --stage2_path=program: target epsilon.")
 flags.DEFINE_boolean("sweep", False, "stage2: run the cohort x clusters x aggregator grid.")
+flags.DEFINE_list("sweep_models", "fmnist,vit_s16",
+                  "stage2 --sweep --stage2_path=program: models.")
 flags.DEFINE_list("sweep_cohorts", "100,1000,10000", "stage2 --sweep: cohorts.")
 flags.DEFINE_list("sweep_clusters", "2,4", "stage2 --sweep: cluster counts.")
 flags.DEFINE_list("sweep_aggregators", "ddp,central", "stage2 --sweep: aggregators.")
@@ -188,12 +224,17 @@ def file_backed_dataset(shard, directory: str, name: str):
 
 
 def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int,
-                  file_dir: str | None = None, repack_each_round: bool = False):
+                  file_dir: str | None = None, repack_each_round: bool = False,
+                  resident_dir: str | None = None):
   """Our sharded process. Returns (times, w after round 1, packing seconds).
 
   With `file_dir`, shards go to TFF as file-backed datasets (`file_backed_dataset`).
   With `repack_each_round`, every timed round packs the shards and writes their files
-  again, as pina-simulate does (each round has a new cohort)."""
+  again, as pina-simulate did before issue 11 (each round has a new cohort).
+  With `resident_dir`, the population is laid out there once (not timed, reported as
+  packing seconds) and every round ships only row numbers and seeds, the shards being
+  gathered inside the client computation (`computations.resident_data`): what
+  pina-simulate does now."""
   from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
   from computations import client_work as cw  # pylint: disable=g-import-not-at-top
   from computations import learning_process as lp  # pylint: disable=g-import-not-at-top
@@ -212,8 +253,21 @@ def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int
                                     clip_norm=HEAD_CLIP, expected_clients=n, shard_size=s,
                                     num_shards=num_shards),
       shard_size=s, n_max=HEAD_EXAMPLES, server_learning_rate=SERVER_LR)
-  process = lp.build_process(model, spec)
+  source = None
+  if resident_dir:
+    from computations import resident_data  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    source = resident_data.from_population(
+        [{"x": x[i], "label": y[i]} for i in range(n)], model.feature_keys, HEAD_EXAMPLES,
+        resident_dir)
+    layout_s = time.perf_counter() - t0
+  process = lp.build_process(model, spec, reader=source and source.reader)
+  # pack_shard's default seeds: (0, position in the shard).
+  seeds = [(0, i % s) for i in range(n)]
+
   def pack():
+    if source is not None:
+      return source.round_data(range(n), seeds, s, num_shards)
     out = []
     for ids in shards.split_cohort(range(n), s):
       clients = [{"x": x[i], "label": y[i]} for i in ids]
@@ -226,14 +280,14 @@ def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int
 
   t0 = time.perf_counter()
   datasets = pack()
-  pack_s = time.perf_counter() - t0
+  pack_s = time.perf_counter() - t0 + (layout_s if source is not None else 0.0)
   state = process.initialize()
   state = process.set_model_weights(state, lp.model_weights(
       {"head_kernel": kernel[None], "head_bias": bias[None]}))
   box = {"state": state}
 
   def one_round():
-    data = pack() if repack_each_round else datasets
+    data = pack() if (repack_each_round or source is not None) else datasets
     box["state"] = process.next(box["state"], data).state
 
   one_round()
@@ -313,7 +367,7 @@ def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 
     res["ms_per_client"][name] = 1000.0 * med / num_clients
     res["weights"][name] = first
 
-  if {"stock", "sharded", "sharded_file"} & set(paths):
+  if {"stock", "sharded", "sharded_file", "sharded_program", "resident"} & set(paths):
     with tff_context(runtime=runtime, default_num_clients=num_clients):
       if "stock" in paths:
         times, first = _stock_tff_head(x, y, kernel, bias, noise, rounds)
@@ -335,10 +389,52 @@ def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 
           times, first, _ = _sharded_head(x, y, kernel, bias, noise, rounds, s, tmp,
                                           repack_each_round=True)
         record("sharded_program", times, first)
+      if "resident" in paths:
+        import tempfile  # pylint: disable=g-import-not-at-top
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        with tempfile.TemporaryDirectory(prefix="pina-bench-", dir=shm) as tmp:
+          times, first, layout_s = _sharded_head(
+              x, y, kernel, bias, noise, rounds, s,
+              resident_dir=os.path.join(tmp, "resident"))
+        record("resident", times, first)
+        res["layout_s"] = layout_s
   if "plain" in paths:
     times, first = _plain_tf_head(x, y, kernel, bias, noise, rounds)
     record("plain", times, first)
+  if "pfl" in paths:
+    pfl = run_pfl_head(num_clients, rounds, noise)
+    if pfl is not None:
+      res["ms_per_client"]["pfl"] = pfl
   return res
+
+
+def pfl_python() -> str | None:
+  """The interpreter of a pfl-research venv ($PFL_VENV, default /tmp/pfl-venv, as
+  benchmarks/run_pfl.sh makes it), or None if it has no pfl."""
+  python = os.path.join(os.environ.get("PFL_VENV", "/tmp/pfl-venv"), "bin", "python")
+  if not os.access(python, os.X_OK):
+    return None
+  ok = subprocess.run([python, "-c", "import pfl, torch"], capture_output=True, check=False)
+  return python if ok.returncode == 0 else None
+
+
+def run_pfl_head(num_clients: int, rounds: int, noise: float) -> float | None:
+  """pfl-research's ms per client on the head workload (benchmarks/pfl_head.py in its
+  own venv, run right after the other paths), or None (with a note) without pfl."""
+  python = pfl_python()
+  if python is None:
+    print("  pfl: no pfl-research venv (pfl and TFF cannot share one); make it with "
+          "benchmarks/run_pfl.sh (or set PFL_VENV) and run again", flush=True)
+    return None
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pfl_head.py")
+  proc = subprocess.run([python, script, f"--clients={num_clients}", f"--rounds={rounds}",
+                         f"--noise_multiplier={noise}"], capture_output=True, text=True,
+                        check=False)
+  last = (proc.stdout.strip().splitlines() or [""])[-1]
+  if proc.returncode != 0 or "pfl_ms_per_client=" not in last:
+    print(f"  pfl: failed ({proc.returncode}): {proc.stderr[-500:]}", flush=True)
+    return None
+  return float(last.split("pfl_ms_per_client=")[1].split()[0])
 
 
 def head_main() -> None:
@@ -349,7 +445,7 @@ def head_main() -> None:
   print(f"head workload: {n} clients x {HEAD_EXAMPLES} examples x {HEAD_DIM} features, "
         f"runtime={res['runtime']}, shard_size={res['shard_size']} "
         f"({res['num_shards']} TFF clients), median of {res['rounds']} rounds after warm-up")
-  for name in ("stock", "sharded", "sharded_file", "sharded_program", "plain"):
+  for name in ("stock", "sharded", "sharded_file", "sharded_program", "resident", "plain"):
     if name in ms:
       rs = res["round_s"][name]
       print(f"  {name:8s} {ms[name]:9.4f} ms/client  round {statistics.median(rs):8.3f} s  "
@@ -359,43 +455,33 @@ def head_main() -> None:
           f"= {1000 * res['pack_s'] / n:.4f} ms/client")
   if "pack_file_s" in res:
     print(f"  sharded_file packing + writing files (once): {res['pack_file_s']:.3f} s")
-  for ours in ("sharded", "sharded_file", "sharded_program"):
-    for other in ("stock", "plain"):
+  if "layout_s" in res:
+    print(f"  resident layout + first round's datasets (once): {res['layout_s']:.3f} s")
+  if "pfl" in ms:
+    print(f"  pfl      {ms['pfl']:9.4f} ms/client  (pfl-research, own venv, run right after)")
+  for ours in ("sharded", "sharded_file", "sharded_program", "resident"):
+    for other in ("stock", "plain", "pfl"):
       if ours in ms and other in ms:
         print(f"  {other}/{ours} = {ms[other] / ms[ours]:.2f}x")
   out = {k: v for k, v in res.items() if k != "weights"}
   out["machine"] = machine_info()
   _write_json(out)
   fmt = lambda k: f"{ms[k]:.4f}" if k in ms else "nan"  # noqa: E731
-  # "sharded" in the last line is the path pina-simulate takes: file-backed shards,
-  # packed and written every round (falls back to the other sharded variants).
-  ours = next((k for k in ("sharded_program", "sharded", "sharded_file") if k in ms), None)
+  # "sharded" in the last line is the path pina-simulate takes: the resident population
+  # (falls back to the other sharded variants).
+  ours = next((k for k in ("resident", "sharded_program", "sharded", "sharded_file")
+               if k in ms), None)
+  ratio = lambda a, b: (f"{ms[a] / ms[b]:.2f}" if a in ms and b in ms  # noqa: E731
+                        else "nan")
+  print(f"head_ratios clients={n} pfl_ms_per_client={fmt('pfl')} "
+        f"sharded_path={ours} sharded_over_plain={ratio(ours, 'plain')} "
+        f"pfl_over_sharded={ratio('pfl', ours)} stock_over_sharded={ratio('stock', ours)}")
   print(f"head clients={n} stock_tff_ms_per_client={fmt('stock')} "
         f"sharded_ms_per_client={fmt(ours) if ours else 'nan'} "
         f"plain_tf_ms_per_client={fmt('plain')}")
 
 
 # ----------------------------------------------------------------------------- stage 2
-
-def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
-  """The 18 frozen tail arrays of `config`, random (LayerNorm gammas 1, betas 0)."""
-  from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
-  d = config.width
-  rng = np.random.default_rng(seed)
-  shapes = config.frozen_shapes()
-  out = {}
-  for k in rt.FROZEN_KEYS:
-    if k.endswith("_gamma"):
-      out[k] = np.ones((d,), np.float32)
-    elif k.endswith("_beta"):
-      out[k] = np.zeros((d,), np.float32)
-    else:
-      fan_in = shapes[k][0] if len(shapes[k]) > 1 else 1
-      scale = 1.0 / math.sqrt(fan_in) if len(shapes[k]) > 1 else 0.02
-      out[k] = (scale * rng.standard_normal(shapes[k])).astype(np.float32)
-  rt.check_frozen(out, config)
-  return out
-
 
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
@@ -530,9 +616,37 @@ def _profile_stage2(model, spec, init, pack, s, tf):
   return out
 
 
+def stage2_program_main() -> None:
+  """One program-path config (benchmarks/program_bench.py) in this process."""
+  from benchmarks import program_bench  # pylint: disable=g-import-not-at-top
+  res = program_bench.run(
+      model_name=FLAGS.model, population=FLAGS.population, cohort=FLAGS.cohort,
+      clusters=FLAGS.clusters, rounds=FLAGS.rounds, epsilon=FLAGS.epsilon,
+      aggregator=FLAGS.aggregator, transport=FLAGS.transport, eval_every=FLAGS.eval_every,
+      profile=FLAGS.profile, shard_size=FLAGS.shard_size)
+  res["peak_rss_gib"] = peak_rss_gib()
+  res["machine"] = machine_info()
+  res["load_average"] = os.getloadavg()
+  _write_json(res)
+  profile = res.pop("profile", None)
+  if profile:
+    print(profile)
+  print(json.dumps(res))
+  rss = res["peak_rss_gib"]
+  parts = res["parts_s"]
+  print(f"stage2 cohort={res['cohort']} clusters={res['clusters']} "
+        f"aggregator={res['aggregator']} round_s={res['median_round_s']:.3f} "
+        f"pack_s={parts.get('round_data', float('nan')):.3f} "
+        f"peak_rss_gib={max(rss.values()):.2f} model={res['model']} path=program "
+        f"eval_every={res['eval_every']} "
+        f"evaluate_s={parts.get('evaluate', res.get('evaluate_s_per_call', float('nan'))):.3f}")
+
+
 def stage2_main() -> None:
   if FLAGS.sweep:
     return stage2_sweep()
+  if FLAGS.stage2_path == "program":
+    return stage2_program_main()
   res = stage2_one(FLAGS.cohort, FLAGS.clusters, FLAGS.aggregator, FLAGS.population,
                    FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
                    FLAGS.noise_multiplier, FLAGS.profile, FLAGS.stage2_batch_size,
@@ -548,34 +662,47 @@ def stage2_main() -> None:
 
 def stage2_sweep() -> None:
   rows = []
-  for aggregator in FLAGS.sweep_aggregators:
-    for clusters in [int(c) for c in FLAGS.sweep_clusters]:
-      for cohort in [int(m) for m in FLAGS.sweep_cohorts]:
-        out = f"/tmp/pina-bench-stage2-{os.getpid()}-{aggregator}-{clusters}-{cohort}.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench", "stage2", f"--cohort={cohort}",
-               f"--clusters={clusters}", f"--aggregator={aggregator}",
-               f"--population={FLAGS.population}", f"--rounds={FLAGS.rounds}",
-               f"--shard_size={FLAGS.shard_size}",
-               f"--noise_multiplier={FLAGS.noise_multiplier}", f"--json_out={out}",
-               f"--stage2_batch_size={FLAGS.stage2_batch_size}",
-               f"--stage2_data={FLAGS.stage2_data}"]
-        if FLAGS.profile:
-          cmd.append("--profile")
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-          print(f"FAILED {' '.join(cmd)}\n{proc.stderr[-3000:]}", flush=True)
-          continue
-        with open(out) as f:
-          r = json.load(f)
-        os.remove(out)
-        r["wall_s"] = time.perf_counter() - t0
-        rows.append(r)
-        print(f"aggregator={aggregator} C={clusters} cohort={cohort} "
-              f"round_s={r['median_round_s']:.3f} pack_s={r['median_pack_s']:.3f} "
-              f"warmup_s={r['warmup_round_s']:.2f} "
-              f"peak_rss_gib={max(r['peak_rss_gib'].values()):.2f} "
-              f"profile={r.get('profile')}", flush=True)
+  program_path = FLAGS.stage2_path == "program"
+  models = FLAGS.sweep_models if program_path else ["-"]
+  for model, aggregator, clusters, cohort in (
+      (m, a, int(c), int(n)) for m in models for a in FLAGS.sweep_aggregators
+      for c in FLAGS.sweep_clusters for n in FLAGS.sweep_cohorts):
+    out = (f"/tmp/pina-bench-stage2-{os.getpid()}-{model}-{aggregator}-{clusters}-"
+           f"{cohort}.json")
+    cmd = [sys.executable, "-m", "benchmarks.bench", "stage2", f"--cohort={cohort}",
+           f"--clusters={clusters}", f"--aggregator={aggregator}",
+           f"--population={FLAGS.population}", f"--rounds={FLAGS.rounds}",
+           f"--shard_size={FLAGS.shard_size}",
+           f"--noise_multiplier={FLAGS.noise_multiplier}", f"--json_out={out}",
+           f"--stage2_batch_size={FLAGS.stage2_batch_size}",
+           f"--stage2_data={FLAGS.stage2_data}",
+           f"--stage2_path={FLAGS.stage2_path}", f"--eval_every={FLAGS.eval_every}",
+           f"--transport={FLAGS.transport}", f"--epsilon={FLAGS.epsilon}"]
+    if program_path:
+      cmd.append(f"--model={model}")
+    if FLAGS.profile:
+      cmd.append("--profile")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      print(f"FAILED {' '.join(cmd)}\n{proc.stderr[-3000:]}", flush=True)
+      continue
+    with open(out) as f:
+      r = json.load(f)
+    os.remove(out)
+    r["wall_s"] = time.perf_counter() - t0
+    rows.append(r)
+    if program_path:
+      print(f"model={model} aggregator={aggregator} C={clusters} cohort={cohort} "
+            f"round_s={r['median_round_s']:.3f} parts_s={r['parts_s']} "
+            f"peak_rss_gib={max(r['peak_rss_gib'].values()):.2f} "
+            f"load={r['load_average'][0]:.2f}", flush=True)
+    else:
+      print(f"aggregator={aggregator} C={clusters} cohort={cohort} "
+            f"round_s={r['median_round_s']:.3f} pack_s={r['median_pack_s']:.3f} "
+            f"warmup_s={r['warmup_round_s']:.2f} "
+            f"peak_rss_gib={max(r['peak_rss_gib'].values()):.2f} "
+            f"profile={r.get('profile')}", flush=True)
   _write_json({"rows": rows, "machine": machine_info()})
 
 

@@ -73,9 +73,25 @@ def shard_to_file_dataset(shard: Mapping, directory: str, name: str) -> tf.data.
       collections.OrderedDict((k, tf.constant(v)) for k, v in paths.items())).map(read)
 
 
+def client_data_type(model, shard_size: int, n_max: int, reader=None,
+                     feature_dtype=np.float32):
+  """TFF type of a TFF client's dataset: packed shards, or the elements `reader`
+  (e.g. `computations.resident_data.ResidentReader`) turns into shards."""
+  if reader is not None:
+    return tff.SequenceType(reader.element_type(shard_size))
+  return tff.SequenceType(shard_element_type(model, shard_size, n_max, feature_dtype))
+
+
+def read_shard(dataset, reader=None):
+  """The shard of a TFF client's single-element dataset (inside a computation)."""
+  element = dataset.get_single_element()
+  return reader.read(element) if reader is not None else element
+
+
 def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max: int,
                             simulation_diagnostics: bool = True,
-                            feature_dtype=np.float32) -> tff.learning.templates.ClientWorkProcess:
+                            feature_dtype=np.float32,
+                            reader=None) -> tff.learning.templates.ClientWorkProcess:
   """ClientWorkProcess running `pina_tff.training.local.shard_update` per TFF client.
 
   Args:
@@ -88,15 +104,16 @@ def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max
 
   Result: ClientResult(update=float32[C, P] (sum over the shard of C-slot clipped
   updates), update_weight=float32 (simulated clients in the shard; aggregators here
-  ignore it)). Measurements: summed simulation diagnostics, or empty.
+  ignore it)). Measurements: summed simulation diagnostics, or empty. With `reader`,
+  each TFF client's dataset holds what the reader turns into the shard (row numbers
+  of a resident population) instead of the shard itself.
   """
   weights_type = cluster_weights_type(model, spec.num_clusters)
-  element_type = shard_element_type(model, shard_size, n_max, feature_dtype)
-  data_type = tff.SequenceType(element_type)
+  data_type = client_data_type(model, shard_size, n_max, reader, feature_dtype)
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_update(weights, dataset):
-    shard = dataset.get_single_element()
+    shard = read_shard(dataset, reader)
     update, diag = local.shard_update(model, spec, weights.trainable, shard)
     result = tff.learning.templates.ClientResult(update=update,
                                                  update_weight=diag["num_clients"])

@@ -48,13 +48,17 @@ class ProcessSpec:
   simulation_diagnostics: bool = True
 
 
-def build_process(model, spec: ProcessSpec) -> tff.learning.templates.LearningProcess:
+def build_process(model, spec: ProcessSpec,
+                  reader=None) -> tff.learning.templates.LearningProcess:
   """Composes the learning process of one stage (stage 0, or stage 2 of any method).
 
   Args:
     model: the tail model (`pina_tff.training.models`), which knows its parameter and
       feature shapes.
     spec: what shapes the process (`ProcessSpec`; see `computations.methods`).
+    reader: a resident-population reader (`computations.resident_data`): each TFF
+      client's dataset then holds only row numbers and seeds, and the client
+      computation gathers its shard; None: the dataset holds the packed shard.
 
   Returns:
     A `tff.learning.templates.LearningProcess` (broadcast of all C models, the
@@ -77,7 +81,7 @@ def build_process(model, spec: ProcessSpec) -> tff.learning.templates.LearningPr
 
   distributor = tff.learning.templates.build_broadcast_process(weights_type)
   work = cw.build_shard_client_work(model, spec.local, spec.shard_size, spec.n_max,
-                                    spec.simulation_diagnostics)
+                                    spec.simulation_diagnostics, reader=reader)
   update_type = work.next.type_signature.result.result.member.update
   weight_type = work.next.type_signature.result.result.member.update_weight
   aggregator = agg.build_cslot_aggregator(spec.aggregator).create(update_type, weight_type)

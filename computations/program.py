@@ -50,6 +50,7 @@ from computations import aggregators as agg
 from computations import finalizers as fin
 from computations import learning_process as lp
 from computations import methods
+from computations import resident_data
 from computations import program_state as ps
 from computations import release as release_lib
 from computations import round_data as rd
@@ -93,10 +94,13 @@ class ProgramOptions:
     simulation_diagnostics: compute and release the diagnostics that ε does not cover
       (per-cluster counts and mean training loss summed in the clear, accuracies
       computed on every client's data); False turns them all off.
-    shard_transport: 'file' (each round's shards are written to files that the TFF
-      clients' datasets read: the computation ships file names) or 'inline' (the data
-      itself is serialized into each round's datasets). With
-      privacy.noise_mode='secure' the shards always stay in memory ('inline').
+    shard_transport: 'resident' (default: the population is laid out once per
+      process and each round ships only the cohort's row numbers and client seeds;
+      the client computation gathers its shard), 'file' (each round's shards are
+      packed and written to files that the TFF clients' datasets read) or 'inline'
+      (packed and serialized into each round's datasets). Same results whichever;
+      see `computations.round_data`. With privacy.noise_mode='secure' packed shards
+      stay in memory ('inline'); resident rounds never write client seeds anyway.
     restart: remove what an earlier run wrote into root_dir and start over (otherwise
       a root_dir made by another configuration is an error; see computations/run_dir).
   """
@@ -106,7 +110,7 @@ class ProgramOptions:
   progress: str = "auto"
   stop_after_rounds: Optional[int] = None
   simulation_diagnostics: bool = True
-  shard_transport: str = "file"
+  shard_transport: str = "resident"
   restart: bool = False
 
 
@@ -141,13 +145,33 @@ def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
 
 
 class _Evaluator:
-  """IFCA-style test accuracy over the whole population in one compiled graph."""
+  """IFCA-style test accuracy over the whole population, in compiled chunks.
 
-  def __init__(self, pop: population_lib.Population, num_clusters: int):
-    keys = pop.model.feature_keys
-    ids = list(range(pop.size))
-    self.select = shards_lib.pack_shard([pop.train[i] for i in ids], keys, pop.n_max_train)
-    self.test = shards_lib.pack_shard([pop.test[i] for i in ids], keys, pop.n_max_test)
+  Each client's train loss picks its cluster model (argmin), which is scored on its
+  test examples. A diagnostic computed on every client's data, outside ε.
+
+  Args:
+    pop: the population.
+    num_clusters: models per round.
+    resident: read the population's resident layouts (`resident_data`: memory maps,
+      no copy) instead of packing it once here.
+  """
+
+  #: Clients per compiled call: the whole population at once would hold C x P x N
+  #: activations (~1 GB for 10,000 ViT-S/16 clients).
+  CHUNK = 1024
+
+  def __init__(self, pop: population_lib.Population, num_clusters: int,
+               resident: bool = False):
+    if resident:
+      train, test = resident_data.population_sources(pop)
+      self.select, self.test = train.reader.full_arrays(), test.reader.full_arrays()
+    else:  # tensors made once (not per call)
+      keys, ids = pop.model.feature_keys, list(range(pop.size))
+      self.select = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
+          [pop.train[i] for i in ids], keys, pop.n_max_train).items()}
+      self.test = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
+          [pop.test[i] for i in ids], keys, pop.n_max_test).items()}
     self.true = pop.true_clusters
     model = pop.model
 
@@ -159,14 +183,21 @@ class _Evaluator:
     self.num_clusters = num_clusters
 
   def __call__(self, params) -> tuple[float, float]:
-    correct, total, choice = self._fn(
-        {k: tf.constant(v) for k, v in params.items()},
-        {k: tf.constant(v) for k, v in self.select.items()},
-        {k: tf.constant(v) for k, v in self.test.items()})
-    acc = float(correct) / max(1.0, float(total))
-    clus = (cluster_metrics.clustering_accuracy(choice.numpy(), self.true)
+    """(test accuracy, clustering accuracy or nan) of the C models `params`."""
+    params = {k: tf.constant(v) for k, v in params.items()}
+    rows = int(self.select["label"].shape[0])  # resident layouts add a padding row
+    correct = total = 0.0
+    choices = []
+    for a in range(0, rows, self.CHUNK):
+      part = slice(a, min(rows, a + self.CHUNK))
+      c, t, ch = self._fn(params, {k: v[part] for k, v in self.select.items()},
+                          {k: v[part] for k, v in self.test.items()})
+      correct, total = correct + float(c), total + float(t)
+      choices.append(ch.numpy())
+    choice = np.concatenate(choices)[:len(self.true)]
+    clus = (cluster_metrics.clustering_accuracy(choice, self.true)
             if self.num_clusters > 1 else float("nan"))
-    return acc, clus
+    return correct / max(1.0, total), clus
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -221,13 +252,26 @@ class _Plan:
             "stage2": (self.layout2.shard_size, self.layout2.num_shards)}
 
 
+def _default_shard_size(cfg, stage: int, rounds: int, population: int,
+                        cohort: int) -> int:
+  """Shards sized for the stage's largest scheduled (Poisson) cohort, not the expected
+  one: a cohort just over the expected size would otherwise fill one more shard of
+  mostly padding."""
+  largest = sampling_lib.max_cohort_size(cfg.seed, stage, rounds, population, cohort,
+                                         cfg.privacy.sampling)
+  return shards_lib.default_shard_size(max(1, largest or cohort))
+
+
 def _make_plan(cfg, pop, options: ProgramOptions) -> _Plan:
   """The run's derived quantities: ε calibration, shard layouts, stage-2 spec."""
+  rd.check_transport(options.shard_transport)
   report = calibrate(cfg)
-  shard2 = options.shard_size or shards_lib.default_shard_size(cfg.stage2.cohort)
-  shard0 = options.shard_size or shards_lib.default_shard_size(cfg.stage0.cohort)
   t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
   t2 = cfg.stage2.rounds
+  shard2 = options.shard_size or _default_shard_size(cfg, 2, t2, pop.size,
+                                                     cfg.stage2.cohort)
+  shard0 = options.shard_size or _default_shard_size(cfg, 0, t0, pop.size,
+                                                     cfg.stage0.cohort)
   layout2 = rd.StageLayout(shard2, _num_shards(cfg, 2, t2, pop.size, cfg.stage2.cohort,
                                                shard2))
   layout0 = rd.StageLayout(shard0, _num_shards(cfg, 0, t0, pop.size, cfg.stage0.cohort,
@@ -325,7 +369,7 @@ class _Run:
       st["head_bias"] = pop.head["head_bias"].astype(np.float32)
     self.release = release_lib.MetricsRelease(root_dir, cfg.method, plan.num_models,
                                               plan.t0, self.state.wall_s)
-    self.evaluator = _Evaluator(pop, plan.num_models) if plan.diagnostics else None
+    self.evaluator: Optional[_Evaluator] = None  # made with the data source
     self.rounds_this_call = 0
     self.progress = loop.Progress(plan.options.progress, plan.t0 + plan.t2,
                                   self.state.rounds_done(),
@@ -335,6 +379,9 @@ class _Run:
   def execute(self) -> Optional[dict]:
     """Runs the stages not done yet; None when finished, else the stop result."""
     self.data = _round_data_source(self.plan, self._sketch_shard_size())
+    if self.plan.diagnostics:
+      self.evaluator = _Evaluator(self.plan.pop, self.plan.num_models,
+                                  resident=self.data.reader is not None)
     try:
       for phase, stage in ((PHASE_STAGE0, self._stage0), (PHASE_STAGE1, self._stage1),
                            (PHASE_STAGE2, self._stage2)):
@@ -432,7 +479,7 @@ class _Run:
       spec0 = methods.stage0_spec(p.cfg, p.report.z0, p.layout0.shard_size,
                                   p.pop.n_max_train, p.cfg.stage2.batch_size,
                                   p.diagnostics, num_shards=p.layout0.num_shards)
-      proc0 = lp.build_process(p.pop.model, spec0)
+      proc0 = lp.build_process(p.pop.model, spec0, reader=self.data.reader)
       base = rt.init_trainable(p.pop.model.config, p.cfg.seed, st["head_kernel"],
                                st["head_bias"])
       state = proc0.set_model_weights(proc0.initialize(), lp.model_weights(
@@ -440,7 +487,7 @@ class _Run:
 
       def keep(rnd, state):
         del rnd
-        w = proc0.get_model_weights(state).trainable
+        w = state.global_model_weights.trainable  # (no extra TFF call per round)
         st["head_kernel"] = np.asarray(w["head_kernel"][0])
         st["head_bias"] = np.asarray(w["head_bias"][0])
         return {k: np.asarray(v) for k, v in w.items()}
@@ -482,14 +529,14 @@ class _Run:
   def _stage2(self) -> Optional[dict]:
     """Clustered rounds (or the baseline's rounds) from the stage-1 start."""
     p, st = self.plan, self.state.values
-    proc = lp.build_process(p.pop.model, p.spec2)
+    proc = lp.build_process(p.pop.model, p.spec2, reader=self.data.reader)
     state = proc.set_model_weights(proc.initialize(), lp.model_weights(st["weights"]))
     state = state._replace(finalizer=fin.finalizer_state(self.state.round,
                                                          st["velocity"]))
 
     def keep(rnd, state):
       del rnd
-      params = {k: np.asarray(v) for k, v in proc.get_model_weights(state).trainable.items()}
+      params = {k: np.asarray(v) for k, v in state.global_model_weights.trainable.items()}
       st["weights"] = _ordered(params, p.shapes)
       st["velocity"] = np.asarray(state.finalizer["velocity"])
       return params
@@ -525,7 +572,8 @@ class _Run:
                            send_keys=tm.LORA_KEYS)
     z1 = p.report.z1
     comp = stage1_lib.build_sketch_computation(pop.model, spec, s1.top_k, s1.clip, z1,
-                                               self._sketch_shard_size(), pop.n_max_train)
+                                               self._sketch_shard_size(), pop.n_max_train,
+                                               reader=self.data.reader)
     data = self.data.round_data(1, 0, ids, _client_seeds(cfg.seed, 1, 0, ids,
                                                          cfg.privacy.noise_mode))
     weights = lp.model_weights({k: v[None] for k, v in base.items()})
@@ -543,15 +591,17 @@ class _Run:
 
 
 def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSource:
-  """The run's `RoundDataSource` (the one place a data source is chosen).
-
-  Today: `PackedRoundData` with ``options.shard_transport``; in secure noise mode the
-  shards stay in memory (client seeds never touch a file).
-  """
+  """The run's `RoundDataSource` (the one place a data source is chosen), by
+  ``options.shard_transport``: resident (laid out once per population and process) or
+  packed every round; packed shards stay in memory in secure noise mode (client seeds
+  never touch a file)."""
   p = plan
+  layouts = {0: p.layout0, 1: rd.StageLayout(sketch_shard_size), 2: p.layout2}
+  if p.options.shard_transport == "resident":
+    train, _ = resident_data.population_sources(p.pop)
+    return rd.ResidentStages(train, layouts)
   return rd.PackedRoundData(
-      p.pop.train, p.pop.model.feature_keys, p.pop.n_max_train,
-      {0: p.layout0, 1: rd.StageLayout(sketch_shard_size), 2: p.layout2},
+      p.pop.train, p.pop.model.feature_keys, p.pop.n_max_train, layouts,
       p.options.shard_transport, in_memory_only=p.cfg.privacy.noise_mode == "secure")
 
 

@@ -1,13 +1,20 @@
 """Where a round's TFF client values come from: the `RoundDataSource` interface.
 
 The round loop (`computations.round_loop`) asks a data source for the values of one
-round's cohort; it never packs data itself. `PackedRoundData` is today's
-implementation: the cohort's simulated clients are packed into shards of S
-(`pina_tff.training.shards`), padded to the stage's constant number of TFF clients,
-and shipped as `tf.data` datasets, either reading per-round files (`'file'`
-transport, `/dev/shm` when available) or with the data serialized inline
-(`'inline'`). Another implementation (e.g. a population resident in the workers,
-read by client id) only has to provide `round_data` and `close`.
+round's cohort; it never packs data itself. Two implementations:
+
+* `ResidentStages` (`'resident'` transport, the default): the population is laid out
+  once per process (`computations.resident_data`); each round ships only the cohort's
+  row numbers and client seeds, and the client computation, built with the source's
+  `reader`, gathers its shard itself. Nothing is packed or written per round.
+* `PackedRoundData`: the cohort's simulated clients are packed into shards of S
+  (`pina_tff.training.shards`) every round and shipped as `tf.data` datasets, either
+  reading per-round files (`'file'`, `/dev/shm` when available) or with the data
+  serialized inline (`'inline'`).
+
+Both cut the cohort into the same shards, padded with empty shards to the stage's
+constant number of TFF clients, with the same per-client seeds, so results do not
+depend on the transport (tests/computations/test_resident_data.py).
 """
 
 from __future__ import annotations
@@ -17,15 +24,24 @@ import shutil
 from typing import Mapping, Optional, Protocol, Sequence
 
 from computations import client_work as cw
+from computations import resident_data
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import sweep
 from pina_tff.training import shards as shards_lib
 
-TRANSPORTS = ("file", "inline")
+TRANSPORTS = ("resident", "file", "inline")
 
 
 class RoundDataSource(Protocol):
-  """The TFF client values of one round (one value per TFF client, placed @CLIENTS)."""
+  """The TFF client values of one round (one value per TFF client, placed @CLIENTS).
+
+  Attributes:
+    reader: what the client computations must be built with to read these values
+      (`learning_process.build_process(..., reader=...)`); None: the values are the
+      packed shards themselves.
+  """
+
+  reader: Optional[resident_data.ResidentReader]
 
   def round_data(self, stage: int, rnd: int, ids: Sequence[int],
                  seeds: Sequence) -> list:
@@ -91,11 +107,13 @@ class PackedRoundData:
     ConfigError: unknown ``transport``.
   """
 
+  reader = None  # the datasets hold the packed shards
+
   def __init__(self, clients, feature_keys, n_max: int,
                layouts: Mapping[int, StageLayout], transport: str = "file",
                in_memory_only: bool = False):
-    if transport not in TRANSPORTS:
-      raise ConfigError(f"shard_transport must be 'file' or 'inline', found "
+    if transport not in ("file", "inline"):
+      raise ConfigError(f"PackedRoundData: transport must be 'file' or 'inline', found "
                         f"{transport!r}")
     self._clients, self._keys, self._n_max = clients, feature_keys, n_max
     self._layouts = dict(layouts)
@@ -112,3 +130,34 @@ class PackedRoundData:
     if self._file_dir is not None:
       shutil.rmtree(self._file_dir, ignore_errors=True)
       self._file_dir = None
+
+
+class ResidentStages:
+  """`RoundDataSource` over a resident population (`computations.resident_data`).
+
+  Args:
+    source: the population's `resident_data.ResidentRoundData` (laid out once per
+      population object and process: `resident_data.population_sources`).
+    layouts: {stage: StageLayout}.
+  """
+
+  def __init__(self, source: resident_data.ResidentRoundData,
+               layouts: Mapping[int, StageLayout]):
+    self._source = source
+    self._layouts = dict(layouts)
+    self.reader = source.reader
+
+  def round_data(self, stage: int, rnd: int, ids, seeds) -> list:
+    del rnd  # the cohort and seeds say everything
+    layout = self._layouts[stage]
+    return self._source.round_data(ids, seeds, layout.shard_size, layout.num_shards)
+
+  def close(self) -> None:
+    """Nothing per run: the layout stays for later runs on the same population (it is
+    removed at process exit, or by the start-up sweep after a crash)."""
+
+
+def check_transport(transport: str) -> None:
+  """Raises ConfigError unless `transport` is one of `TRANSPORTS`."""
+  if transport not in TRANSPORTS:
+    raise ConfigError(f"shard_transport must be one of {TRANSPORTS}, found {transport!r}")

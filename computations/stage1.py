@@ -30,7 +30,8 @@ from pina_tff.training import models as tm
 
 
 def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: float,
-                             noise_multiplier: float, shard_size: int, n_max: int):
+                             noise_multiplier: float, shard_size: int, n_max: int,
+                             reader=None):
   """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.
 
   Args:
@@ -42,6 +43,7 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
     noise_multiplier: z1; each client adds N(0, (z1·S1)²) per coordinate itself
       (local DP: the sketches leave the clients already noised).
     shard_size, n_max: the shard layout (S clients of at most N examples).
+    reader: see `client_work.build_shard_client_work` (None: packed shards).
 
   Returns:
     A federated computation whose result per TFF client is
@@ -51,14 +53,14 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
     ConfigError: top_k out of [1, P1/2] (`pina_tff.privacy.sketch.validate_top_k`).
   """
   weights_type = cw.cluster_weights_type(model, 1)
-  data_type = tff.SequenceType(cw.shard_element_type(model, shard_size, n_max))
+  data_type = cw.client_data_type(model, shard_size, n_max, reader)
   sketch_keys = tm.LORA_KEYS
   size = tm.vector_size(model.param_shapes(), sketch_keys)
   sk.validate_top_k(top_k, size)
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_sketch(weights, dataset):
-    shard = dataset.get_single_element()
+    shard = cw.read_shard(dataset, reader)
     s = shard["label"].shape[0]
     features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
     init = {k: tf.repeat(v, s, axis=0) for k, v in weights.trainable.items()}
