@@ -134,8 +134,11 @@ def test_packed_round_data_keeps_secure_shards_in_memory_and_rejects_bad_transpo
   source = rd.PackedRoundData(_clients([2]), ("x",), 2, {0: rd.StageLayout(1)}, "file",
                               in_memory_only=True)
   assert source._file_dir is None  # pylint: disable=protected-access
-  with pytest.raises(ConfigError, match="shard_transport"):
+  with pytest.raises(ConfigError, match="transport must be 'file' or 'inline'"):
     rd.PackedRoundData(_clients([2]), ("x",), 2, {}, "carrier-pigeon")
+  with pytest.raises(ConfigError, match="shard_transport must be one of"):
+    rd.check_transport("carrier-pigeon")
+  rd.check_transport("resident")
 
 
 if __name__ == "__main__":
