@@ -36,6 +36,7 @@ from tensorflow_federated.python.aggregators import distributed_dp
 
 from computations import context
 from computations import mergeable_ddp
+from computations import seeded_process
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.privacy import ddp as ddp_lib
@@ -122,9 +123,6 @@ class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
         auto_l2_clip=False).create(value_type)
 
 
-SEED_SHAPE = (2,)
-
-
 def random_seed() -> np.ndarray:
   """A fresh noise seed from the operating system's entropy (secure noise mode)."""
   return np.frombuffer(os.urandom(16), dtype=np.int64).copy()
@@ -156,12 +154,7 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def create(self, value_type):
     clip, stddev = self._clip, self._stddev
-    seed_type = tff.TensorType(np.int64, SEED_SHAPE)
-    initial = random_seed()
-
-    @tff.tensorflow.computation()
-    def init_seed():
-      return tf.constant(initial, tf.int64)
+    seed_type = seeded_process.SEED_TYPE
 
     @tff.tensorflow.computation(value_type)
     def clip_value(value):
@@ -177,24 +170,11 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
           dtype=v.dtype) for i, v in enumerate(flat)]
       return tf.nest.pack_sequence_as(total, noised)
 
-    @tff.tensorflow.computation(seed_type)
-    def advance(seed):
-      return tf.random.experimental.stateless_split(seed, 1)[0]
-
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_eval(init_seed, tff.SERVER)
-
-    @tff.federated_computation(tff.FederatedType(seed_type, tff.SERVER),
-                               tff.FederatedType(value_type, tff.CLIENTS))
-    def next_fn(state, value):
+    def body(state, value):
       total = tff.federated_sum(tff.federated_map(clip_value, value))
-      result = tff.federated_map(add_noise, (total, state))
-      return tff.templates.MeasuredProcessOutput(
-          state=tff.federated_map(advance, state), result=result,
-          measurements=tff.federated_value((), tff.SERVER))
+      return tff.federated_map(add_noise, (total, state))
 
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+    return seeded_process.seeded_aggregation_process(value_type, random_seed(), body)
 
 
 class ClippedSumFactory(tff.aggregators.UnweightedAggregationFactory):

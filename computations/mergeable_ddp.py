@@ -35,9 +35,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
 
+from computations import seeded_process
 from pina_tff.privacy import ddp as ddp_lib
 
-SEED_SHAPE = (2,)
 
 
 def fwht(x: tf.Tensor) -> tf.Tensor:
@@ -96,36 +96,17 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
                                spec.num_shards, dim, spec.ddp_bits)
     self.nominal_multiplier = params["z_nominal"]
     self.ddp_parameters = params
-    seed_type = tff.TensorType(np.int64, SEED_SHAPE)
     encode, decode = _codec(value_type, dim, params,
                             clip=float(spec.shard_size * spec.clip_norm),
                             modulus=2 ** spec.ddp_bits)
     initial_seed = np.frombuffer(np.random.SeedSequence().generate_state(
         4, np.uint32).tobytes(), np.int64).copy()
 
-    @tff.tensorflow.computation()
-    def init_seed():
-      return tf.constant(initial_seed, tf.int64)
-
-    @tff.tensorflow.computation(seed_type)
-    def advance(seed):
-      return tf.random.experimental.stateless_split(seed, 1)[0]
-
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_eval(init_seed, tff.SERVER)
-
-    @tff.federated_computation(tff.FederatedType(seed_type, tff.SERVER),
-                               tff.FederatedType(value_type, tff.CLIENTS))
-    def next_fn(state, value):
+    def body(state, value):
       encoded = tff.federated_map(encode, (value, tff.federated_broadcast(state)))
-      total = tff.federated_sum(encoded)
-      result = tff.federated_map(decode, (total, state))
-      return tff.templates.MeasuredProcessOutput(
-          state=tff.federated_map(advance, state), result=result,
-          measurements=tff.federated_value((), tff.SERVER))
+      return tff.federated_map(decode, (tff.federated_sum(encoded), state))
 
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+    return seeded_process.seeded_aggregation_process(value_type, initial_seed, body)
 
 
 def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
@@ -143,7 +124,7 @@ def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
     `value_type`'s structure (the mean is taken by the caller).
   """
   d, scale, noise_scale = params["padded_dim"], params["scale"], params["noise_scale_int"]
-  seed_type = tff.TensorType(np.int64, SEED_SHAPE)
+  seed_type = seeded_process.SEED_TYPE
   traced = {}  # the value's Python structure, as `encode` sees it (for `decode`)
 
   @tff.tensorflow.computation(value_type, seed_type)

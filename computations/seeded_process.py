@@ -1,0 +1,57 @@
+"""The aggregation-process frame shared by our seeded sum factories.
+
+Central DP (`aggregators.SeededGaussianSumFactory`) and the mergeable distributed DP
+(`mergeable_ddp.MergeableDdpSumFactory`) both keep one int64[2] stateless seed at the
+server: it starts from a given value, is advanced by a stateless split every round
+(the program may overwrite it before a round: `aggregators.with_noise_seed`), and is
+what the round's randomness is derived from. Only the round's body differs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+SEED_SHAPE = (2,)
+SEED_TYPE = tff.TensorType(np.int64, SEED_SHAPE)
+
+
+def seeded_aggregation_process(value_type, initial_seed: np.ndarray,
+                               body: Callable) -> tff.templates.AggregationProcess:
+  """An AggregationProcess whose state is a seed@SERVER.
+
+  Args:
+    value_type: the TFF type of one client's value.
+    initial_seed: int64[2], the state after `initialize`.
+    body: `body(seed@SERVER, value@CLIENTS) -> result@SERVER`, called inside the
+      process's federated `next` (it may broadcast the seed to the clients).
+
+  Returns:
+    The process; `next` returns `body`'s result, the advanced seed as state and no
+    measurements.
+  """
+  initial = np.asarray(initial_seed, np.int64)
+
+  @tff.tensorflow.computation()
+  def init_seed():
+    return tf.constant(initial, tf.int64)
+
+  @tff.tensorflow.computation(SEED_TYPE)
+  def advance(seed):
+    return tf.random.experimental.stateless_split(seed, 1)[0]
+
+  @tff.federated_computation()
+  def init_fn():
+    return tff.federated_eval(init_seed, tff.SERVER)
+
+  @tff.federated_computation(tff.FederatedType(SEED_TYPE, tff.SERVER),
+                             tff.FederatedType(value_type, tff.CLIENTS))
+  def next_fn(state, value):
+    return tff.templates.MeasuredProcessOutput(
+        state=tff.federated_map(advance, state), result=body(state, value),
+        measurements=tff.federated_value((), tff.SERVER))
+
+  return tff.templates.AggregationProcess(init_fn, next_fn)
