@@ -64,6 +64,7 @@ cli.import_keras_quietly()
 from pina_tff.models import backbone as bb  # noqa: E402  pylint: disable=g-import-not-at-top
 from pina_tff.errors import ConfigError  # noqa: E402
 from pina_tff.models import split
+from benchmarks import program_bench
 from benchmarks.program_bench import random_frozen  # noqa: F401  (re-exported)
 
 FLAGS = flags.FLAGS
@@ -486,11 +487,12 @@ def head_main() -> None:
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
                profile: bool, batch_size: int = 0, data_mode: str = "inline",
-               context_kwargs: dict | None = None) -> dict:
+               context_kwargs: dict | None = None, model_name: str = "vit_s16") -> dict:
   """One stage-2 config, in this process. Returns timings and peak RSS.
 
   ``context_kwargs``: `tff_context` arguments (default: the simulation runtime on one
-  local worker), e.g. ``dict(num_workers=2, runtime="worker")``.
+  local worker), e.g. ``dict(num_workers=2, runtime="worker")``. ``model_name``: the
+  reduced tail's shape (`program_bench.MODELS`: 'vit_s16' or 'fmnist').
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
@@ -501,7 +503,8 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   from pina_tff.training import local  # pylint: disable=g-import-not-at-top
   from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top
   from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
-  config = rt.TailConfig(width=384, num_heads=6, mlp_dim=1536, num_classes=10)
+  width, heads, mlp, classes = program_bench.MODELS[model_name]
+  config = rt.TailConfig(width=width, num_heads=heads, mlp_dim=mlp, num_classes=classes)
   model = tm.ViTTailModel(config, random_frozen(config))
   import tempfile  # pylint: disable=g-import-not-at-top
   tmpdir = tempfile.TemporaryDirectory(prefix="pina-bench-")

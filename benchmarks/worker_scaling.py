@@ -6,7 +6,8 @@
 Flags of `pina-bench stage2` apply (--cohort, --clusters, --rounds,
 --examples_per_client, --noise_multiplier: here the effective DDP multiplier).
 
-Same workload as `pina-bench stage2` (ViT-S/16 reduced-tail features, synthetic data,
+Same workload as `pina-bench stage2` (`--model`: ViT-S/16 or FMNIST reduced-tail
+features, synthetic data,
 shards read from files as `pina-simulate` does), run once per configuration in this
 process: 'sim1' is the default runtime (TFF's secure-sum DDP on one service); 'wN' is the
 native runtime on N local services with the mergeable DDP sum (each round's shards
@@ -40,7 +41,8 @@ def main(argv):
     res = bench.stage2_one(FLAGS.cohort, FLAGS.clusters, "ddp", FLAGS.cohort,
                            FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
                            FLAGS.noise_multiplier, False,
-                           data_mode="file", context_kwargs=kwargs)
+                           data_mode="file", context_kwargs=kwargs,
+                           model_name=FLAGS.model)
     res["load_avg"] = os.getloadavg()
     results[name] = {k: res[k] for k in ("median_round_s", "round_s", "warmup_round_s",
                                          "median_pack_s", "num_shards", "shard_size",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from typing import Iterator, Optional, Sequence
@@ -109,7 +110,12 @@ def stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 def wait_until_serving(addresses: Sequence[str], timeout_s: float = 120.0,
                        procs: Sequence[subprocess.Popen] = ()) -> None:
-  """Blocks until every service answers on its gRPC channel.
+  """Blocks until every service accepts connections on its port.
+
+  A plain TCP connect, not gRPC's `channel_ready_future`: that one leaves a
+  connectivity-polling thread behind which, when the channel is closed under it (e.g.
+  a run that stops at once with a config error), prints a traceback at exit
+  ("Cannot monitor channel state: Channel closed!").
 
   Raises:
     ConfigError: a service did not answer within `timeout_s` seconds (or one of the
@@ -117,23 +123,20 @@ def wait_until_serving(addresses: Sequence[str], timeout_s: float = 120.0,
   """
   deadline = time.monotonic() + timeout_s
   for address in addresses:
-    channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
-    try:
-      future = grpc.channel_ready_future(channel)
-      while True:
-        dead = [p.pid for p in procs if p.poll() is not None]
-        if dead:
-          raise ConfigError(f"worker service(s) {dead} exited during start-up.")
-        try:
-          future.result(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+    host, port = address.rsplit(":", 1)
+    while True:
+      dead = [p.pid for p in procs if p.poll() is not None]
+      if dead:
+        raise ConfigError(f"worker service(s) {dead} exited during start-up.")
+      try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
           break
-        except grpc.FutureTimeoutError:
-          if time.monotonic() >= deadline:
-            raise ConfigError(  # pylint: disable=raise-missing-from
-                f"TFF worker service at {address} did not answer within "
-                f"{timeout_s:.0f} s (is `worker_binary --port=...` running there?).")
-    finally:
-      channel.close()
+      except OSError:
+        if time.monotonic() >= deadline:
+          raise ConfigError(  # pylint: disable=raise-missing-from
+              f"TFF worker service at {address} did not answer within "
+              f"{timeout_s:.0f} s (is `worker_binary --port=...` running there?).")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
