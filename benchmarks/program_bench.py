@@ -89,12 +89,21 @@ def synthetic_population(model_name: str, population: int, clusters: int,
       true_clusters=true.astype(np.int64), num_true_clusters=clusters)
 
 
-def fake_clients_dir(directory: str, population: int) -> str:
-  """A manifest naming `population` clients (the program reads the size from it)."""
+def fake_clients_dir(directory: str, population: int, clusters: int = 4,
+                     width: int = 64) -> str:
+  """An embeddings manifest naming `population` clients (the program reads the
+  population size from it; the data itself is passed in as a `Population`)."""
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "manifest.json"), "w") as f:
     json.dump({"format": "pina-embeddings/1", "dataset": "synthetic",
-               "clients": [{"client_id": f"c{i:06d}"} for i in range(population)]}, f)
+               "num_clients": population, "num_clusters": clusters, "num_classes": 10,
+               "seed": 0, "label_known_clusters": True,
+               "shards": [{"path": "unused.tfrecord", "num_records": 6 * population}],
+               "embedding_shape": [2, width], "embedding_dtype": "float32",
+               "clients": [{"client_id": f"c{i:06d}", "cluster": i % clusters,
+                            "num_train": 5, "num_test": 1, "shard": 0}
+                           for i in range(population)]}, f)
+  open(os.path.join(directory, "unused.tfrecord"), "wb").close()  # listed, never read
   return directory
 
 
