@@ -134,7 +134,7 @@ def _layout_root() -> str:
   if _process_dir is None:
     from pina_tff.runtime import sweep  # pylint: disable=g-import-not-at-top
     _process_dir = sweep.make_shard_dir()
-    atexit.register(shutil.rmtree, _process_dir, True)
+    atexit.register(sweep.remove_shard_dir, _process_dir)
   return _process_dir
 
 

@@ -20,7 +20,6 @@ depend on the transport (tests/computations/test_resident_data.py).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from typing import Mapping, Optional, Protocol, Sequence
 
 from computations import client_work as cw
@@ -128,7 +127,7 @@ class PackedRoundData:
 
   def close(self) -> None:
     if self._file_dir is not None:
-      shutil.rmtree(self._file_dir, ignore_errors=True)
+      sweep.remove_shard_dir(self._file_dir)
       self._file_dir = None
 
 

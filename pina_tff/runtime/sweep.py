@@ -3,11 +3,18 @@
 Only names this project writes are touched, and only when the pid in the name is dead:
 `<anything>.tmp-<pid>` files and directories (atomic writers of prepare, embed, pretrain
 and the program) and `pina-shards-<pid>-*` shard directories of the round loop.
+
+A shard directory is also removed only if nobody holds its owner lock: the process that
+made it keeps `<dir>/.owner.lock` flock-ed until it exits. A pid alone is not enough
+where PID namespaces differ but /dev/shm is shared (a Bazel linux-sandbox test, a
+container with the host's IPC): there a live owner's pid looks dead, and its resident
+population was once swept away in the middle of a grid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -69,19 +76,54 @@ def shard_base_dir() -> str:
   return tempfile.gettempdir()
 
 
+OWNER_LOCK = ".owner.lock"
+_owner_fds: dict = {}  # shard dir -> fd of its flock-ed owner lock (held until exit)
+
+
 def make_shard_dir() -> str:
-  """A fresh shard directory named after this process (so a sweep can tell it is ours)."""
-  return tempfile.mkdtemp(prefix=f"{SHARD_PREFIX}{os.getpid()}-", dir=shard_base_dir())
+  """A fresh shard directory named after this process (so a sweep can tell it is ours),
+  holding an owner lock that this process keeps until it exits."""
+  path = tempfile.mkdtemp(prefix=f"{SHARD_PREFIX}{os.getpid()}-", dir=shard_base_dir())
+  fd = os.open(os.path.join(path, OWNER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  fcntl.flock(fd, fcntl.LOCK_EX)
+  _owner_fds[path] = fd
+  return path
+
+
+def remove_shard_dir(path: str) -> None:
+  """Removes a shard directory this process made and releases its owner lock."""
+  shutil.rmtree(path, ignore_errors=True)
+  fd = _owner_fds.pop(path, None)
+  if fd is not None:
+    with contextlib.suppress(OSError):
+      os.close(fd)
+
+
+def _owner_holds_lock(path: str) -> bool:
+  """True if some live process holds `path`'s owner lock (whatever its PID namespace)."""
+  try:
+    fd = os.open(os.path.join(path, OWNER_LOCK), os.O_RDWR)
+  except OSError:
+    return False  # no lock file (or gone): the pid decides
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  finally:
+    os.close(fd)  # also drops the lock we may just have taken
+  return False
 
 
 def sweep_dead_shard_dirs(base: Optional[str] = None) -> list:
-  """Removes `pina-shards-<pid>-*` directories of dead pids in `base`."""
+  """Removes `pina-shards-<pid>-*` directories of dead pids in `base` whose owner lock
+  nobody holds."""
   base = base or shard_base_dir()
   removed = []
   with contextlib.suppress(OSError):
     for name in os.listdir(base):
       m = _SHARDS.match(name)
-      if m and not pid_alive(int(m.group(1))):
-        _remove(os.path.join(base, name))
+      path = os.path.join(base, name)
+      if m and not pid_alive(int(m.group(1))) and not _owner_holds_lock(path):
+        _remove(path)
         removed.append(name)
   return removed

@@ -119,6 +119,24 @@ def test_sweep_removes_only_dead_pids_entries(tmp_path):
       ["keep.txt", f"out.tmp-{os.getpid()}", f"{sweep.SHARD_PREFIX}{os.getpid()}-abc"])
 
 
+def test_sweep_keeps_a_shard_dir_whose_owner_lock_is_held(tmp_path, monkeypatch):
+  """A live owner in another PID namespace (e.g. a Bazel sandbox sharing /dev/shm)
+  looks dead by pid; its owner lock keeps the directory (once a grid lost its resident
+  population that way)."""
+  monkeypatch.setattr(sweep, "shard_base_dir", lambda: str(tmp_path))
+  monkeypatch.setattr(sweep, "pid_alive", lambda pid: False)  # every pid "looks dead"
+  held = sweep.make_shard_dir()  # this process holds its owner lock
+  released = sweep.make_shard_dir()
+  fd = sweep._owner_fds.pop(released)  # pylint: disable=protected-access
+  os.close(fd)  # as if its owner had died: the kernel drops the lock
+  removed = sweep.sweep_dead_shard_dirs()
+  assert removed == [os.path.basename(released)]
+  assert os.path.isdir(held) and not os.path.exists(released)
+  sweep.remove_shard_dir(held)
+  assert not os.path.exists(held)
+  assert held not in sweep._owner_fds  # pylint: disable=protected-access
+
+
 def test_output_paths(tmp_path):
   f = tmp_path / "file"
   f.write_text("x")
