@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -123,9 +122,8 @@ class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
         auto_l2_clip=False).create(value_type)
 
 
-def random_seed() -> np.ndarray:
-  """A fresh noise seed from the operating system's entropy (secure noise mode)."""
-  return np.frombuffer(os.urandom(16), dtype=np.int64).copy()
+#: A fresh noise seed from the operating system's entropy (secure noise mode).
+random_seed = seeded_process.random_seed
 
 
 def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
@@ -174,7 +172,7 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
       total = tff.federated_sum(tff.federated_map(clip_value, value))
       return tff.federated_map(add_noise, (total, state))
 
-    return seeded_process.seeded_aggregation_process(value_type, random_seed(), body)
+    return seeded_process.seeded_aggregation_process(value_type, body)
 
 
 class ClippedSumFactory(tff.aggregators.UnweightedAggregationFactory):

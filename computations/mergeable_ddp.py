@@ -99,14 +99,11 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
     encode, decode = _codec(value_type, dim, params,
                             clip=float(spec.shard_size * spec.clip_norm),
                             modulus=2 ** spec.ddp_bits)
-    initial_seed = np.frombuffer(np.random.SeedSequence().generate_state(
-        4, np.uint32).tobytes(), np.int64).copy()
-
     def body(state, value):
       encoded = tff.federated_map(encode, (value, tff.federated_broadcast(state)))
       return tff.federated_map(decode, (tff.federated_sum(encoded), state))
 
-    return seeded_process.seeded_aggregation_process(value_type, initial_seed, body)
+    return seeded_process.seeded_aggregation_process(value_type, body)
 
 
 def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import collections
 import os
-import shutil
 import itertools
 import threading
 import weakref

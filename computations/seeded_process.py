@@ -9,7 +9,8 @@ what the round's randomness is derived from. Only the round's body differs.
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -19,13 +20,20 @@ SEED_SHAPE = (2,)
 SEED_TYPE = tff.TensorType(np.int64, SEED_SHAPE)
 
 
-def seeded_aggregation_process(value_type, initial_seed: np.ndarray,
-                               body: Callable) -> tff.templates.AggregationProcess:
+def random_seed() -> np.ndarray:
+  """A fresh int64[2] seed from the operating system's entropy (secure noise mode, and
+  the default initial state of every seeded process)."""
+  return np.frombuffer(os.urandom(16), dtype=np.int64).copy()
+
+
+def seeded_aggregation_process(value_type, body: Callable,
+                               initial_seed: Optional[np.ndarray] = None
+                               ) -> tff.templates.AggregationProcess:
   """An AggregationProcess whose state is a seed@SERVER.
 
   Args:
     value_type: the TFF type of one client's value.
-    initial_seed: int64[2], the state after `initialize`.
+    initial_seed: int64[2], the state after `initialize` (None: `random_seed()`).
     body: `body(seed@SERVER, value@CLIENTS) -> result@SERVER`, called inside the
       process's federated `next` (it may broadcast the seed to the clients).
 
@@ -33,7 +41,8 @@ def seeded_aggregation_process(value_type, initial_seed: np.ndarray,
     The process; `next` returns `body`'s result, the advanced seed as state and no
     measurements.
   """
-  initial = np.asarray(initial_seed, np.int64)
+  initial = np.asarray(random_seed() if initial_seed is None else initial_seed,
+                       np.int64)
 
   @tff.tensorflow.computation()
   def init_seed():
