@@ -190,6 +190,40 @@ def started_pids() -> list[int]:
   return [p.pid for p in _STARTED if p.poll() is None]
 
 
+def _unsubscribed_stub_class(stub_module):
+  """TFF's RemoteExecutorGrpcStub without its channel-connectivity subscription.
+
+  TFF's stub subscribes to the channel's state, which starts gRPC's
+  connectivity-polling thread; when the channel is closed while that thread waits
+  (a run stopping at once on a bad flag), the thread dies with "Cannot monitor channel
+  state: Channel closed!" and a traceback on stderr. The only reader of that state,
+  `is_ready`, is not used by the executor stack built here (`wait_until_serving`
+  checks the port before), so this stub makes no subscription, hence no polling thread,
+  and its `is_ready` asks the port instead.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tensorflow_federated.proto.v0 import executor_pb2_grpc
+  # pylint: enable=g-import-not-at-top
+
+  class UnsubscribedStub(stub_module.RemoteExecutorGrpcStub):
+
+    def __init__(self, channel: grpc.Channel, address: str):  # pylint: disable=super-init-not-called
+      self._channel = channel
+      self._address = address
+      self._stub = executor_pb2_grpc.ExecutorGroupStub(channel)
+
+    @property
+    def is_ready(self) -> bool:
+      """True if the service's port accepts a TCP connection now."""
+      try:
+        wait_until_serving([self._address], timeout_s=0.0)
+        return True
+      except ConfigError:
+        return False
+
+  return UnsubscribedStub
+
+
 def _remote_executor_factory(address: str, default_num_clients: int):
   """TFF's ResourceManagingExecutorFactory over a RemoteExecutor at `address`."""
   # pylint: disable=g-import-not-at-top
@@ -199,7 +233,7 @@ def _remote_executor_factory(address: str, default_num_clients: int):
   from tensorflow_federated.python.core.impl.types import placements
   # pylint: enable=g-import-not-at-top
   channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
-  stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+  stub = _unsubscribed_stub_class(remote_executor_grpc_stub)(channel, address)
 
   def stack_fn(cardinalities):
     if cardinalities.get(placements.CLIENTS) is None:

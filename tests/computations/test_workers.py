@@ -6,11 +6,14 @@ a few seconds) and always stopped (`workers.local_workers`), also when a test fa
 """
 import collections
 import math
+import threading
 
 import numpy as np
 import psutil
 import pytest
+import grpc
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 
 from computations import aggregators as agg
 from computations import context
@@ -87,6 +90,34 @@ def test_given_addresses_start_nothing_and_split_clients(addresses):
     assert total(list(range(1, 11))) == 55
   assert set(_worker_children()) == before
   assert context.secure_sums_supported()
+
+
+def test_context_closed_at_once_leaves_no_grpc_polling_thread(addresses):
+  """A run that stops right after building its context (a bad flag) closes the
+  channels at once: no connectivity-polling thread may be running then, since closing
+  the channel under it prints a traceback ("Cannot monitor channel state")."""
+  def polling_threads():
+    # gRPC's poller runs as a thread whose arguments start with the channel's
+    # `_ChannelConnectivityState` (grpc/_channel.py, `_subscribe`).
+    return [t for t in threading.enumerate()
+            if any("ChannelConnectivityState" in type(a).__name__
+                   for a in getattr(t, "_args", ()))]
+
+  assert not polling_threads()
+  for n in (1, 2):
+    _, close = workers.execution_context(addresses[:n])
+    try:
+      assert not polling_threads()
+    finally:
+      close()
+
+
+def test_unsubscribed_stub_is_ready_asks_the_port(addresses):
+  stub_cls = workers._unsubscribed_stub_class(remote_executor_grpc_stub)  # pylint: disable=protected-access
+  with grpc.insecure_channel(addresses[0]) as channel:
+    assert stub_cls(channel, addresses[0]).is_ready
+  with grpc.insecure_channel("127.0.0.1:1") as channel:
+    assert not stub_cls(channel, "127.0.0.1:1").is_ready
 
 
 def test_clients_results_keep_the_clients_order(addresses):
