@@ -55,6 +55,25 @@ def test_central_noise_variance(shard_size):
   assert abs(float(np.mean(result))) < 6 * TARGET_STD / np.sqrt(P)
 
 
+@pytest.mark.parametrize("kind", ["central", "secure_sum"])
+@pytest.mark.parametrize("shard_size", [1, 4])
+def test_each_shard_is_bounded_at_shard_size_times_clip(kind, shard_size):
+  """The server-side safety net bounds one TFF client's value (a shard of S clients)
+  at S·clip: in L2 for 'central' (noise off here), per coordinate for 'secure_sum'.
+  Shard values ten times over the bound come back at the bound (clip = 2, not 1)."""
+  bound = shard_size * CLIP
+  rng = np.random.default_rng(2)
+  values = rng.normal(size=(M // shard_size, P))
+  if kind == "central":
+    values *= 10 * bound / np.linalg.norm(values, axis=1, keepdims=True)
+    expected = (values * bound / np.linalg.norm(values, axis=1, keepdims=True)).sum(0)
+  else:
+    values = np.sign(values) * 10 * bound
+    expected = np.clip(values, -bound, bound).sum(0)
+  (result,) = _aggregate(_spec(kind, shard_size, z=0.0), values)
+  np.testing.assert_allclose(result, expected / M, rtol=1e-4, atol=1e-4 * bound)
+
+
 def test_central_noise_detects_a_wrong_denominator():
   # Control: the same check with half the clients' denominator would fail.
   (result,) = _aggregate(_spec("central"), [np.zeros(P)] * M)

@@ -208,6 +208,25 @@ def test_fwht_is_orthonormal_and_its_own_inverse():
   np.testing.assert_allclose(mergeable_ddp.fwht(tf.constant(y)).numpy(), x, atol=1e-5)
 
 
+def test_ddp_codec_uses_the_whole_centered_modular_range():
+  """The decoder maps the modular sum back to [-m/2, m/2): a value whose scaled
+  coordinate is 0.9·(m/2) in either sign comes back (one coordinate, so the rotation
+  is only a random sign; no noise; scale s = 0.45·m)."""
+  modulus = 2 ** 20
+  params = dict(padded_dim=1, scale=0.45 * modulus, noise_scale_int=0)
+  encode, decode = mergeable_ddp._codec(  # pylint: disable=protected-access
+      tff.TensorType(np.float32, [1]), 1, params, clip=10.0, modulus=modulus)
+  with context.tff_context():
+    for seed in (np.array([1, 2], np.int64), np.array([3, 4], np.int64)):
+      for v in (0.9, -0.9, 0.3):
+        total = encode(np.array([v], np.float32), seed)
+        assert 0 <= int(total[0]) < modulus
+        np.testing.assert_allclose(decode(total, seed), [v], atol=1e-5)
+      # a sum of two clients wraps around m and still decodes to its sum
+      a, b = (encode(np.array([x], np.float32), seed) for x in (0.7, -0.9))
+      np.testing.assert_allclose(decode((a + b) % modulus, seed), [-0.2], atol=1e-5)
+
+
 def _program_cfg():
   return config_lib.RunConfig(
       method="pina", num_clusters=2, population=24, seed=0, model_width=64,

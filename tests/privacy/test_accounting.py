@@ -51,6 +51,33 @@ def test_server_model_is_the_worst_clients_gaussian_composition():
   assert PLAN.max_participations() == (k0.max(), k2.max())
 
 
+def test_an_epsilon_below_one_is_reported_as_it_is():
+  """Much noise: the run spends ε < 1, and that is what is reported (the maximum over
+  the client rows has no floor)."""
+  zs = {"stage0": 30.0, "stage1": 25.0, "stage2": 40.0}
+  delta = 1e-5
+  k0 = sampling.participation_counts(7, 0, 5, 200, 40)
+  k2 = sampling.participation_counts(7, 2, 20, 200, 50)
+  rho = k0 / 900.0 + 1 / 625.0 + k2 / 1600.0
+  want = gaussian_eps(math.sqrt(rho.max()), delta)
+  assert want < 0.5
+  assert acc.run_epsilon(PLAN, zs, delta, "server", "pld") == pytest.approx(want, rel=0.01)
+
+
+def test_a_stage_in_which_nobody_took_part_gets_no_noise():
+  """Server model, calibrated to the realized participation: with an expected cohort
+  of 1 in 1,000 for one round, seed 5's Poisson draw picks nobody in stage 0, so stage
+  0 releases nothing about anyone: z0 = 0, ε0 = 0, and stage 2's noise is what its
+  own share of the budget needs."""
+  plan = acc.AccountingPlan(population=1000, stage0_rounds=1, stage0_cohort=1,
+                            stage1_enabled=False, stage2_rounds=3, stage2_cohort=50,
+                            seed=5)
+  assert plan.max_participations()[0] == 0
+  r = acc.calibrate_noise_multipliers(4.0, 1e-6, plan)
+  assert r.noise_multipliers["stage0"] == 0.0 and r.stage_epsilons["stage0"] == 0.0
+  assert r.noise_multipliers["stage2"] > 0
+
+
 def test_release_model_matches_prv_accountant_poisson_compositions():
   zs = {"stage0": 1.2, "stage1": 2.0, "stage2": 0.9}
   delta = 1e-5
