@@ -143,3 +143,17 @@ def test_packed_round_data_keeps_secure_shards_in_memory_and_rejects_bad_transpo
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("mode,lines", [("none", 0), ("log", 2), ("auto", 2)])
+def test_progress_modes(capsys, mode, lines):
+  """'none' prints nothing; 'log' a line per round; 'auto' log lines when stderr is not
+  a terminal (as under pytest)."""
+  progress = loop.Progress(mode, total=3, done=1, label="run")
+  progress.update(2, 2, 0.5)
+  progress.update(2, 3, 0.625)
+  progress.close()
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == lines, err
+  if lines:
+    assert err[1].startswith("[run] stage 2 round 3 (3/3) acc=0.6250")

@@ -208,6 +208,17 @@ def test_fwht_is_orthonormal_and_its_own_inverse():
   np.testing.assert_allclose(mergeable_ddp.fwht(tf.constant(y)).numpy(), x, atol=1e-5)
 
 
+def test_rotation_signs_are_random_plus_minus_one():
+  """The random signs before the Hadamard transform: each ±1 with probability 1/2,
+  independent across coordinates and seeds (a constant sign vector would make the
+  rotation, hence the rounding error's spread, data-dependent)."""
+  d = 4096
+  a = mergeable_ddp._signs(np.array([5, 6], np.int64), d).numpy()  # pylint: disable=protected-access
+  b = mergeable_ddp._signs(np.array([5, 7], np.int64), d).numpy()  # pylint: disable=protected-access
+  assert set(np.unique(a)) == {-1.0, 1.0}
+  assert abs(a.mean()) < 5 / np.sqrt(d) and abs((a * b).mean()) < 5 / np.sqrt(d)
+
+
 def test_ddp_codec_uses_the_whole_centered_modular_range():
   """The decoder maps the modular sum back to [-m/2, m/2): a value whose scaled
   coordinate is 0.9·(m/2) in either sign comes back (one coordinate, so the rotation

@@ -78,6 +78,14 @@ def test_a_stage_in_which_nobody_took_part_gets_no_noise():
   assert r.noise_multipliers["stage2"] > 0
 
 
+def test_a_run_that_releases_nothing_spends_zero_even_without_noise():
+  plan = acc.AccountingPlan(population=100, stage0_rounds=0, stage0_cohort=0,
+                            stage1_enabled=False, stage2_rounds=0, stage2_cohort=10)
+  assert plan.active_stages() == []
+  r = acc.calibrate_noise_multipliers(math.inf, 1e-5, plan)
+  assert r.epsilon_achieved == 0.0 and r.epsilons == {"server": 0.0, "release": 0.0}
+
+
 def test_release_model_matches_prv_accountant_poisson_compositions():
   zs = {"stage0": 1.2, "stage1": 2.0, "stage2": 0.9}
   delta = 1e-5

@@ -128,6 +128,32 @@ def test_vit_tail_trains_only_lora_and_head_per_client():
   assert update0.shape == (1, 8 * 3 + 3)
 
 
+def test_padding_inside_local_training_keeps_image_shaped_features():
+  """Rank-4 features (the ViT tail's z: [S, N, heads, width]): when the batch does not
+  divide N, local training pads the examples axis itself; the update must equal the
+  one from a shard packed with that padding already (padding rows are masked)."""
+  rng = np.random.default_rng(3)
+  cfg = rt.TailConfig(width=8, num_heads=2, mlp_dim=16, num_classes=3)
+  frozen = {k: (rng.standard_normal(s) * 0.3 + (1 if k.endswith("gamma") else 0)).astype(
+      np.float32) for k, s in cfg.frozen_shapes().items()}
+  model = tm.ViTTailModel(cfg, frozen)
+  clients = []
+  for _ in range(3):
+    f = rt.reduce_block_input(cfg, frozen, rng.standard_normal((5, 6, 8)).astype(np.float32))
+    clients.append({"x_base": f["x_base"].numpy(), "z": f["z"].numpy(),
+                    "label": rng.integers(0, 3, 5).astype(np.int32), "true_cluster": 0})
+  init = rt.init_trainable(cfg, lora_seed=0, head_kernel=rng.standard_normal((8, 3)))
+  params = {k: tf.constant(v[None]) for k, v in init.items()}
+  spec = local.LocalSpec(batch_size=2, learning_rate=0.5, local_epochs=2)
+  updates = []
+  for n_max in (5, 6):  # 5: padded to 6 inside local training; 6: packed so
+    shard = shards.pack_shard(clients, model.feature_keys, n_max=n_max, seed=(0, 0))
+    assert shard["z"].ndim == 4  # [S, N, heads, width]
+    updates.append(local.shard_update(model, spec, params, shard)[0].numpy())
+  assert np.abs(updates[1]).max() > 0
+  np.testing.assert_allclose(updates[0], updates[1], rtol=1e-5, atol=1e-6)
+
+
 def test_ldp_noise_has_the_configured_variance_on_every_coordinate():
   model = tm.LinearModel(4, 2)
   clients = [{"x": np.zeros((1, 4), np.float32), "label": np.zeros(1, np.int32),
