@@ -54,6 +54,11 @@ def test_none_is_identity_and_pina_switches_at_warm_rounds():
   nm, _ = scaling.scale_cluster_aggregates(u, "normality")
   np.testing.assert_allclose(warm.numpy(), mn.numpy(), rtol=1e-6)
   np.testing.assert_allclose(late.numpy(), nm.numpy(), rtol=1e-6)
+  # The NumPy reference (used by the finalizer and program tests) switches at the
+  # same round.
+  for rnd, want in ((4, mn), (5, nm)):
+    ref, _ = scaling.scale_cluster_aggregates_np(u.numpy(), "pina", rnd, warm_rounds=5)
+    np.testing.assert_allclose(ref, want.numpy(), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", scaling.SCALING_MODES)

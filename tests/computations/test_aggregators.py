@@ -134,6 +134,9 @@ def test_spec_validation():
   assert agg.AggregatorSpec(kind="central", noise_multiplier=Z,
                             clip_norm=CLIP).central_stddev == Z * CLIP
   assert agg.AggregatorSpec(kind="secure_sum", noise_multiplier=Z).central_stddev == 0.0
+  for bad in (0, -1.0):  # the fixed denominator M is a count of expected clients
+    with pytest.raises(ValueError, match="denominator must be > 0"):
+      agg.FixedDenominatorMeanFactory(tff.aggregators.SumFactory(), bad)
 
 
 if __name__ == "__main__":

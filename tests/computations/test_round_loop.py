@@ -157,3 +157,11 @@ def test_progress_modes(capsys, mode, lines):
   assert len(err) == lines, err
   if lines:
     assert err[1].startswith("[run] stage 2 round 3 (3/3) acc=0.6250")
+
+
+def test_progress_eta_is_the_mean_round_time_times_rounds_left(capsys, monkeypatch):
+  clock = iter([1000.0, 1012.0])  # start, then 12 s later
+  monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
+  progress = loop.Progress("log", total=10, done=4, label="run")
+  progress.update(2, 5, 0.5)  # 5 of 10 done in 12 s (4 of them before the resume)
+  assert capsys.readouterr().err.rstrip().endswith("eta=12s")  # 12 s / 5 done * 5 left
