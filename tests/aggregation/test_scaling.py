@@ -69,13 +69,14 @@ def test_all_zero_aggregate_no_nan_and_matches_numpy_reference(mode):
   assert np.all(out.numpy() == 0)
   for v in d.values():
     assert np.all(np.isfinite(v.numpy()))
-  u = _aggregate(1)
-  out, d = scaling.scale_cluster_aggregates(tf.constant(u), mode, round_num=2,
-                                            warm_rounds=3)
-  ref, dref = scaling.scale_cluster_aggregates_np(u, mode, round_num=2, warm_rounds=3)
-  np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-7)
-  np.testing.assert_allclose(d["scale_factors"].numpy(), dref["scale_factors"],
-                             rtol=1e-4)
+  for size in (1.0, 1e-3):  # also aggregates of norm < 1 (real updates often are)
+    u = _aggregate(1) * np.float32(size)
+    out, d = scaling.scale_cluster_aggregates(tf.constant(u), mode, round_num=2,
+                                              warm_rounds=3)
+    ref, dref = scaling.scale_cluster_aggregates_np(u, mode, round_num=2, warm_rounds=3)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-7 * size)
+    np.testing.assert_allclose(d["scale_factors"].numpy(), dref["scale_factors"],
+                               rtol=1e-4)
 
 
 def test_unknown_mode_raises():

@@ -85,6 +85,8 @@ def test_keep_top_2k_magnitudes():
                 [1.0, 2.0, 3.0, -4.0, 0.0, 0.0]])
   out = sketch.keep_top_2k_magnitudes(x, 1)
   np.testing.assert_array_equal(out, [[0, -5.0, 0, 3.0, 0, 0], [0, 0, 3.0, -4.0, 0, 0]])
+  # one sketch ([P1], as the docstring allows) gives the same row
+  np.testing.assert_array_equal(sketch.keep_top_2k_magnitudes(x[0], 1), out[0])
 
 
 if __name__ == "__main__":
