@@ -5,7 +5,7 @@
 #      an upright public split of 10,000 images that no client holds
 #   3. the fmnist_vit backbone pre-trained on the public split, last-block inputs cached
 #      once per example (Beam)
-#   4. pina-grid --preset=fmnist_demo: 7 methods x epsilon in {2, 8, inf}, table + plots
+#   4. pina-grid --preset=fmnist_demo: 7 methods x epsilon in {2, 8}, table + plots
 # Everything is resumable: run it again and finished steps are skipped.
 # DEMO_PRESET=digits runs the small digits smoke grid instead.
 set -euo pipefail
