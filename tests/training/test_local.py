@@ -99,20 +99,24 @@ def test_clipping_is_per_client_and_slots_follow_choice():
   assert diag["confusion"].numpy().sum() == 6
 
 
-def test_vit_tail_trains_only_lora_and_head_per_client():
-  rng = np.random.default_rng(0)
+def _vit_tail(seed, num_clients, n=5):
+  """(model, clients with n examples each, params [1, ...]) of a small ViT tail."""
+  rng = np.random.default_rng(seed)
   cfg = rt.TailConfig(width=8, num_heads=2, mlp_dim=16, num_classes=3)
   frozen = {k: (rng.standard_normal(s) * 0.3 + (1 if k.endswith("gamma") else 0)).astype(
       np.float32) for k, s in cfg.frozen_shapes().items()}
   model = tm.ViTTailModel(cfg, frozen)
   clients = []
-  for i in range(4):
-    x = rng.standard_normal((5, 6, 8)).astype(np.float32)
-    f = rt.reduce_block_input(cfg, frozen, x)
+  for _ in range(num_clients):
+    f = rt.reduce_block_input(cfg, frozen, rng.standard_normal((n, 6, 8)).astype(np.float32))
     clients.append({"x_base": f["x_base"].numpy(), "z": f["z"].numpy(),
-                    "label": rng.integers(0, 3, 5).astype(np.int32), "true_cluster": 0})
+                    "label": rng.integers(0, 3, n).astype(np.int32), "true_cluster": 0})
   init = rt.init_trainable(cfg, lora_seed=0, head_kernel=rng.standard_normal((8, 3)))
-  params = {k: tf.constant(v[None]) for k, v in init.items()}
+  return model, clients, {k: tf.constant(v[None]) for k, v in init.items()}
+
+
+def test_vit_tail_trains_only_lora_and_head_per_client():
+  model, clients, params = _vit_tail(0, 4)
   shard = shards.pack_shard(clients, model.feature_keys, n_max=5, seed=(0, 0))
   spec = local.LocalSpec(batch_size=5, learning_rate=0.5)
   update, _ = local.shard_update(model, spec, params, shard)
@@ -132,18 +136,7 @@ def test_padding_inside_local_training_keeps_image_shaped_features():
   """Rank-4 features (the ViT tail's z: [S, N, heads, width]): when the batch does not
   divide N, local training pads the examples axis itself; the update must equal the
   one from a shard packed with that padding already (padding rows are masked)."""
-  rng = np.random.default_rng(3)
-  cfg = rt.TailConfig(width=8, num_heads=2, mlp_dim=16, num_classes=3)
-  frozen = {k: (rng.standard_normal(s) * 0.3 + (1 if k.endswith("gamma") else 0)).astype(
-      np.float32) for k, s in cfg.frozen_shapes().items()}
-  model = tm.ViTTailModel(cfg, frozen)
-  clients = []
-  for _ in range(3):
-    f = rt.reduce_block_input(cfg, frozen, rng.standard_normal((5, 6, 8)).astype(np.float32))
-    clients.append({"x_base": f["x_base"].numpy(), "z": f["z"].numpy(),
-                    "label": rng.integers(0, 3, 5).astype(np.int32), "true_cluster": 0})
-  init = rt.init_trainable(cfg, lora_seed=0, head_kernel=rng.standard_normal((8, 3)))
-  params = {k: tf.constant(v[None]) for k, v in init.items()}
+  model, clients, params = _vit_tail(3, 3)
   spec = local.LocalSpec(batch_size=2, learning_rate=0.5, local_epochs=2)
   updates = []
   for n_max in (5, 6):  # 5: padded to 6 inside local training; 6: packed so
