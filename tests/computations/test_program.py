@@ -18,6 +18,7 @@ resume point (after stage-2 round 2) lies inside the warm phase and the resumed 
   of exactly those mechanisms (computed here directly with dp_accounting).
 """
 import csv
+import dataclasses
 import json
 import math
 
@@ -31,6 +32,8 @@ from computations import program
 from computations import program_state
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
+from pina_tff import rng_streams
+from pina_tff.errors import ConfigError
 from pina_tff.aggregation import scaling
 from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling
@@ -260,6 +263,47 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
   rows = _rows(tmp_path / "dp")
   assert float(rows[-1]["epsilon_spent"]) == pytest.approx(eps, rel=1e-6)
   assert math.isfinite(summary["final_accuracy"])
+
+
+
+# ------------------------------------------------------- the program's small pieces
+def test_client_seeds_are_integers_distinct_per_stage_and_round():
+  """'simulation' client seeds: (seed·RUN + stage·STAGE + round) mod (2^31 - 1) as an
+  int, so stages 0, 1, 2 and every round draw from their own streams."""
+  bases = set()
+  for stage in (0, 1, 2):
+    for rnd in range(1, 30):
+      seeds = program._client_seeds(5, stage, rnd, [3, 4])  # pylint: disable=protected-access
+      assert [i for _, i in seeds] == [3, 4]
+      assert all(isinstance(b, int) and b == seeds[0][0] for b, _ in seeds)
+      bases.add(seeds[0][0])
+  assert len(bases) == 3 * 29
+  want = (5 * rng_streams.CLIENT_SEED_RUN + 2 * rng_streams.CLIENT_SEED_STAGE + 7) % (
+      2 ** 31 - 1)
+  assert program._client_seeds(5, 2, 7, [9]) == [(want, 9)]  # pylint: disable=protected-access
+
+
+def test_random_init_offsets_have_norm_close_to_the_stage1_clip():
+  """PINA+RI's random cluster offsets: N(0, (S1/sqrt(P1))^2 I) rows, norm ~ S1 (0.6)."""
+  offsets = program._random_offsets(_cfg(), 4096, 3)  # pylint: disable=protected-access
+  norms = np.linalg.norm(offsets, axis=1)
+  np.testing.assert_allclose(norms, CLIP1, rtol=0.05)
+  assert abs(float(offsets.mean())) < 5 * CLIP1 / 4096
+
+
+def test_a_cohort_as_large_as_the_population_is_accepted(digits_clients_dir):
+  """A cohort may be the whole population the data has (24 digits clients), not more
+  (the config says 100 clients: the data decides)."""
+  cfg = dataclasses.replace(_cfg(), population=100)
+  whole = dataclasses.replace(
+      cfg, stage0=dataclasses.replace(cfg.stage0, cohort=24),
+      stage2=dataclasses.replace(cfg.stage2, cohort=24))
+  assert program._config_for_population(whole, digits_clients_dir).stage2.cohort == 24  # pylint: disable=protected-access
+  for stage in ("stage0", "stage2"):
+    over = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage),
+                                                                   cohort=25)})
+    with pytest.raises(ConfigError, match="larger than the population"):
+      program._config_for_population(over, digits_clients_dir)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
