@@ -23,6 +23,7 @@ aggregator runs there in its mergeable form (``computations.aggregators``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -190,7 +191,8 @@ def started_pids() -> list[int]:
   return [p.pid for p in _STARTED if p.poll() is None]
 
 
-def _unsubscribed_stub_class(stub_module):
+@functools.lru_cache(maxsize=None)
+def _unsubscribed_stub_class():
   """TFF's RemoteExecutorGrpcStub without its channel-connectivity subscription.
 
   TFF's stub subscribes to the channel's state, which starts gRPC's
@@ -199,13 +201,14 @@ def _unsubscribed_stub_class(stub_module):
   state: Channel closed!" and a traceback on stderr. The only reader of that state,
   `is_ready`, is not used by the executor stack built here (`wait_until_serving`
   checks the port before), so this stub makes no subscription, hence no polling thread,
-  and its `is_ready` asks the port instead.
+  and its `is_ready` asks the port instead. (Built on first use: TFF is imported late.)
   """
   # pylint: disable=g-import-not-at-top
   from tensorflow_federated.proto.v0 import executor_pb2_grpc
+  from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
   # pylint: enable=g-import-not-at-top
 
-  class UnsubscribedStub(stub_module.RemoteExecutorGrpcStub):
+  class UnsubscribedStub(remote_executor_grpc_stub.RemoteExecutorGrpcStub):
 
     def __init__(self, channel: grpc.Channel, address: str):  # pylint: disable=super-init-not-called
       self._channel = channel
@@ -229,11 +232,10 @@ def _remote_executor_factory(address: str, default_num_clients: int):
   # pylint: disable=g-import-not-at-top
   from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
   from tensorflow_federated.python.core.impl.executors import remote_executor
-  from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
   from tensorflow_federated.python.core.impl.types import placements
   # pylint: enable=g-import-not-at-top
   channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
-  stub = _unsubscribed_stub_class(remote_executor_grpc_stub)(channel, address)
+  stub = _unsubscribed_stub_class()(channel, address)
 
   def stack_fn(cardinalities):
     if cardinalities.get(placements.CLIENTS) is None:

@@ -33,8 +33,8 @@ from computations import program_state
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
-from pina_tff.errors import ConfigError
 from pina_tff.aggregation import scaling
+from pina_tff.errors import ConfigError
 from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling
 from pina_tff.training import local
@@ -263,7 +263,6 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
   rows = _rows(tmp_path / "dp")
   assert float(rows[-1]["epsilon_spent"]) == pytest.approx(eps, rel=1e-6)
   assert math.isfinite(summary["final_accuracy"])
-
 
 
 # ------------------------------------------------------- the program's small pieces

@@ -141,9 +141,6 @@ def test_packed_round_data_keeps_secure_shards_in_memory_and_rejects_bad_transpo
   rd.check_transport("resident")
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 @pytest.mark.parametrize("mode,lines", [("none", 0), ("log", 2), ("auto", 2)])
 def test_progress_modes(capsys, mode, lines):
@@ -165,3 +162,7 @@ def test_progress_eta_is_the_mean_round_time_times_rounds_left(capsys, monkeypat
   progress = loop.Progress("log", total=10, done=4, label="run")
   progress.update(2, 5, 0.5)  # 5 of 10 done in 12 s (4 of them before the resume)
   assert capsys.readouterr().err.rstrip().endswith("eta=12s")  # 12 s / 5 done * 5 left
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

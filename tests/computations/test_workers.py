@@ -8,12 +8,11 @@ import collections
 import math
 import threading
 
+import grpc
 import numpy as np
 import psutil
 import pytest
-import grpc
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 
 from computations import aggregators as agg
 from computations import context
@@ -113,7 +112,7 @@ def test_context_closed_at_once_leaves_no_grpc_polling_thread(addresses):
 
 
 def test_unsubscribed_stub_is_ready_asks_the_port(addresses):
-  stub_cls = workers._unsubscribed_stub_class(remote_executor_grpc_stub)  # pylint: disable=protected-access
+  stub_cls = workers._unsubscribed_stub_class()  # pylint: disable=protected-access
   with grpc.insecure_channel(addresses[0]) as channel:
     assert stub_cls(channel, addresses[0]).is_ready
   with grpc.insecure_channel("127.0.0.1:1") as channel:
