@@ -33,6 +33,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from pina_tff.errors import DataError
+from pina_tff.training import shards
 
 FORMAT = "pina-resident/1"
 LAYOUT_NAME = "layout.json"
@@ -87,15 +88,9 @@ def array_specs(feature_keys: Sequence[str], feature_shapes: Mapping[str, tuple]
 
 def _fill(clients, feature_keys, n_max, arrays) -> None:
   """Writes every client's (first n_max) examples into row i of `arrays`."""
-  for i, cl in enumerate(clients):
-    n = min(len(cl["label"]), n_max)
-    for k in feature_keys:
-      arrays[k][i, :n] = cl[k][:n]
-    arrays["label"][i, :n] = cl["label"][:n]
-    arrays["mask"][i, :n] = 1.0
-    arrays["true_cluster"][i] = int(cl.get("true_cluster", -1))
-  p = len(clients)
-  arrays["true_cluster"][p] = -1  # the padding row; everything else of it stays 0
+  shards.write_client_rows(arrays, clients, feature_keys, n_max)
+  # the padding row; everything else of it stays 0
+  arrays["true_cluster"][len(clients)] = shards.UNKNOWN_CLUSTER
 
 
 def _digest(arrays) -> str:

@@ -62,16 +62,28 @@ def pack_shard(clients: Sequence[Mapping[str, np.ndarray]], feature_keys, n_max:
                         dtype)
   out = {k: np.zeros(shape, dt) for k, (shape, dt) in layout.items()}
   out["true_cluster"][:] = UNKNOWN_CLUSTER
+  write_client_rows(out, clients, feature_keys, n_max)
+  for i in range(len(clients)):
+    out["client_mask"][i] = 1.0
+    out["seed"][i] = client_seeds[i] if client_seeds is not None else (seed[0], seed[1] + i)
+  return out
+
+
+def write_client_rows(arrays, clients: Sequence[Mapping[str, np.ndarray]], feature_keys,
+                      n_max: int) -> None:
+  """Writes client i's first `n_max` examples (features, 'label', 'mask' = 1) and its
+  'true_cluster' (UNKNOWN_CLUSTER if absent) into row i of `arrays`, in place.
+
+  The one row writer of the in-memory shards (`pack_shard`) and of the resident
+  population's files (`pina_tff.simulation.resident`).
+  """
   for i, cl in enumerate(clients):
     n = min(len(cl["label"]), n_max)
     for k in feature_keys:
-      out[k][i, :n] = cl[k][:n]
-    out["label"][i, :n] = cl["label"][:n]
-    out["mask"][i, :n] = 1.0
-    out["client_mask"][i] = 1.0
-    out["true_cluster"][i] = int(cl.get("true_cluster", UNKNOWN_CLUSTER))
-    out["seed"][i] = client_seeds[i] if client_seeds is not None else (seed[0], seed[1] + i)
-  return out
+      arrays[k][i, :n] = cl[k][:n]
+    arrays["label"][i, :n] = cl["label"][:n]
+    arrays["mask"][i, :n] = 1.0
+    arrays["true_cluster"][i] = int(cl.get("true_cluster", UNKNOWN_CLUSTER))
 
 
 def default_shard_size(cohort: int, cores: int | None = None) -> int:
