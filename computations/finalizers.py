@@ -28,7 +28,8 @@ def build_scaling_finalizer(weights_type, param_shapes, update_keys, num_cluster
                             server_learning_rate: float = 1.0,
                             server_momentum: float = 0.0,
                             update_multiplier: float = 1.0,
-                            normality_max_n: int = 5000, normality_seed: int = 0
+                            normality_max_n: int = 5000, normality_seed: int = 0,
+                            normality_rule: scaling.NormalityRule | None = None
                             ) -> tff.learning.templates.FinalizerProcess:
   """FinalizerProcess applying normality-driven scaling and a server SGD(M) step.
 
@@ -51,6 +52,8 @@ def build_scaling_finalizer(weights_type, param_shapes, update_keys, num_cluster
     update_multiplier: factor on the scaled aggregate (FedNova: expected local steps).
     normality_max_n: largest number of coordinates the Shapiro-Wilk test looks at.
     normality_seed: seed of the coordinate subsample when P > normality_max_n.
+    normality_rule: the normality phase's formula (`scaling.NormalityRule`; default
+      'shrink'); its noise std is a public parameter of the mechanism.
 
   Returns:
     A FinalizerProcess with state {round: int32, velocity: float32 [C, P]}, taking the
@@ -64,7 +67,8 @@ def build_scaling_finalizer(weights_type, param_shapes, update_keys, num_cluster
   update_keys = tuple(update_keys)
   num_params = tm.vector_size(param_shapes, update_keys)
   scale_fn = scaling.make_scaling_fn(num_params, scaling_mode, warm_rounds,
-                                     max_n=normality_max_n, seed=normality_seed)
+                                     max_n=normality_max_n, seed=normality_seed,
+                                     rule=normality_rule)
   update_type = tff.TensorType(np.float32, (num_clusters, num_params))
 
   @tff.tensorflow.computation()

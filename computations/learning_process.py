@@ -20,6 +20,7 @@ import tensorflow_federated as tff
 from computations import aggregators as agg
 from computations import client_work as cw
 from computations import finalizers as fin
+from pina_tff.aggregation import scaling
 from pina_tff.training import local
 
 
@@ -32,6 +33,7 @@ class ProcessSpec:
     aggregator: how updates reach the server (`computations.aggregators.AggregatorSpec`).
     shard_size, n_max: static shape of one TFF client's shard.
     scaling_mode, warm_rounds: normality-driven scaling (see `pina_tff.aggregation`).
+    normality_rule: the normality phase's formula and the noise std it may read.
     server_learning_rate, server_momentum: server SGD(M) per cluster.
     update_multiplier: FedNova's tau_eff (1 otherwise).
     simulation_diagnostics: report simulation-only per-cluster counts and confusion.
@@ -42,6 +44,7 @@ class ProcessSpec:
   n_max: int
   scaling_mode: str = "none"
   warm_rounds: int = 0
+  normality_rule: scaling.NormalityRule = scaling.NormalityRule()
   server_learning_rate: float = 1.0
   server_momentum: float = 0.0
   update_multiplier: float = 1.0
@@ -86,9 +89,11 @@ def build_process(model, spec: ProcessSpec,
   weight_type = work.next.type_signature.result.result.member.update_weight
   aggregator = agg.build_cslot_aggregator(spec.aggregator).create(update_type, weight_type)
   finalizer = fin.build_scaling_finalizer(
-      weights_type, shapes, spec.local.send_keys, num_clusters, spec.scaling_mode,
-      spec.warm_rounds, spec.server_learning_rate, spec.server_momentum,
-      spec.update_multiplier)
+      weights_type, shapes, spec.local.send_keys, num_clusters,
+      scaling_mode=spec.scaling_mode, warm_rounds=spec.warm_rounds,
+      server_learning_rate=spec.server_learning_rate,
+      server_momentum=spec.server_momentum, update_multiplier=spec.update_multiplier,
+      normality_rule=spec.normality_rule)
   return tff.learning.templates.compose_learning_process(
       initial_weights, distributor, work, aggregator, finalizer)
 

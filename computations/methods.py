@@ -13,6 +13,7 @@ import math
 from computations import aggregators as agg
 from computations import learning_process as lp
 from pina_tff import method_table
+from pina_tff.aggregation import scaling as scaling_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
 
@@ -34,6 +35,21 @@ def _aggregator_kind(kind: str, noise_multiplier: float) -> str:
   noise to add, the noiseless secure sum is used instead (deterministic).
   """
   return "secure_sum" if kind == "ddp" and noise_multiplier == 0 else kind
+
+
+def aggregate_noise_std(aggregator: agg.AggregatorSpec) -> float:
+  """Per-coordinate std of the noise in the aggregate u = (sum + noise) / M, in
+  parameter units: z·S/M for central and distributed DP (TFF's discretization adds a
+  few per cent of rounding that this leaves out), 0 for the noise-free sums. A public
+  parameter of the mechanism."""
+  return aggregator.central_stddev / aggregator.expected_clients
+
+
+def normality_rule(cfg, aggregator: agg.AggregatorSpec) -> scaling_lib.NormalityRule:
+  """The normality phase's rule of `cfg` with the aggregator's noise std."""
+  return scaling_lib.NormalityRule(name=cfg.stage2.normality_rule,
+                                   noise_std=aggregate_noise_std(aggregator),
+                                   max_gain=cfg.stage2.restore_max_gain)
 
 
 def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
@@ -98,7 +114,7 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
   local_spec = local.LocalSpec(
       num_clusters=num_model_clusters(cfg), local_epochs=s2.local_epochs,
       batch_size=s2.batch_size, learning_rate=s2.client_lr, clip_norm=s2.clip,
-      choose_cluster=method.clustered,
+      choose_cluster=method.clustered, true_cluster=method.true_clusters,
       fedprox_mu=s2.fedprox_mu if method.proximal else 0.0,
       normalize_by_steps=method.step_normalized,
       ldp_noise_stddev=z2 * s2.clip if ldp else 0.0,
@@ -112,6 +128,7 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
   return lp.ProcessSpec(
       local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,
       scaling_mode=scaling, warm_rounds=s2.warm_rounds,
+      normality_rule=normality_rule(cfg, aggregator),
       server_learning_rate=s2.server_lr, server_momentum=s2.server_momentum,
       update_multiplier=expected_local_steps if method.step_normalized else 1.0,
       simulation_diagnostics=diagnostics)

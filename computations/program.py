@@ -145,16 +145,19 @@ def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
 
 
 class _Evaluator:
-  """IFCA-style test accuracy over the whole population, in compiled chunks.
+  """IFCA-style held-out accuracy over the whole population, in compiled chunks.
 
   Each client's train loss picks its cluster model (argmin), which is scored on its
-  test examples. A diagnostic computed on every client's data, outside ε.
+  held-out examples of `split` (the oracle: its true cluster's model). A diagnostic
+  computed on every client's data, outside ε.
 
   Args:
     pop: the population.
     num_clusters: models per round.
     resident: read the population's resident layouts (`resident_data`: memory maps,
       no copy) instead of packing it once here.
+    split: 'val' or 'test' (`RunConfig.eval_split`).
+    score_true: score each client with its true cluster's model (the oracle).
   """
 
   #: Clients per compiled call: the whole population at once would hold C x P x N
@@ -162,22 +165,23 @@ class _Evaluator:
   CHUNK = 1024
 
   def __init__(self, pop: population_lib.Population, num_clusters: int,
-               resident: bool = False):
+               resident: bool = False, split: str = "test", score_true: bool = False):
+    held_out = pop.held_out(split)
     if resident:
-      train, test = resident_data.population_sources(pop)
+      train, test = resident_data.population_sources(pop, split)
       self.select, self.test = train.reader.full_arrays(), test.reader.full_arrays()
     else:  # tensors made once (not per call)
       keys, ids = pop.model.feature_keys, list(range(pop.size))
       self.select = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
           [pop.train[i] for i in ids], keys, pop.n_max_train).items()}
       self.test = {k: tf.constant(v) for k, v in shards_lib.pack_shard(
-          [pop.test[i] for i in ids], keys, pop.n_max_test).items()}
+          [held_out[i] for i in ids], keys, pop.n_max_held_out(split)).items()}
     self.true = pop.true_clusters
     model = pop.model
 
     @tf.function
     def evaluate(params, select, test):
-      return local.evaluate_shard(model, params, select, test)
+      return local.evaluate_shard(model, params, select, test, score_true=score_true)
 
     self._fn = evaluate
     self.num_clusters = num_clusters
@@ -262,9 +266,22 @@ def _default_shard_size(cfg, stage: int, rounds: int, population: int,
   return shards_lib.default_shard_size(max(1, largest or cohort))
 
 
+def _check_oracle(cfg, pop) -> None:
+  """ConfigError unless the oracle's population has known true clusters that fit C."""
+  if not method_table.get(cfg.method).true_clusters:
+    return
+  true = np.asarray(pop.true_clusters)
+  if true.size == 0 or (true < 0).any() or true.max() >= cfg.num_clusters:
+    raise ConfigError(
+        f"method 'oracle' trains each client's true cluster: it needs every client's "
+        f"cluster known and below num_clusters={cfg.num_clusters}; {pop.dataset!r} has "
+        f"{int((true < 0).sum())} unknown and clusters up to {int(true.max(initial=-1))}")
+
+
 def _make_plan(cfg, pop, options: ProgramOptions) -> _Plan:
   """The run's derived quantities: ε calibration, shard layouts, stage-2 spec."""
   rd.check_transport(options.shard_transport)
+  _check_oracle(cfg, pop)
   report = calibrate(cfg)
   t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
   t2 = cfg.stage2.rounds
@@ -380,8 +397,10 @@ class _Run:
     """Runs the stages not done yet; None when finished, else the stop result."""
     self.data = _round_data_source(self.plan, self._sketch_shard_size())
     if self.plan.diagnostics:
-      self.evaluator = _Evaluator(self.plan.pop, self.plan.num_models,
-                                  resident=self.data.reader is not None)
+      self.evaluator = _Evaluator(
+          self.plan.pop, self.plan.num_models, resident=self.data.reader is not None,
+          split=self.plan.cfg.eval_split,
+          score_true=method_table.get(self.plan.cfg.method).true_clusters)
     try:
       for phase, stage in ((PHASE_STAGE0, self._stage0), (PHASE_STAGE1, self._stage1),
                            (PHASE_STAGE2, self._stage2)):
@@ -598,7 +617,7 @@ def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSourc
   p = plan
   layouts = {0: p.layout0, 1: rd.StageLayout(sketch_shard_size), 2: p.layout2}
   if p.options.shard_transport == "resident":
-    train, _ = resident_data.population_sources(p.pop)
+    train, _ = resident_data.population_sources(p.pop, p.cfg.eval_split)
     return rd.ResidentStages(train, layouts)
   return rd.PackedRoundData(
       p.pop.train, p.pop.model.feature_keys, p.pop.n_max_train, layouts,

@@ -122,7 +122,7 @@ def from_population(clients, feature_keys, n_max: int, directory: str,
 
 _lock = threading.Lock()
 _process_dir: Optional[str] = None
-_by_population: dict = {}   # id(pop) -> (weakref to pop, (train source, test source))
+_by_population: dict = {}   # id(pop) -> (weakref to pop, root, {'train'|split: source})
 _counter = itertools.count()
 
 
@@ -137,19 +137,25 @@ def _layout_root() -> str:
   return _process_dir
 
 
-def population_sources(pop) -> tuple:
-  """(train, test) round data sources of a `pina_tff.simulation.population.Population`,
-  laid out once per population object and process and reused by later runs on it
-  (pina-grid runs every method on one loaded population). Reusing the same files
-  matters beyond the time saved: TensorFlow caches kernels, and with them the memory
-  maps, by file name, so a fresh layout per run would keep every earlier run's maps."""
+def population_sources(pop, split: str = "test") -> tuple:
+  """(train, held-out `split`) round data sources of a
+  `pina_tff.simulation.population.Population` ('val' or 'test'), each laid out once
+  per population object and process and reused by later runs on it (pina-grid runs
+  every method on one loaded population). Reusing the same files matters beyond the
+  time saved: TensorFlow caches kernels, and with them the memory maps, by file name,
+  so a fresh layout per run would keep every earlier run's maps."""
   with _lock:
     hit = _by_population.get(id(pop))
-    if hit is not None and hit[0]() is pop:
-      return hit[1]
-    root = os.path.join(_layout_root(), f"population-{next(_counter)}")
+    if hit is None or hit[0]() is not pop:
+      hit = (weakref.ref(pop), os.path.join(_layout_root(), f"population-{next(_counter)}"),
+             {})
+      _by_population[id(pop)] = hit
+    _, root, sources = hit
     keys = pop.model.feature_keys
-    sources = (from_population(pop.train, keys, pop.n_max_train, os.path.join(root, "train")),
-               from_population(pop.test, keys, pop.n_max_test, os.path.join(root, "test")))
-    _by_population[id(pop)] = (weakref.ref(pop), sources)
-    return sources
+    if "train" not in sources:
+      sources["train"] = from_population(pop.train, keys, pop.n_max_train,
+                                         os.path.join(root, "train"))
+    if split not in sources:
+      sources[split] = from_population(pop.held_out(split), keys,
+                                       pop.n_max_held_out(split), os.path.join(root, split))
+    return sources["train"], sources[split]

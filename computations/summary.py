@@ -97,7 +97,8 @@ def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
               "stage2": cfg.stage2.rounds},
       num_clusters=cfg.num_clusters, population=pop.size, cohort=cfg.stage2.cohort,
       shard_size=layout["stage2"][0], aggregator=spec2.aggregator.kind,
-      scaling=spec2.scaling_mode, final_accuracy=float(st["final_accuracy"]),
+      scaling=spec2.scaling_mode, normality_rule=spec2.normality_rule.name,
+      eval_split=cfg.eval_split, final_accuracy=float(st["final_accuracy"]),
       clustering_accuracy=(float(st["final_clustering_accuracy"])
                            if pop.num_true_clusters > 1 and num_models > 1 else None),
       init_clustering_accuracy=(float(st["init_clustering_accuracy"])

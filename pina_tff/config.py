@@ -35,6 +35,11 @@ METHODS = method_table.METHOD_KEYS  # owner: pina_tff.method_table
 # Owned here (the accounting, scaling and aggregator modules import them from config).
 AGGREGATORS = ("ddp", "central", "secure_sum")
 SCALINGS = ("none", "min_norm", "normality", "pina")
+#: Formulas of the normality phase (`pina_tff.aggregation.scaling.NormalityRule`).
+NORMALITY_RULES = ("shrink", "restore", "restore_w", "restore_gated")
+#: Held-out split that runs evaluate on: 'val' while settings are chosen, 'test' only in
+#: the runs of a final table (`pina_tff.simulation.population`).
+EVAL_SPLITS = ("val", "test")
 ACCOUNTANTS = ("rdp", "pld")
 THREAT_MODELS = ("server", "release")
 NOISE_MODES = ("simulation", "secure")
@@ -109,7 +114,12 @@ class Stage1Config:
 
 @dataclasses.dataclass(frozen=True)
 class Stage2Config:
-  """Clustered training with normality-driven aggregation."""
+  """Clustered training with normality-driven aggregation.
+
+  normality_rule: the normality phase's formula, a [project choice]
+  (``pina_tff.aggregation.scaling``: 'shrink', 'restore', 'restore_w',
+  'restore_gated'). restore_max_gain: G, the largest factor a restore rule applies.
+  """
   rounds: int = 200
   cohort: int = 100
   local_epochs: int = 1
@@ -120,6 +130,8 @@ class Stage2Config:
   clip: float = 1.0
   warm_rounds: int = 10
   scaling: str = "pina"
+  normality_rule: str = "shrink"
+  restore_max_gain: float = 4.0
   aggregator: str = "ddp"
   ddp_bits: int = 20
   fedprox_mu: float = 0.0
@@ -127,12 +139,17 @@ class Stage2Config:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """One run. ``model_width`` d sets the sketch size P1 = 2·d·r (ViT-S/16: d = 384)."""
+  """One run. ``model_width`` d sets the sketch size P1 = 2·d·r (ViT-S/16: d = 384).
+
+  eval_split: the clients' held-out examples the run scores ('val' by default; 'test'
+  only for the runs of a final table; `pina_tff.simulation.population.split_held_out`).
+  """
   method: str = "pina"
   num_clusters: int = 2
   population: int = 10000
   seed: int = 0
   model_width: int = 384
+  eval_split: str = "val"
   privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
   stage0: Stage0Config = dataclasses.field(default_factory=Stage0Config)
   stage1: Stage1Config = dataclasses.field(default_factory=Stage1Config)
@@ -174,6 +191,10 @@ def validate(cfg: RunConfig) -> RunConfig:
   _choice("method", cfg.method, METHODS)
   _choice("stage2.aggregator", s2.aggregator, AGGREGATORS)
   _choice("stage2.scaling", s2.scaling, SCALINGS)
+  _choice("stage2.normality_rule", s2.normality_rule, NORMALITY_RULES)
+  _choice("eval_split", cfg.eval_split, EVAL_SPLITS)
+  if not (s2.restore_max_gain >= 1 and math.isfinite(s2.restore_max_gain)):
+    raise _err("stage2.restore_max_gain", "a finite value >= 1", s2.restore_max_gain)
   _choice("privacy.accountant", p.accountant, ACCOUNTANTS)
   _choice("privacy.threat_model", p.threat_model, THREAT_MODELS)
   _choice("privacy.sampling", p.sampling, SAMPLINGS)

@@ -8,6 +8,7 @@ Adding a method means adding one entry here and, if it trains differently, one
 client-work variant in ``pina_tff.training.local``.
 
   method    clusters  init          scaling      client extra              accounting
+  oracle    C         random        none         trains its TRUE cluster   central
   pina      C         stage 1       cfg scaling  -                         central + local ε1
   pina_ri   C         random        cfg scaling  -                         central
   ifca      C         random        none         -                         central
@@ -15,6 +16,11 @@ client-work variant in ``pina_tff.training.local``.
   fedavg    1         A0, B0 = 0    none         -                         central
   fedprox   1         A0, B0 = 0    none         proximal term mu          central
   fednova   1         A0, B0 = 0    none         Δ / local steps           central
+
+The oracle is the ceiling of every table, not a method anyone can run: each client
+trains (and is scored with) the model of its true cluster, known only in simulation;
+the same DP, rounds and aggregator as the others. Its clustering accuracy is that of
+the loss-based choice under its models (what the best models allow).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class MethodSpec:
     name: display name (summaries, tables, plots).
     clustered: C cluster models, each client picks the one with the lowest loss
       (False: one model).
+    true_clusters: the client trains, and is scored with, the model of its true
+      cluster (the oracle; simulation only, needs known clusters).
     init: stage-2 start: ``INIT_STAGE1`` (sketches + k-means, spends stage-1 ε),
       ``INIT_RANDOM`` (random LoRA offsets of norm ≈ S1, no privacy cost) or
       ``INIT_SHARED`` (A0, B0 = 0 for the single model).
@@ -51,6 +59,7 @@ class MethodSpec:
   name: str
   clustered: bool
   init: str
+  true_clusters: bool = False
   local_noise: bool = False
   pina_scaling: bool = False
   proximal: bool = False
@@ -67,6 +76,8 @@ class MethodSpec:
 
 
 _TABLE = (
+    MethodSpec("oracle", "Oracle", clustered=True, init=INIT_RANDOM, true_clusters=True,
+               colour="#7f7f7f", marker="*", plot_clustering=True),
     MethodSpec("pina", "PINA", clustered=True, init=INIT_STAGE1, pina_scaling=True,
                colour="#d62728", marker="o", plot_clustering=True, plot_convergence=True),
     MethodSpec("pina_ri", "PINA+RI", clustered=True, init=INIT_RANDOM, pina_scaling=True,

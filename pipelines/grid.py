@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import math
 import os
 import shlex
@@ -115,14 +116,87 @@ flags.DEFINE_enum("preset", "digits", list(PRESETS), "Grid preset.")
 flags.DEFINE_string("output_dir", None, "Grid output directory.")
 flags.DEFINE_string("data_dir", None, "Where prepared datasets live (default "
                     "<output_dir>/data); a dataset missing there is prepared first.")
-flags.DEFINE_list("methods", None, "Subset of methods (default: all seven).")
+flags.DEFINE_list("methods", None, "Subset of methods (default: all of them); "
+                  "METHOD@VARIANT runs a method with one of the VARIANTS' settings, "
+                  "e.g. pina@restore (run directory <method>@<variant>).")
 flags.DEFINE_list("epsilons", None, "Subset of epsilons, e.g. 2,8,inf.")
 flags.DEFINE_integer("seed", 0, "Seed of every run (when --seeds is not given).")
 flags.DEFINE_list("seeds", None, "Seeds of pass 1, e.g. 0,1,2: every cell runs with "
                   "each; the first is the base seed of the best-baseline pick.")
 flags.DEFINE_bool("extra_seeds", True, "Run the preset's extra seeds (pass 2) for "
                   "PINA, PINA+RI and the best baseline.")
+flags.DEFINE_enum("eval_split", "val", ["val", "test"],
+                  "Held-out split every run scores: 'val' (default, for choosing "
+                  "settings) or 'test' (only for the runs of a final table).")
+flags.DEFINE_multi_string("set", [], "Config override for every run, KEY.PATH=VALUE with "
+                          "a JSON value, e.g. --set=stage2.normality_rule='\"restore\"' "
+                          "or --set=stage2.restore_max_gain=2 (repeatable).")
 flags.DEFINE_enum("progress", "log", ["auto", "bar", "log", "none"], "Per-run progress.")
+
+
+#: Named setting variants for METHOD@VARIANT cells (`--methods=pina@restore`): the
+#: normality-phase rules and scaling ablations of the rule study (docs/results.md).
+VARIANTS = {
+    "shrink": {"stage2": {"normality_rule": "shrink"}},
+    "restore": {"stage2": {"normality_rule": "restore"}},
+    "restore_w": {"stage2": {"normality_rule": "restore_w"}},
+    "restore_gated": {"stage2": {"normality_rule": "restore_gated"}},
+    "none": {"stage2": {"scaling": "none"}},
+    "min_norm": {"stage2": {"scaling": "min_norm"}},
+    "normality": {"stage2": {"scaling": "normality"}},
+}
+
+
+def split_method(label: str) -> tuple:
+  """'pina@restore' -> ('pina', 'restore'); 'ifca' -> ('ifca', None).
+
+  Raises:
+    ConfigError: an unknown method or variant."""
+  method, _, variant = str(label).partition("@")
+  if method not in ALL_METHODS:
+    raise config_lib.ConfigError(f"unknown method {method!r}; valid: {', '.join(ALL_METHODS)}")
+  if variant and variant not in VARIANTS:
+    raise config_lib.ConfigError(f"unknown variant {variant!r} in {label!r}; valid: "
+                                 f"{', '.join(VARIANTS)}")
+  return method, (variant or None)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+  for k, v in extra.items():
+    if isinstance(v, dict):
+      _merge(base.setdefault(k, {}), v)
+    else:
+      base[k] = v
+  return base
+
+
+def parse_overrides(items) -> dict:
+  """{('stage2', 'normality_rule'): 'restore', ...} from KEY.PATH=VALUE strings (VALUE
+  is JSON; a bare word is taken as a string).
+
+  Raises:
+    ConfigError: an item without '='."""
+  out = {}
+  for item in items or []:
+    key, sep, text = str(item).partition("=")
+    if not sep or not key:
+      raise config_lib.ConfigError(f"--set: expected KEY.PATH=VALUE, found {item!r}")
+    try:
+      value = json.loads(text)
+    except ValueError:
+      value = text
+    out[tuple(key.split("."))] = value
+  return out
+
+
+def apply_overrides(cfg_dict: dict, overrides: dict) -> dict:
+  """`cfg_dict` with every override set (nested sections created as needed)."""
+  for path, value in overrides.items():
+    node = cfg_dict
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return cfg_dict
 
 
 def eps_dirname(eps: float) -> str:
@@ -217,7 +291,8 @@ class GridInterrupted(Exception):
 
 def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons=None,
              seed: int = 0, progress: str = "log", log=None, seeds=None,
-             extra_seeds: bool = True, command: str | None = None) -> list:
+             extra_seeds: bool = True, command: str | None = None,
+             eval_split: str = "val", overrides: dict | None = None) -> list:
   """Runs every (dataset, ε, method, seed) cell, then writes the table, plots, grid.json.
 
   Args:
@@ -225,6 +300,8 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
     extra_seeds: run the preset's `extra_seeds` pass (PINA, PINA+RI and the best
       baseline at the preset's extra-seed epsilons; see the module docstring).
     command: the command line recorded in grid.json (default: this Python call).
+    eval_split: the held-out split every run scores ('val' or 'test').
+    overrides: {('section', 'key'): value} set in every run's config (`--set`).
   Returns the written plot paths.
   """
   from computations import context  # pylint: disable=g-import-not-at-top
@@ -237,8 +314,7 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
   p = PRESETS[preset]
   methods = methods or ALL_METHODS
   for m in methods:
-    if m not in ALL_METHODS:
-      raise config_lib.ConfigError(f"unknown method {m!r}; valid: {', '.join(ALL_METHODS)}")
+    split_method(m)
   epsilons = epsilons if epsilons is not None else p["epsilons"]
   seeds = [int(s) for s in (seeds if seeds else [seed])]
   if len(set(seeds)) != len(seeds):
@@ -262,6 +338,9 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
                                              for e in epsilons],
       "extra_seeds": {"seeds": extra_s, "epsilons": [results_lib.epsilon_token(e)
                                                      for e in extra_eps]},
+      "eval_split": eval_split,
+      "overrides": {".".join(k): v for k, v in (overrides or {}).items()},
+      "chosen_on": p.get("chosen_on", {}),
       "best_baselines": {}, "population_load_s": {}, "runs": []})
   record.write()
   state = {"i": 0, "walls": []}
@@ -279,8 +358,12 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
       record.write()
       return
     cfg_dict = copy.deepcopy(p["config"])
-    cfg_dict.update(method=method, num_clusters=dspec["num_clusters"], seed=s)
+    base_method, variant = split_method(method)
+    cfg_dict.update(method=base_method, num_clusters=dspec["num_clusters"], seed=s,
+                    eval_split=eval_split)
+    _merge(cfg_dict, copy.deepcopy(VARIANTS.get(variant, {})))
     cfg_dict.setdefault("privacy", {})["epsilon"] = eps
+    apply_overrides(cfg_dict, overrides or {})
     cfg = config_lib.validate(config_lib.from_dict(cfg_dict))
     key = (clients_dir, cfg.stage1.lora_rank)
     if key not in pops:
@@ -357,7 +440,8 @@ def main(argv):
       pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
                       FLAGS.seed, FLAGS.progress, seeds=seeds,
                       extra_seeds=FLAGS.extra_seeds,
-                      command="pina-grid " + shlex.join(sys.argv[1:]))
+                      command="pina-grid " + shlex.join(sys.argv[1:]),
+                      eval_split=FLAGS.eval_split, overrides=parse_overrides(FLAGS.set))
   except PinaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -68,6 +68,12 @@ flags.DEFINE_integer("top_k", None, "Stage-1 top-k (k positive + k negative entr
 flags.DEFINE_float("sketch_clip", None, "Stage-1 L2 clip S1.")
 flags.DEFINE_integer("warm_rounds", None, "Min-norm warm phase T_w (pina scaling).")
 flags.DEFINE_enum("scaling", None, list(config_lib.SCALINGS), "PINA aggregate scaling.")
+flags.DEFINE_enum("normality_rule", None, list(config_lib.NORMALITY_RULES),
+                  "Formula of the normality phase (docs/results.md: how it was chosen).")
+flags.DEFINE_float("restore_max_gain", None, "Largest factor of a restore rule (>= 1).")
+flags.DEFINE_enum("eval_split", None, list(config_lib.EVAL_SPLITS),
+                  "Held-out examples scored: 'val' (default; choose settings on it) or "
+                  "'test' (only for the runs of a final table).")
 flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 aggregator.")
 flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
 flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
@@ -117,6 +123,9 @@ def build_config(flag_values) -> config_lib.RunConfig:
       ("stage1", "clip"): flag_values.sketch_clip,
       ("stage2", "warm_rounds"): flag_values.warm_rounds,
       ("stage2", "scaling"): flag_values.scaling,
+      ("stage2", "normality_rule"): flag_values.normality_rule,
+      ("stage2", "restore_max_gain"): flag_values.restore_max_gain,
+      ("eval_split",): flag_values.eval_split,
       ("stage2", "aggregator"): flag_values.aggregator,
       ("stage2", "fedprox_mu"): flag_values.fedprox_mu,
   }

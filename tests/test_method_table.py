@@ -12,6 +12,7 @@ from pina_tff.reporting import results
 #: (clustered, init, local noise, pina scaling, proximal, step-normalized), by hand
 #: from docs (pina-method.md and the baselines' papers).
 EXPECTED = {
+    "oracle": (True, mt.INIT_RANDOM, False, False, False, False),
     "pina": (True, mt.INIT_STAGE1, False, True, False, False),
     "pina_ri": (True, mt.INIT_RANDOM, False, True, False, False),
     "ifca": (True, mt.INIT_RANDOM, False, False, False, False),
@@ -28,7 +29,9 @@ def test_entries_match_the_method_list():
     m = mt.get(key)
     assert (m.clustered, m.init, m.local_noise, m.pina_scaling, m.proximal,
             m.step_normalized) == want, key
-  assert mt.keys_where(clustered=True) == ("pina", "pina_ri", "ifca", "ifca_ldp")
+  assert mt.keys_where(clustered=True) == ("oracle", "pina", "pina_ri", "ifca",
+                                           "ifca_ldp")
+  assert mt.keys_where(true_clusters=True) == ("oracle",)
   assert mt.num_models("ifca", 4) == 4 and mt.num_models("fedprox", 4) == 1
   with pytest.raises(KeyError):
     mt.get("fedsgd")
@@ -40,7 +43,7 @@ def test_readers_take_their_facts_from_the_table():
   assert results.method_name("pina_ri") == "PINA+RI"
   assert results.CLUSTERED_METHODS == mt.keys_where(clustered=True)
   assert plots.METHOD_STYLE["ifca"] == ("#1f77b4", "^")
-  assert plots.CLUSTERING_METHODS == ("pina", "pina_ri", "ifca_ldp")
+  assert plots.CLUSTERING_METHODS == ("oracle", "pina", "pina_ri", "ifca_ldp")
   assert plots.CONVERGENCE_METHODS == ("pina", "pina_ri")
 
 

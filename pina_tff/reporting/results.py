@@ -462,6 +462,18 @@ def grid_section(grid_info: Mapping) -> list:
   return out + [""]
 
 
+def split_label(records: Sequence[RunRecord]) -> str:
+  """'validation' or 'test': the held-out split the runs scored (summary `eval_split`;
+  runs written before the split existed scored test); 'held-out (val and test mixed)'
+  when the runs disagree."""
+  splits = {r.summary.get("eval_split", "test") for r in records}
+  if splits == {"val"}:
+    return "validation"
+  if splits <= {"test"}:
+    return "test"
+  return "held-out (val and test mixed)"
+
+
 def results_markdown(records: Sequence[RunRecord], date: str | None = None,
                      grid_info: Mapping | None = None) -> str:
   """The Markdown text `write_results_table` writes (see there)."""
@@ -478,7 +490,7 @@ def results_markdown(records: Sequence[RunRecord], date: str | None = None,
          f"in **bold** (ties on the shown value all bold); {MISSING} = no run.", ""]
   if grid_info:
     out += grid_section(grid_info)
-  out += ["## Final test accuracy (%)", ""]
+  out += [f"## Final {split_label(records)} accuracy (%)", ""]
   out += header + _table(records, "final_accuracy", methods, columns)
   clustered = [m for m in methods if m in CLUSTERED_METHODS
                or _cell_values(select(records, method=m), "clustering_accuracy")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,6 +37,9 @@ class Population:
     head: pre-trained head {'head_kernel': [d, K], 'head_bias': [K]}.
     train, test: per client, {'x_base': [n, d], 'z': [n, H, d], 'label': [n],
       'true_cluster': int}.
+    val: per client, its validation examples (same layout), or None when the
+      population has no validation split (synthetic populations). `split_held_out`
+      says how the clients' held-out examples are shared between val and test.
     true_clusters: int [P] (-1 unknown).
     num_true_clusters: number of distinct known clusters (1 if unknown).
   """
@@ -47,10 +50,27 @@ class Population:
   test: list
   true_clusters: np.ndarray
   num_true_clusters: int
+  val: Optional[list] = None
 
   @property
   def size(self) -> int:
     return len(self.train)
+
+  def held_out(self, split: str) -> list:
+    """The clients' examples of held-out `split` ('val' or 'test'), one entry per client.
+
+    Raises:
+      DataError: 'val' on a population without a validation split, or another name.
+    """
+    if split == "test":
+      return self.test
+    if split == "val" and self.val is not None:
+      return self.val
+    raise DataError(f"the population of {self.dataset!r} has no {split!r} split "
+                    "(expected 'val' or 'test')")
+
+  def n_max_held_out(self, split: str) -> int:
+    return max(1, max(len(c["label"]) for c in self.held_out(split)))
 
   @property
   def n_max_train(self) -> int:
@@ -59,6 +79,46 @@ class Population:
   @property
   def n_max_test(self) -> int:
     return max(1, max(len(c["label"]) for c in self.test))
+
+
+#: Seed of the val/test split of the held-out examples: a constant, so every run and
+#: every seed scores the same examples.
+VALIDATION_SPLIT_SEED = 20261204
+#: Share of the held-out examples that go to validation.
+VALIDATION_FRACTION = 0.5
+
+
+def split_held_out(counts: Sequence[int], fraction: float = VALIDATION_FRACTION,
+                   seed: int = VALIDATION_SPLIT_SEED) -> Tuple[List[np.ndarray],
+                                                               List[np.ndarray]]:
+  """Shares every client's held-out examples between validation and test.
+
+  [project choice] Clients keep all their training examples; their held-out examples
+  (the source's test images for Fashion-MNIST, `test_fraction` of their own for
+  digits) are pooled, permuted with a fixed seed, and the first
+  round(fraction * total) become validation examples, the rest test examples. So val
+  and test are disjoint, come from the same distribution, and each client is scored
+  on whichever of its held-out examples belong to the split (with 1 held-out example
+  per client, half the clients carry validation and the other half test).
+
+  Args:
+    counts: held-out examples of each client.
+    fraction: share of the pool that goes to validation, in [0, 1].
+    seed: the permutation's seed (a constant, not the run's seed).
+
+  Returns:
+    (val positions, test positions): per client, sorted int64 positions into its own
+    held-out examples.
+  """
+  counts = [int(n) for n in counts]
+  owner = np.repeat(np.arange(len(counts)), counts)
+  position = np.concatenate([np.arange(n) for n in counts]) if counts else np.zeros(0, int)
+  order = np.random.default_rng(seed).permutation(len(owner))
+  is_val = np.zeros(len(owner), bool)
+  is_val[order[:int(round(fraction * len(owner)))]] = True
+  val = [np.sort(position[(owner == i) & is_val]) for i in range(len(counts))]
+  test = [np.sort(position[(owner == i) & ~is_val]) for i in range(len(counts))]
+  return val, test
 
 
 def _log(msg: str, log: Optional[Callable[[str], None]]) -> None:
@@ -159,10 +219,13 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
             "true_cluster": int(cluster)}
 
   train = [part(s, c) for s, c in zip(data.train_slices, data.clusters)]
-  test = [part(s, c) for s, c in zip(data.test_slices, data.clusters)]
+  held_out = [np.arange(len(labels))[s] for s in data.test_slices]
+  val_pos, test_pos = split_held_out([len(h) for h in held_out])
+  val = [part(h[p], c) for h, p, c in zip(held_out, val_pos, data.clusters)]
+  test = [part(h[p], c) for h, p, c in zip(held_out, test_pos, data.clusters)]
   known = sorted({int(c) for c in data.clusters if c >= 0})
   return Population(dataset=manifest.get("dataset", "unknown"),
                     model=tm.ViTTailModel(tail_config, frozen), head=head,
-                    train=train, test=test,
+                    train=train, test=test, val=val,
                     true_clusters=np.asarray(data.clusters, np.int64),
                     num_true_clusters=max(1, len(known)))

@@ -43,6 +43,8 @@ class LocalSpec:
     train_keys: parameters that train locally.
     send_keys: parameters whose change is sent (stage 1: LoRA only; stage 2: all).
     choose_cluster: pick c* = argmin training loss over the C models (IFCA-style).
+    true_cluster: train the model of the client's true cluster instead (the oracle;
+      simulation only).
     fedprox_mu: FedProx proximal weight mu (0: plain local SGD).
     normalize_by_steps: FedNova: divide the update by the client's local step count
       before clipping (the server multiplies by the expected step count).
@@ -59,6 +61,7 @@ class LocalSpec:
   train_keys: tuple[str, ...] = tm.LORA_KEYS + tm.HEAD_KEYS
   send_keys: tuple[str, ...] = tm.LORA_KEYS + tm.HEAD_KEYS
   choose_cluster: bool = False
+  true_cluster: bool = False
   fedprox_mu: float = 0.0
   normalize_by_steps: bool = False
   shuffle: bool = True
@@ -201,7 +204,10 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
   seed = tf.cast(shard["seed"], tf.int32)
   num_clusters = spec.num_clusters
   s = tf.shape(labels)[0]
-  if spec.choose_cluster and num_clusters > 1:
+  if spec.true_cluster and num_clusters > 1:
+    choice = true_choice(shard["true_cluster"], num_clusters)
+    chosen_loss = None
+  elif spec.choose_cluster and num_clusters > 1:
     losses = cluster_losses(model, cluster_params, features, labels, mask)
     choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
     chosen_loss = tf.reduce_min(losses, axis=-1)
@@ -243,9 +249,17 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
   return tf.reduce_sum(slots, axis=0), diagnostics
 
 
-def evaluate_shard(model, cluster_params, select, test):
+def true_choice(true_cluster, num_clusters: int):
+  """The oracle's choice: the true cluster (int32 [S]); unknown (-1, padding) -> 0."""
+  return tf.clip_by_value(tf.cast(true_cluster, tf.int32), 0, num_clusters - 1)
+
+
+def evaluate_shard(model, cluster_params, select, test, score_true: bool = False):
   """IFCA-style evaluation: each client picks the model with the lowest loss on its
   `select` data (its training split), then is scored on its `test` data.
+
+  With `score_true` (the oracle) the client is scored with its true cluster's model
+  (`select['true_cluster']`); the returned choice stays the loss-based one.
 
   Returns sums: correct predictions, test examples, and the chosen clusters [S].
   """
@@ -261,7 +275,9 @@ def evaluate_shard(model, cluster_params, select, test):
     choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
   else:
     choice = tf.zeros([tf.shape(select["label"])[0]], tf.int32)
-  params = {k: tf.gather(v, choice) for k, v in cluster_params.items()}
+  scored = (true_choice(select["true_cluster"], num_clusters)
+            if score_true and num_clusters > 1 else choice)
+  params = {k: tf.gather(v, scored) for k, v in cluster_params.items()}
   logits = model.logits(params, {k: tf.cast(test[k], tf.float32)
                                  for k in model.feature_keys})
   pred = tf.argmax(logits, axis=-1, output_type=tf.int32)

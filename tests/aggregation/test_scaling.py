@@ -79,6 +79,94 @@ def test_all_zero_aggregate_no_nan_and_matches_numpy_reference(mode):
                                rtol=1e-4)
 
 
+def _clusters(counts, sigma, d=2000, seed=0):
+  """u_c = (sum of n_c aligned-ish client updates) / M + N(0, sigma^2): signal norm
+  grows with the count, as a C-slot aggregate's does."""
+  rng = np.random.default_rng(seed)
+  m = float(sum(counts))
+  rows = []
+  for n in counts:
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    rows.append(n / m * 0.5 * direction + sigma * rng.normal(size=d))
+  return np.asarray(rows, np.float32)
+
+
+RESTORE_RULES = ("restore", "restore_w", "restore_gated")
+
+
+@pytest.mark.parametrize("rule", RESTORE_RULES)
+@pytest.mark.parametrize("sigma", [0.0, 2e-4, 2e-3])
+def test_restore_rules_match_the_per_cluster_reference(rule, sigma):
+  u = _clusters([5000, 1500, 800, 2700], sigma)
+  r = scaling.NormalityRule(rule, noise_std=sigma, max_gain=3.0)
+  out, d = scaling.scale_cluster_aggregates(tf.constant(u), "normality", rule=r)
+  ref, dref = scaling.scale_cluster_aggregates_np(u, "normality", rule=r)
+  np.testing.assert_allclose(d["scale_factors"].numpy(), dref["scale_factors"],
+                             rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(out.numpy(), ref, rtol=2e-4, atol=1e-7)
+  f = d["scale_factors"].numpy()
+  assert np.all(f >= 1.0 - 1e-6) and np.all(f <= 3.0 + 1e-5)   # never below IFCA
+
+
+def test_restore_without_noise_brings_small_clusters_to_the_fair_share():
+  counts = [5000, 1500, 800, 2700]
+  u = _clusters(counts, 0.0)
+  r = scaling.NormalityRule("restore", noise_std=0.0, max_gain=10.0)
+  out, d = scaling.scale_cluster_aggregates(tf.constant(u), "normality", rule=r)
+  norms = np.linalg.norm(u, axis=1)
+  fair = norms.mean()                      # = what M/C clients would carry here
+  out_n = np.linalg.norm(out.numpy(), axis=1)
+  for c in range(4):
+    assert out_n[c] == pytest.approx(max(norms[c], fair), rel=1e-4)
+  # the gain cap
+  r2 = scaling.NormalityRule("restore", noise_std=0.0, max_gain=1.5)
+  _, d2 = scaling.scale_cluster_aggregates(tf.constant(u), "normality", rule=r2)
+  np.testing.assert_allclose(d2["scale_factors"].numpy(),
+                             np.clip(fair / norms, 1.0, 1.5), rtol=1e-4)
+
+
+def test_restore_leaves_pure_noise_alone_and_gated_vanishes_without_noise():
+  sigma = 1e-3
+  rng = np.random.default_rng(3)
+  noise_only = (sigma * rng.normal(size=(2, 4000))).astype(np.float32)
+  signal = _clusters([9000, 1000], 0.0, d=4000)
+  u = np.concatenate([signal[:1] + noise_only[:1] * 0.01, noise_only[1:]])
+  r = scaling.NormalityRule("restore", noise_std=sigma, max_gain=4.0)
+  _, d = scaling.scale_cluster_aggregates(tf.constant(u), "normality", rule=r)
+  f = d["scale_factors"].numpy()
+  assert f[0] == pytest.approx(1.0, abs=1e-4)     # the big cluster is above fair share
+  assert f[1] < 1.15                               # mostly noise: ~IFCA (within chance)
+  gated = scaling.NormalityRule("restore_gated", noise_std=0.0, max_gain=4.0)
+  _, dg = scaling.scale_cluster_aggregates(tf.constant(_clusters([9000, 1000], 0.0)),
+                                           "normality", rule=gated)
+  np.testing.assert_allclose(dg["scale_factors"].numpy(), [1.0, 1.0], atol=1e-6)
+
+
+def test_shrink_rule_is_the_default_and_pina_switches_to_the_rule_after_warm_up():
+  u = _clusters([5000, 1500, 800, 2700], 2e-4)
+  a, _ = scaling.scale_cluster_aggregates(tf.constant(u), "normality")
+  b, _ = scaling.scale_cluster_aggregates(tf.constant(u), "normality",
+                                          rule=scaling.NormalityRule("shrink"))
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+  r = scaling.NormalityRule("restore", noise_std=2e-4, max_gain=4.0)
+  warm, dw = scaling.scale_cluster_aggregates(tf.constant(u), "pina", round_num=1,
+                                              warm_rounds=2, rule=r)
+  later, dl = scaling.scale_cluster_aggregates(tf.constant(u), "pina", round_num=2,
+                                               warm_rounds=2, rule=r)
+  norms = np.linalg.norm(u, axis=1)
+  np.testing.assert_allclose(np.linalg.norm(warm.numpy(), axis=1), norms.min(), rtol=1e-4)
+  assert np.all(dl["scale_factors"].numpy() >= 1.0 - 1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "bogus"}, "restore"), ({"name": "restore", "max_gain": 0.5}, "max_gain"),
+    ({"name": "restore", "noise_std": float("nan")}, "noise_std")])
+def test_bad_rule_is_a_config_error(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    scaling.NormalityRule(**kwargs)
+
+
 def test_unknown_mode_raises():
   with pytest.raises(ConfigError, match="min_norm"):
     scaling.scale_cluster_aggregates(tf.zeros([2, 10]), "bogus")

@@ -89,7 +89,7 @@ def test_results_table_bold_best_ties_and_missing(grid, tmp_path):
   assert open(md_path).read() == md
   assert md.startswith("# Results (2024-05-01)")
   acc = _table_rows(md, "Final test accuracy (%)")
-  assert list(acc) == ["PINA", "PINA+RI", "IFCA", "IFCA+LDP", "FedAvg", "FedProx",
+  assert list(acc) == ["Oracle", "PINA", "PINA+RI", "IFCA", "IFCA+LDP", "FedAvg", "FedProx",
                        "FedNova"]
   cols = list(acc["PINA"])
   assert [c.split(" [^")[0] for c in cols] == [
@@ -110,7 +110,8 @@ def test_results_table_bold_best_ties_and_missing(grid, tmp_path):
   assert cl["PINA"][fm2] == "**97.0**" and cl["PINA+RI"][fm2] == "90.0"
   assert cl["PINA"][fminf] == "**100.0**" and cl["IFCA+LDP"][fminf] == "**100.0**"
   assert "FedAvg" not in cl                      # not a clustered method
-  assert list(cl) == ["PINA", "PINA+RI", "IFCA", "IFCA+LDP", "PINA stage 1 (k-means)"]
+  assert list(cl) == ["Oracle", "PINA", "PINA+RI", "IFCA", "IFCA+LDP",
+                      "PINA stage 1 (k-means)"]
   assert cl["PINA stage 1 (k-means)"][fm2] == "85.0"   # never bold
   assert all(v == "—" for v in [cl[m][fe2] for m in cl][:4])  # femnist: unknown
   # footnotes per column, with achieved eps and noise multipliers

@@ -28,15 +28,44 @@ def test_every_client_keeps_its_examples_labels_split_and_cluster(pop, digits_cl
   assert pop.dataset == "digits" and pop.size == raw.num_clients == len(manifest["clients"])
   for i, entry in enumerate(manifest["clients"]):
     assert len(pop.train[i]["label"]) == entry["num_train"]
-    assert len(pop.test[i]["label"]) == entry["num_test"]
+    assert len(pop.test[i]["label"]) + len(pop.val[i]["label"]) == entry["num_test"]
     np.testing.assert_array_equal(pop.train[i]["label"], raw.labels[raw.train_slices[i]])
-    np.testing.assert_array_equal(pop.test[i]["label"], raw.labels[raw.test_slices[i]])
-    assert pop.train[i]["true_cluster"] == pop.test[i]["true_cluster"] == entry["cluster"]
+    # val and test share the client's held-out examples: together, exactly them
+    held = raw.labels[raw.test_slices[i]]
+    got = np.concatenate([pop.val[i]["label"], pop.test[i]["label"]])
+    np.testing.assert_array_equal(np.sort(got), np.sort(held))
+    x_held = {tuple(np.round(r, 5)) for r in
+              np.concatenate([pop.val[i]["x_base"], pop.test[i]["x_base"]])}
+    assert len(x_held) == entry["num_test"]          # no example in both
+    assert (pop.train[i]["true_cluster"] == pop.test[i]["true_cluster"]
+            == pop.val[i]["true_cluster"] == entry["cluster"])
   np.testing.assert_array_equal(pop.true_clusters,
                                 [c["cluster"] for c in manifest["clients"]])
   assert pop.num_true_clusters == len({c["cluster"] for c in manifest["clients"]}) > 1
   assert pop.n_max_train == max(c["num_train"] for c in manifest["clients"])
-  assert pop.n_max_test == max(c["num_test"] for c in manifest["clients"])
+  assert pop.n_max_test == max(len(c["label"]) for c in pop.test)
+  assert pop.held_out("val") is pop.val and pop.held_out("test") is pop.test
+  total = sum(c["num_test"] for c in manifest["clients"])
+  assert sum(len(c["label"]) for c in pop.val) == round(total * 0.5)
+  with pytest.raises(DataError, match="train"):
+    pop.held_out("train")
+
+
+def test_split_held_out_is_a_fixed_disjoint_half_of_the_pool():
+  counts = [1] * 7 + [3, 0, 5]
+  val, test = population.split_held_out(counts)
+  val2, test2 = population.split_held_out(counts)
+  assert all(np.array_equal(a, b) for a, b in zip(val + test, val2 + test2))
+  for n, v, t in zip(counts, val, test):
+    assert sorted(v.tolist() + t.tolist()) == list(range(n))   # disjoint, complete
+  assert sum(len(v) for v in val) == round(0.5 * sum(counts))
+  # the reference: the same permutation drawn by hand over (client, position) pairs
+  pairs = [(i, j) for i, n in enumerate(counts) for j in range(n)]
+  order = np.random.default_rng(population.VALIDATION_SPLIT_SEED).permutation(len(pairs))
+  want = {pairs[k] for k in order[:round(0.5 * len(pairs))]}
+  assert {(i, int(j)) for i, v in enumerate(val) for j in v} == want
+  other, _ = population.split_held_out(counts, seed=1)
+  assert any(not np.array_equal(a, b) for a, b in zip(val, other))
 
 
 def test_features_have_the_tail_shapes_and_the_requested_lora_rank(pop):
