@@ -43,6 +43,8 @@ STAGE_TRAIN = 2
 # The baselines among which pina-grid picks the one that gets extra seeds.
 BASELINES = ("fedavg", "fedprox", "fednova", "ifca", "ifca_ldp")
 CLUSTERED_METHODS = method_table.keys_where(clustered=True)
+#: Ceilings (true clusters known): shown above the methods, never the column's best.
+CEILING_METHODS = method_table.keys_where(true_clusters=True)
 SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 
@@ -314,7 +316,8 @@ def _cell_values(records: Sequence[RunRecord], key: str) -> dict:
 
 
 def _table(records, key, methods, columns, extra_rows=()) -> list:
-  """Table rows: mean ± std (n) per method and column, best mean per column in bold.
+  """Table rows: mean ± std (n) per method and column, best mean per column in bold
+  (among the methods anyone can run: the oracle, a ceiling, is never bold).
 
   extra_rows: (label, method, key) rows shown after the methods, never bold.
   """
@@ -327,7 +330,8 @@ def _table(records, key, methods, columns, extra_rows=()) -> list:
         shown[(m, col)] = (round(mean_std(vs)[0], 1), format_mean_std(vs))
   best = {}
   for col in columns:
-    vals = [shown[(m, col)][0] for m in methods if (m, col) in shown]
+    vals = [shown[(m, col)][0] for m in methods
+            if (m, col) in shown and m not in CEILING_METHODS]
     if vals:
       best[col] = max(vals)
   lines = []
@@ -338,7 +342,8 @@ def _table(records, key, methods, columns, extra_rows=()) -> list:
         cells.append(MISSING)
         continue
       mean, text = shown[(m, col)]
-      cells.append(f"**{text}**" if mean == best[col] else text)
+      cells.append(f"**{text}**" if mean == best.get(col) and m not in CEILING_METHODS
+                   else text)
     lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
   for label, m, k in extra_rows:
     vals = _cell_values(select(records, method=m), k)

@@ -21,7 +21,7 @@ from tests.reporting import fakes
 
 # final accuracy of (method, seed); at eps=8 seed 0 FedNova is the best baseline even
 # though FedAvg comes first in the tie order and IFCA is best at other seeds.
-ACC = {"pina": 0.80, "pina_ri": 0.75, "ifca": 0.55, "ifca_ldp": 0.40, "fedavg": 0.60,
+ACC = {"oracle": 0.90, "pina": 0.80, "pina_ri": 0.75, "ifca": 0.55, "ifca_ldp": 0.40, "fedavg": 0.60,
        "fedprox": 0.58, "fednova": 0.62}
 
 
@@ -84,8 +84,8 @@ def test_base_pass_then_extra_seeds_for_pina_pina_ri_and_best_baseline(monkeypat
   assert h.loads == [(str(h.data), 1, 0)]          # the population loaded ONCE
   # progress: i of N with an ETA from finished cells
   progress = [l for l in h.logs if l.startswith("[")]
-  assert progress[0] == "[1/20] run digits pina eps=8 seed=0 (ETA unknown)"
-  assert progress[-1].startswith("[20/20] run digits fednova eps=8 seed=2 (ETA 0:00:")
+  assert progress[0] == "[1/22] run digits oracle eps=8 seed=0 (ETA unknown)"
+  assert progress[-1].startswith("[22/22] run digits fednova eps=8 seed=2 (ETA 0:00:")
   assert "best baseline at digits eps=8 (seed 0): fednova" in h.logs
   info = json.load(open(os.path.join(h.out, "grid.json")))
   (inv,) = info["invocations"]
@@ -94,7 +94,8 @@ def test_base_pass_then_extra_seeds_for_pina_pina_ri_and_best_baseline(monkeypat
   assert [(r["method"], r["seed"], r["status"]) for r in inv["runs"]] == [
       (m, s, "ran") for m, _, s, _ in h.calls]
   assert all(r["wall_s"] >= 0 for r in inv["runs"])
-  assert inv["runs"][0]["run_dir"] == _rd("pina", 8.0, 0)
+  assert inv["runs"][0]["run_dir"] == _rd("oracle", 8.0, 0)
+  assert inv["eval_split"] == "val" and inv["overrides"] == {}
   assert inv["start"] <= inv["end"] and inv["command"].startswith("run_grid(preset='t'")
   assert inv["git_commit"] is None or len(inv["git_commit"].split("-")[0]) == 40
   assert info["wall_clock_s"] == inv["wall_s"] >= sum(r["wall_s"] for r in inv["runs"])
@@ -106,11 +107,40 @@ def test_base_pass_then_extra_seeds_for_pina_pina_ri_and_best_baseline(monkeypat
   assert any(p.endswith("clustering_digits_eps_8.png") for p in pngs)
 
 
+def test_variants_overrides_and_eval_split_reach_the_run_config(monkeypatch, tmp_path):
+  h = Harness(monkeypatch, tmp_path, epsilons=(8.0,))
+  cfgs = []
+  inner = h.run_simulation
+
+  def spy(cfg, *a, **kw):
+    cfgs.append(cfg)
+    return inner(cfg, *a, **kw)
+
+  monkeypatch.setattr(program, "run_simulation", spy)
+  h.run(methods=["pina@restore", "pina@none", "ifca"], extra_seeds=False,
+        eval_split="test",
+        overrides=grid.parse_overrides(["stage2.restore_max_gain=2.5", "stage2.rounds=3"]))
+  assert [c[3] for c in h.calls] == [_rd(m, 8.0, 0) for m in
+                                     ("pina@restore", "pina@none", "ifca")]
+  a, b, c = cfgs
+  assert (a.method, a.stage2.normality_rule, a.stage2.scaling) == ("pina", "restore", "pina")
+  assert (b.method, b.stage2.normality_rule, b.stage2.scaling) == ("pina", "shrink", "none")
+  assert all(x.eval_split == "test" and x.stage2.restore_max_gain == 2.5
+             and x.stage2.rounds == 3 for x in cfgs)
+  inv = json.load(open(os.path.join(h.out, "grid.json")))["invocations"][0]
+  assert inv["eval_split"] == "test"
+  assert inv["overrides"] == {"stage2.restore_max_gain": 2.5, "stage2.rounds": 3}
+  with pytest.raises(config_lib.ConfigError, match="variant"):
+    grid.split_method("pina@bogus")
+  with pytest.raises(config_lib.ConfigError, match="KEY.PATH=VALUE"):
+    grid.parse_overrides(["stage2.rounds"])
+
+
 def test_resume_skips_finished_runs_and_loads_nothing(monkeypatch, tmp_path):
   h = Harness(monkeypatch, tmp_path, extra={"seeds": [1], "epsilons": [8.0]},
               epsilons=(8.0,))
   h.run()
-  assert len(h.calls) == 7 + 3 and len(h.loads) == 1
+  assert len(h.calls) == 8 + 3 and len(h.loads) == 1
   h.calls.clear(), h.loads.clear()
   h.run()
   assert h.calls == [] and h.loads == []            # nothing to run: no population load
@@ -120,7 +150,7 @@ def test_resume_skips_finished_runs_and_loads_nothing(monkeypatch, tmp_path):
   assert h.calls == [("pina_ri", 8.0, 1, _rd("pina_ri", 8.0, 1))] and len(h.loads) == 1
   info = json.load(open(os.path.join(h.out, "grid.json")))
   assert len(info["invocations"]) == 3
-  assert [r["status"] for r in info["invocations"][1]["runs"]] == ["skipped"] * 10
+  assert [r["status"] for r in info["invocations"][1]["runs"]] == ["skipped"] * 11
   assert info["invocations"][2]["command"] == "pina-grid --preset=t"
   assert info["wall_clock_s"] == pytest.approx(
       sum(i["wall_s"] for i in info["invocations"]), abs=0.01)
