@@ -532,8 +532,9 @@ class _Run:
     offsets = None
     method = method_table.get(p.cfg.method)
     if method.init == method_table.INIT_STAGE1:
-      offsets, acc1 = self._sketch_init(base)
+      offsets, acc1, cos1 = self._sketch_init(base)
       st["init_clustering_accuracy"] = np.float64(acc1)
+      st["init_centroid_cosine"] = np.float64(cos1)
     elif method.init == method_table.INIT_RANDOM:
       offsets = _random_offsets(p.cfg, p.pop.model.config.lora_size, p.num_models)
     if offsets is not None:
@@ -579,7 +580,8 @@ class _Run:
     return shards_lib.default_shard_size(min(s1.num_sketch_clients, size))
 
   def _sketch_init(self, base):
-    """Sketches over M1 clients + server k-means. Returns (centroids, accuracy)."""
+    """Sketches over M1 clients + server k-means. Returns (centroids, k-means accuracy,
+    mean matched centroid cosine; both NaN without diagnostics)."""
     p = self.plan
     cfg, pop, s1 = p.cfg, p.pop, p.cfg.stage1
     m1 = min(s1.num_sketch_clients, pop.size)
@@ -590,23 +592,36 @@ class _Run:
                                                       else ()),
                            send_keys=tm.LORA_KEYS)
     z1 = p.report.z1
-    comp = stage1_lib.build_sketch_computation(pop.model, spec, s1.top_k, s1.clip, z1,
-                                               self._sketch_shard_size(), pop.n_max_train,
-                                               reader=self.data.reader)
-    data = self.data.round_data(1, 0, ids, _client_seeds(cfg.seed, 1, 0, ids,
-                                                         cfg.privacy.noise_mode))
-    weights = lp.model_weights({k: v[None] for k, v in base.items()})
+    reader = self.data.reader
+
+    def sketches_with(noise_multiplier: float):
+      comp = stage1_lib.build_sketch_computation(
+          pop.model, spec, s1.top_k, s1.clip, noise_multiplier, self._sketch_shard_size(),
+          pop.n_max_train, reader=reader,
+          noise_on_kept_only=s1.noise_positions == "released")
+      data = self.data.round_data(1, 0, ids, _client_seeds(cfg.seed, 1, 0, ids,
+                                                           cfg.privacy.noise_mode))
+      weights = lp.model_weights({k: v[None] for k, v in base.items()})
+      return stage1_lib.collect_sketches(comp(weights, data))
+
     self.log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, "
-             f"z1={z1:.3f})")
-    sketches = stage1_lib.collect_sketches(comp(weights, data))
+             f"z1={z1:.3f}, noise on {'kept entries only: positions released' if s1.noise_positions == 'released' else 'every coordinate'})")
+    sketches = sketches_with(z1)
     centroids, labels = kmeans_lib.kmeans_init(
         sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
-        post_process_k=s1.top_k if s1.post_process else None)
+        post_process_k=s1.top_k if s1.post_process else None,
+        spectral_dims=s1.spectral_dims)
     if not p.diagnostics:
-      return centroids, float("nan")
+      return centroids, float("nan"), float("nan")
     acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
-    self.log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
-    return centroids, acc
+    # Simulation-only diagnostic: the same clients' noise-free sketches (never sent).
+    clean = sketches if z1 == 0 else sketches_with(0.0)
+    cosines = cluster_metrics.centroid_cosines(centroids, clean, pop.true_clusters[ids])
+    cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else float("nan")
+    self.log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}; "
+             f"cosine of the centroids to the true clusters' noise-free mean sketches: "
+             f"{np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
+    return centroids, acc, cosine
 
 
 def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSource:

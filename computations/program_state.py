@@ -44,6 +44,7 @@ def state_template(param_shapes, num_clusters: int, update_size: int
       head_kernel=np.zeros(param_shapes["head_kernel"], np.float32),
       head_bias=np.zeros(param_shapes["head_bias"], np.float32),
       init_clustering_accuracy=np.float64(np.nan),
+      init_centroid_cosine=np.float64(np.nan),
       final_accuracy=np.float64(np.nan), final_clustering_accuracy=np.float64(np.nan))
 
 

@@ -31,7 +31,7 @@ from pina_tff.training import models as tm
 
 def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: float,
                              noise_multiplier: float, shard_size: int, n_max: int,
-                             reader=None):
+                             reader=None, noise_on_kept_only: bool = False):
   """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.
 
   Args:
@@ -44,6 +44,9 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
       (local DP: the sketches leave the clients already noised).
     shard_size, n_max: the shard layout (S clients of at most N examples).
     reader: see `client_work.build_shard_client_work` (None: packed shards).
+    noise_on_kept_only: the paper's literal reading, a labelled ablation: noise only
+      on the kept (non-zero) entries, so the positions of the kept entries are released
+      outside local DP (`stage1.noise_positions='released'`).
 
   Returns:
     A federated computation whose result per TFF client is
@@ -72,6 +75,8 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
     clipped = sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
     noise = local.per_client_normal(shard["seed"], [size], rng_streams.SKETCH_NOISE,
                                      noise_multiplier * clip)
+    if noise_on_kept_only:
+      noise = noise * tf.cast(tf.not_equal(clipped, 0.0), noise.dtype)
     return collections.OrderedDict(sketch=clipped + noise,
                                    client_mask=shard["client_mask"])
 

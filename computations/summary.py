@@ -103,6 +103,10 @@ def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
                            if pop.num_true_clusters > 1 and num_models > 1 else None),
       init_clustering_accuracy=(float(st["init_clustering_accuracy"])
                                 if method.uses_stage1 else None),
+      init_centroid_cosine=(float(st["init_centroid_cosine"])
+                            if method.uses_stage1 else None),
+      stage1_positions_released_outside_epsilon=(
+          cfg.stage1.noise_positions == "released" if method.uses_stage1 else None),
       wall_clock_s=float(st["elapsed"]), privacy=report.to_dict(),
       config=config_lib.to_dict(cfg),
       **privacy_fields(cfg, report, spec2, layout, shapes, diagnostics))

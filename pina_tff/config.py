@@ -37,6 +37,8 @@ AGGREGATORS = ("ddp", "central", "secure_sum")
 SCALINGS = ("none", "min_norm", "normality", "pina")
 #: Formulas of the normality phase (`pina_tff.aggregation.scaling.NormalityRule`).
 NORMALITY_RULES = ("shrink", "restore", "restore_w", "restore_gated")
+#: Stage-1 noise: on every coordinate, or (the paper's literal reading) the kept ones.
+NOISE_POSITIONS = ("protected", "released")
 #: Held-out split that runs evaluate on: 'val' while settings are chosen, 'test' only in
 #: the runs of a final table (`pina_tff.simulation.population`).
 EVAL_SPLITS = ("val", "test")
@@ -100,6 +102,13 @@ class Stage1Config:
   Fashion-MNIST preset: with 5 examples per client a locally trained head absorbs most
   of the fit and the LoRA change carries less of the rotation (measured in
   docs/results.md).
+
+  spectral_dims: r > 0 runs k-means on the top-r principal components of the noisy
+  sketches (server post-processing, free) [project choice, spec stage 1 step 9].
+  noise_positions: 'protected' (default: noise on every coordinate, the positions of
+  the kept entries are covered by local DP) or 'released' (the literal reading of the
+  paper, a labelled ablation: noise on the kept entries only, so their positions are
+  released outside ε; refused in secure mode).
   """
   num_sketch_clients: int = 1000
   local_epochs: int = 5
@@ -110,6 +119,8 @@ class Stage1Config:
   post_process: bool = True
   kmeans_restarts: int = 10
   train_head: bool = True
+  spectral_dims: int = 0
+  noise_positions: str = "protected"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +204,14 @@ def validate(cfg: RunConfig) -> RunConfig:
   _choice("stage2.scaling", s2.scaling, SCALINGS)
   _choice("stage2.normality_rule", s2.normality_rule, NORMALITY_RULES)
   _choice("eval_split", cfg.eval_split, EVAL_SPLITS)
+  _choice("stage1.noise_positions", s1.noise_positions, NOISE_POSITIONS)
+  if s1.noise_positions == "released" and p.noise_mode == "secure":
+    raise ConfigError("stage1.noise_positions: 'released' sends the positions of the "
+                      "kept sketch entries outside the local-DP guarantee; it is a "
+                      "labelled ablation and is refused with privacy.noise_mode="
+                      "'secure'.")
+  if s1.spectral_dims < 0:
+    raise _err("stage1.spectral_dims", "an integer >= 0", s1.spectral_dims)
   if not (s2.restore_max_gain >= 1 and math.isfinite(s2.restore_max_gain)):
     raise _err("stage2.restore_max_gain", "a finite value >= 1", s2.restore_max_gain)
   _choice("privacy.accountant", p.accountant, ACCOUNTANTS)

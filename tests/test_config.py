@@ -54,6 +54,14 @@ def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
 
 @pytest.mark.parametrize("over, match", [
     ({"privacy.epsilon": 0.0}, "privacy.epsilon"),
+    ({"stage2.normality_rule": "grow"}, "stage2.normality_rule"),
+    ({"stage2.restore_max_gain": 0.5}, "stage2.restore_max_gain"),
+    ({"stage2.restore_max_gain": math.inf}, "stage2.restore_max_gain"),
+    ({"eval_split": "train"}, "eval_split"),
+    ({"stage1.spectral_dims": -1}, "stage1.spectral_dims"),
+    ({"stage1.noise_positions": "hidden"}, "stage1.noise_positions"),
+    ({"stage1.noise_positions": "released", "privacy.noise_mode": "secure"},
+     "refused with privacy.noise_mode"),
     ({"privacy.epsilon": -1.0}, "privacy.epsilon"),
     ({"privacy.delta": 0.0}, "privacy.delta"),
     ({"privacy.delta": 1.0}, "privacy.delta"),
@@ -70,7 +78,7 @@ def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
     ({"stage0.rounds": -1}, "stage0.rounds"),
     ({"stage2.rounds": -1}, "stage2.rounds"),
     ({"stage2.warm_rounds": -2}, "warm_rounds"),
-    ({"method": "fedsgd"}, "pina, pina_ri, ifca"),
+    ({"method": "fedsgd"}, "oracle, pina, pina_ri, ifca"),
     ({"stage2.aggregator": "ldp"}, "ddp, central, secure_sum"),
     ({"stage2.scaling": "max"}, "none, min_norm, normality, pina"),
     ({"privacy.accountant": "moments"}, "rdp, pld"),

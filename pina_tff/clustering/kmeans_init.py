@@ -17,9 +17,15 @@ from pina_tff.privacy.sketch import keep_top_2k_magnitudes
 
 
 def kmeans_init(sketches: np.ndarray, num_clusters: int, seed: int, n_init: int = 10,
-                post_process_k: Optional[int] = None
+                post_process_k: Optional[int] = None, spectral_dims: int = 0
                 ) -> Tuple[np.ndarray, np.ndarray]:
   """Clusters sketches [M1, P1] into ``num_clusters``.
+
+  spectral_dims: [project choice, spec stage 1 step 9] with r > 0, k-means runs on the
+  sketches' projections onto their top r principal directions (PCA of the noisy,
+  post-processed sketches: the noise spreads over every direction, the clusters'
+  differences concentrate in a few), and centroid c is the mean of cluster c's
+  sketches in the full space. Server post-processing: no privacy cost.
 
   Returns:
     (centroids [C, P1] float32, labels [M1] int64). Centroid c becomes cluster
@@ -40,7 +46,22 @@ def kmeans_init(sketches: np.ndarray, num_clusters: int, seed: int, n_init: int 
     raise ConfigError("sketches contain NaN or inf values.")
   if post_process_k is not None:
     x = keep_top_2k_magnitudes(x, post_process_k)
+  if spectral_dims < 0:
+    raise ConfigError(f"stage1.spectral_dims must be >= 0, found {spectral_dims}.")
   km = KMeans(n_clusters=num_clusters, init="k-means++", n_init=n_init,
               random_state=seed)
-  labels = km.fit_predict(x)
-  return km.cluster_centers_.astype(np.float32), labels.astype(np.int64)
+  if not spectral_dims:
+    labels = km.fit_predict(x)
+    return km.cluster_centers_.astype(np.float32), labels.astype(np.int64)
+  labels = km.fit_predict(spectral_projection(x, spectral_dims))
+  centroids = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c)
+                        else np.zeros(x.shape[1]) for c in range(num_clusters)])
+  return centroids.astype(np.float32), labels.astype(np.int64)
+
+
+def spectral_projection(x: np.ndarray, dims: int) -> np.ndarray:
+  """Coordinates of the centered rows of x [M, P] on their top `dims` principal
+  directions (SVD), [M, min(dims, M, P)]."""
+  centered = x - x.mean(axis=0, keepdims=True)
+  _, _, vt = np.linalg.svd(centered, full_matrices=False)
+  return centered @ vt[:min(dims, vt.shape[0])].T

@@ -28,3 +28,39 @@ def clustering_accuracy(pred, true) -> float:
   np.add.at(counts, (p_idx, t_idx), 1)
   rows, cols = linear_sum_assignment(-counts)
   return float(counts[rows, cols].sum()) / float(pred.size)
+
+
+def centroid_cosines(centroids, reference_sketches, true) -> np.ndarray:
+  """Cosine between each true cluster's mean reference sketch and its matched centroid.
+
+  How well stage 1 points stage 2 the right way (spec stage 1, step 8): the reference
+  sketches are the noise-free sketches of the same clients (a simulation-only
+  diagnostic); their mean per true cluster k is m_k; centroids are matched to true
+  clusters by the Hungarian assignment that maximizes the summed cosine.
+
+  Args:
+    centroids: [C, P1] stage-1 centroids.
+    reference_sketches: [M1, P1] noise-free sketches of the sketching clients.
+    true: [M1] true clusters (-1 unknown: ignored).
+
+  Returns:
+    float64 [K]: the matched cosine of each known true cluster, in cluster order
+    (NaN where a cluster's mean is zero); empty if no cluster is known.
+  """
+  c = np.asarray(centroids, np.float64)
+  x = np.asarray(reference_sketches, np.float64)
+  true = np.asarray(true).astype(np.int64).ravel()
+  clusters = np.unique(true[true >= 0])
+  if clusters.size == 0:
+    return np.zeros(0)
+  means = np.stack([x[true == k].mean(axis=0) for k in clusters])
+
+  def unit(a):
+    n = np.linalg.norm(a, axis=-1, keepdims=True)
+    return np.divide(a, n, out=np.full_like(a, np.nan), where=n > 0)
+
+  cos = unit(means) @ unit(c).T                       # [K, C]
+  rows, cols = linear_sum_assignment(-np.nan_to_num(cos, nan=-2.0))
+  out = np.full(clusters.size, np.nan)
+  out[rows] = cos[rows, cols]
+  return out

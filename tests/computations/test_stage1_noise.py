@@ -53,8 +53,10 @@ def sketches():
                           num_slots=SHARD, client_seeds=[(9, i) for i in chunk])))
   out = {}
   with context.tff_context():
-    for name, clip, z in (("raw", 1e6, 0.0), ("clipped", CLIP, 0.0), ("noisy", CLIP, Z1)):
-      comp = stage1.build_sketch_computation(model, spec, TOP_K, clip, z, SHARD, N)
+    for name, clip, z, kept in (("raw", 1e6, 0.0, False), ("clipped", CLIP, 0.0, False),
+                                ("noisy", CLIP, Z1, False), ("literal", CLIP, Z1, True)):
+      comp = stage1.build_sketch_computation(model, spec, TOP_K, clip, z, SHARD, N,
+                                             noise_on_kept_only=kept)
       out[name] = stage1.collect_sketches(comp(weights, data)).astype(np.float64)
   return out
 
@@ -83,6 +85,17 @@ def test_noise_on_zeroed_coordinates_has_std_z1_times_clip(sketches):
   zeroed = clipped == 0
   assert zeroed.sum() >= NUM_CLIENTS * (2 * WIDTH - 2 * TOP_K)
   ok, info = _chi2_ok(noisy[zeroed], Z1 * CLIP)
+  assert ok, info
+
+
+def test_literal_ablation_noises_the_kept_entries_only_with_the_same_draws(sketches):
+  """noise_positions='released': zeros stay exactly zero (their positions are in the
+  clear), and the kept entries get the very noise the protected sketch draws there."""
+  clipped, noisy, literal = sketches["clipped"], sketches["noisy"], sketches["literal"]
+  kept = clipped != 0
+  np.testing.assert_array_equal(literal[~kept], 0.0)
+  np.testing.assert_allclose(literal[kept], noisy[kept], rtol=1e-6, atol=1e-7)
+  ok, info = _chi2_ok((literal - clipped)[kept], Z1 * CLIP)
   assert ok, info
 
 

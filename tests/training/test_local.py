@@ -99,6 +99,41 @@ def test_clipping_is_per_client_and_slots_follow_choice():
   assert diag["confusion"].numpy().sum() == 6
 
 
+def test_oracle_trains_the_true_cluster_and_is_scored_with_it():
+  """Each client's clipped update lands in its TRUE cluster's slot, equal to training
+  that cluster's model alone (reference: the one-model update of the same client)."""
+  model = tm.LinearModel(5, 3)
+  clients = _linear_population(num_clients=6)          # true clusters 0,1,0,1,0,1
+  params = _params(model, 2)
+  spec = local.LocalSpec(num_clusters=2, true_cluster=True, batch_size=4,
+                         learning_rate=0.7, clip_norm=0.3, shuffle=False,
+                         train_keys=tm.HEAD_KEYS, send_keys=tm.HEAD_KEYS,
+                         num_true_clusters=2)
+  shard = shards.pack_shard(clients, model.feature_keys, n_max=7, seed=(0, 0))
+  update, diag = local.shard_update(model, spec, params, shard)
+  one = local.LocalSpec(num_clusters=1, batch_size=4, learning_rate=0.7, clip_norm=0.3,
+                        shuffle=False, train_keys=tm.HEAD_KEYS, send_keys=tm.HEAD_KEYS)
+  for c in range(2):
+    members = [cl for cl in clients if cl["true_cluster"] == c]
+    ref, _ = local.shard_update(model, one, {k: v[c:c + 1] for k, v in params.items()},
+                                shards.pack_shard(members, model.feature_keys, n_max=7,
+                                                  seed=(0, 0)))
+    np.testing.assert_allclose(update.numpy()[c], ref.numpy()[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(diag["confusion"].numpy(), [[3, 0], [0, 3]])
+  # scoring: with score_true the true cluster's model scores; the choice stays by loss
+  sel = shards.pack_shard(clients, model.feature_keys, n_max=7)
+  _, _, by_loss = local.evaluate_shard(model, params, sel, sel)
+  correct_true, total, choice = local.evaluate_shard(model, params, sel, sel,
+                                                     score_true=True)
+  np.testing.assert_array_equal(choice.numpy(), by_loss.numpy())
+  want = 0
+  for cl in clients:
+    c = cl["true_cluster"]
+    logits = cl["x"] @ params["head_kernel"][c].numpy() + params["head_bias"][c].numpy()
+    want += int((logits.argmax(1) == cl["label"]).sum())
+  assert float(correct_true) == want and float(total) == sum(len(c["label"]) for c in clients)
+
+
 def _vit_tail(seed, num_clients, n=5):
   """(model, clients with n examples each, params [1, ...]) of a small ViT tail."""
   rng = np.random.default_rng(seed)
