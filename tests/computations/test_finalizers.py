@@ -15,6 +15,7 @@ from computations import context
 from computations import client_work as cw
 from computations import finalizers
 from computations import learning_process as lp
+from pina_tff.aggregation import scaling
 from pina_tff.training import models as tm
 
 C, DIM, K = 4, 12, 3
@@ -37,12 +38,32 @@ def _aggregates(seed):
   u = np.zeros((C, P), np.float32)
   u[0] = 0.3 * rng.standard_normal(P)
   u[1] = 0.05 * rng.standard_t(1.5, P)
-  u[2, rng.choice(P, 5, replace=False)] = rng.uniform(0.2, 0.9, 5)
+  u[2, rng.choice(P, 5, replace=False)] = rng.uniform(0.05, 0.2, 5)   # a small cluster
   u[3] = 0.0                                  # an unused slot stays zero
   return u
 
 
-def _reference_scale(u, mode, t):
+SIGMA, GMAX = 0.02, 2.5   # restore rules: per-coordinate noise std, gain cap
+
+
+def _reference_restore(norms, w, rule):
+  """The restore rules from the spec's purpose, written out with plain loops."""
+  sig = np.sqrt(np.maximum(norms ** 2 - P * SIGMA ** 2, 0.0))
+  fair = sig.sum() / C
+  structure = np.maximum(1.0 - w, 0.0)
+  out = norms.copy()
+  for c in range(C):
+    if norms[c] == 0:
+      continue
+    rho = sig[c] ** 2 / norms[c] ** 2
+    weight = {"restore": rho, "restore_gated": 4 * rho * (1 - rho),
+              "restore_w": structure[c] / structure.max()}[rule]
+    gain = GMAX if sig[c] == 0 else min(max(fair / sig[c], 1.0), GMAX)
+    out[c] = norms[c] * (1 + weight * (gain - 1))
+  return out
+
+
+def _reference_scale(u, mode, t, rule="shrink"):
   u = u.astype(np.float64)
   norms = np.linalg.norm(u, axis=1)
   pos = norms > 0
@@ -55,6 +76,8 @@ def _reference_scale(u, mode, t):
     targets = norms
   elif mode == "min_norm":
     targets = np.full(C, norms[pos].min())
+  elif rule != "shrink":
+    targets = _reference_restore(norms, w, rule)
   else:
     d = 1.0 - w
     targets = norms.max() * d / d.max()
@@ -66,8 +89,10 @@ def _flat(params):
   return np.concatenate([np.asarray(params[k]).reshape(C, -1) for k in KEYS], axis=1)
 
 
-@pytest.mark.parametrize("mode", ["none", "min_norm", "normality", "pina"])
-def test_finalizer_matches_numpy_reference(mode):
+@pytest.mark.parametrize("mode,rule", [
+    ("none", "shrink"), ("min_norm", "shrink"), ("normality", "shrink"), ("pina", "shrink"),
+    ("pina", "restore"), ("normality", "restore_w"), ("normality", "restore_gated")])
+def test_finalizer_matches_numpy_reference(mode, rule):
   rng = np.random.default_rng(5)
   params = {k: rng.standard_normal((C,) + s).astype(np.float32)
             for k, s in MODEL.param_shapes().items()}
@@ -75,7 +100,8 @@ def test_finalizer_matches_numpy_reference(mode):
   proc = finalizers.build_scaling_finalizer(
       cw.cluster_weights_type(MODEL, C), MODEL.param_shapes(), KEYS, C,
       scaling_mode=mode, warm_rounds=WARM, server_learning_rate=LR,
-      server_momentum=MOMENTUM, update_multiplier=MULT)
+      server_momentum=MOMENTUM, update_multiplier=MULT,
+      normality_rule=scaling.NormalityRule(rule, noise_std=SIGMA, max_gain=GMAX))
   state = collections.OrderedDict(round=np.int32(START_ROUND), velocity=velocity)
   weights = lp.model_weights(params)
   theta, v = _flat(params).astype(np.float64), velocity.astype(np.float64)
@@ -83,7 +109,7 @@ def test_finalizer_matches_numpy_reference(mode):
     u = _aggregates(seed=i)
     out = proc.next(state, weights, u)
     state, weights = out.state, out.result
-    scaled, w = _reference_scale(u, mode, t)
+    scaled, w = _reference_scale(u, mode, t, rule)
     v = MOMENTUM * v + MULT * scaled
     theta = theta + LR * v
     assert int(out.measurements["round"]) == t == int(state["round"])
@@ -105,6 +131,13 @@ def test_reference_modes_really_differ_on_these_aggregates():
   assert not np.allclose(outs["min_norm"], outs["normality"])
   np.testing.assert_allclose(_reference_scale(u, "pina", WARM - 1)[0], outs["min_norm"])
   np.testing.assert_allclose(_reference_scale(u, "pina", WARM)[0], outs["normality"])
+  restored = {r: _reference_scale(u, "normality", WARM, r)[0]
+              for r in ("restore", "restore_w", "restore_gated")}
+  for r, out in restored.items():   # each rule acts here, and differently
+    assert not np.allclose(out, outs["none"]), r
+    assert not np.allclose(out, outs["normality"]), r
+  assert not np.allclose(restored["restore"], restored["restore_w"])
+  assert not np.allclose(restored["restore"], restored["restore_gated"])
 
 
 def test_parameters_outside_update_keys_are_kept():

@@ -17,7 +17,7 @@ COHORT, COHORT0, SHARD = 30, 12, 4   # 30 clients in ceil(30/4) = 8 shards
 Z0, Z2 = 0.37, 1.9
 CLIP0, CLIP2 = 0.6, 0.45
 STEPS = 3.5                           # FedNova's expected local steps tau_eff
-ALL = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
+ALL = ("oracle", "pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
 
 
 def _cfg(method, aggregator="ddp", scaling="normality"):
@@ -86,6 +86,7 @@ TABLE = {
     "fedavg": (1, False, "none", 0.0, False, 1.0),
     "fedprox": (1, False, "none", 0.25, False, 1.0),
     "fednova": (1, False, "none", 0.0, True, STEPS),
+    "oracle": (3, True, "none", 0.0, False, 1.0),
 }
 
 
@@ -105,6 +106,22 @@ def test_stage2_method_table(method):
   assert spec.local.learning_rate == 0.2
   assert spec.local.num_true_clusters == 2
   assert spec.local.send_keys == tm.LORA_KEYS + tm.HEAD_KEYS
+  assert spec.local.true_cluster == (method == "oracle")
+
+
+@pytest.mark.parametrize("aggregator,z2,want", [
+    ("ddp", Z2, Z2 * CLIP2 / COHORT), ("central", Z2, Z2 * CLIP2 / COHORT),
+    ("ddp", 0.0, 0.0), ("secure_sum", 0.0, 0.0)])
+def test_normality_rule_reads_the_noise_std_of_the_aggregate(aggregator, z2, want):
+  """sigma = z S / M per coordinate of u = (sum + noise) / M: the public noise scale."""
+  base = _cfg("pina")
+  cfg = dataclasses.replace(base, stage2=dataclasses.replace(
+      base.stage2, aggregator=aggregator, normality_rule="restore", restore_max_gain=3.0),
+      privacy=dataclasses.replace(base.privacy, epsilon=math.inf if z2 == 0 else 8.0))
+  config_lib.validate(cfg)
+  rule = methods.stage2_spec(cfg, z2, SHARD, 11, 2).normality_rule
+  assert (rule.name, rule.max_gain) == ("restore", 3.0)
+  assert rule.noise_std == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("scaling", ["none", "min_norm", "normality", "pina"])
