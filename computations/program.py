@@ -115,18 +115,17 @@ class ProgramOptions:
 
 
 def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simulation"
-                  ) -> list:
-  """Each client's stateless seed (training shuffles and its local-DP noise).
+                  ) -> np.ndarray:
+  """Each client's 128-bit key int64 [n, 2] (training shuffles and its local-DP noise,
+  split into named sub-streams in the graph: `pina_tff.training.local.stream_key`).
 
-  'simulation': a function of (seed, stage, round, client id), so runs repeat;
-  'secure': drawn from os.urandom for every round, kept in memory only.
+  'simulation': `rng_streams.client_keys` of (seed, stage, round, client id), so runs
+  repeat; 'secure': 16 bytes of os.urandom per client per round (`secure_keys`), kept
+  in memory only.
   """
   if noise_mode == "secure":
-    base = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1)
-    return [(base, int(i)) for i in ids]
-  base = (seed * rng_streams.CLIENT_SEED_RUN + stage * rng_streams.CLIENT_SEED_STAGE
-          + rnd) % (2 ** 31 - 1)
-  return [(base, int(i)) for i in ids]
+    return rng_streams.secure_keys(len(ids))
+  return rng_streams.client_keys(seed, stage, rnd, ids)
 
 
 def _noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
@@ -608,7 +607,7 @@ def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSourc
 def _random_offsets(cfg, lora_size: int, num_models: int) -> np.ndarray:
   """Random LoRA offsets of the clusters: N(0, (S1/√P1)² I) rows, norm ≈ S1
   [project choice], from the run seed's RANDOM_INIT stream."""
-  rng = np.random.default_rng([cfg.seed, rng_streams.RANDOM_INIT])
+  rng = rng_streams.generator(cfg.seed, rng_streams.RANDOM_INIT)
   scale = cfg.stage1.clip / math.sqrt(lora_size)
   return rng.normal(0, scale, (num_models, lora_size))
 
