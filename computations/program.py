@@ -448,10 +448,11 @@ class _Run:
       cwm = metrics["client_work"]
       loss = (float(cwm["loss_sum"]) / max(1.0, float(cwm["num_clients"]))
               if diagnostics else float("nan"))
+      nonfinite = float(cwm["num_nonfinite"]) if diagnostics else float("nan")
       if not with_finalizer:
-        return loss, None, None
+        return loss, None, None, nonfinite
       counts = np.asarray(cwm["cluster_counts"]) if diagnostics else None
-      return loss, counts, metrics["finalizer"]
+      return loss, counts, metrics["finalizer"], nonfinite
     return measurements
 
   def _round_stage(self, stage: int, total: int, process, spec, cohort: int, keep,
@@ -578,7 +579,12 @@ class _Run:
     weights = lp.model_weights({k: v[None] for k, v in base.items()})
     self.log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, "
              f"z1={z1:.3f})")
-    sketches = stage1_lib.collect_sketches(comp(weights, data))
+    results = comp(weights, data)
+    sketches = stage1_lib.collect_sketches(results)
+    if p.diagnostics:
+      self.log(f"stage 1: nonfinite_zeroed={stage1_lib.count_nonfinite(results)} "
+               "sketch(es) had an inf/NaN entry and were sent as zeros + noise "
+               "(simulation diagnostic)")
     centroids, labels = kmeans_lib.kmeans_init(
         sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
         post_process_k=s1.top_k if s1.post_process else None)

@@ -184,6 +184,17 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
   return dict(frozen, **final), steps
 
 
+def zero_nonfinite_rows(vectors):
+  """Rows [S, P] with any inf or NaN entry replaced by zeros, before clipping.
+
+  Clipping alone does not bound them: inf·0 is NaN, and a NaN norm compares false
+  (so TFF 0.87's zeroing aggregator lets a NaN update through). Returns (clean rows,
+  float [S] 1.0 where a row was zeroed)."""
+  finite = tf.reduce_all(tf.math.is_finite(vectors), axis=-1)
+  clean = tf.where(finite[:, None], vectors, tf.zeros_like(vectors))
+  return clean, 1.0 - tf.cast(finite, vectors.dtype)
+
+
 def clip_rows(vectors, clip_norm):
   """Scales each row [S, P] to L2 norm at most `clip_norm`; returns (clipped, norms)."""
   norms = tf.norm(vectors, axis=-1)
@@ -227,6 +238,7 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
                      lead_dims=1)
   if spec.normalize_by_steps:
     delta = delta / tf.maximum(steps, 1.0)[:, None]
+  delta, nonfinite = zero_nonfinite_rows(delta)
   clipped, norms = clip_rows(delta, spec.clip_norm)
   onehot = tf.one_hot(choice, num_clusters) * client_mask[:, None]
   slots = onehot[:, :, None] * clipped[:, None, :]
@@ -248,6 +260,7 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
       "num_clients": tf.reduce_sum(client_mask),
       "num_examples": tf.reduce_sum(n_examples * client_mask),
       "num_clipped": tf.reduce_sum(clip_hit * client_mask),
+      "num_nonfinite": tf.reduce_sum(nonfinite * client_mask),
       "local_steps": tf.reduce_sum(steps * client_mask),
   }
   return tf.reduce_sum(slots, axis=0), diagnostics
