@@ -70,6 +70,8 @@ def test_summary_reports_both_threat_models_and_noise_settings(run_a):
   assert s["epsilon_release"] == pytest.approx(
       accounting.run_epsilon(plan, zs, s["delta"], "release"))
   assert s["epsilon_release"] < s["epsilon_server"]
+  # The release ε never appears without the condition it needs.
+  assert "holds only if the seed is secret" in s["epsilon_release_condition"]
   assert s["delta"] == min(1e-5, 1 / (10 * NUM_CLIENTS))
   assert (s["sampling"], s["noise_mode"]) == ("poisson", "simulation")
   assert s["noise_reproducible"] is True  # central DP, seeded
