@@ -127,11 +127,9 @@ random_seed = seeded_process.random_seed
 
 
 def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
-  """The noise seed of round ``rnd`` of ``stage`` in simulation mode (from the run seed)."""
-  words = np.random.SeedSequence(
-      [int(run_seed), int(stage), int(rnd), rng_streams.CENTRAL_NOISE]
-  ).generate_state(4, np.uint32).astype(np.int64)
-  return np.array([words[0] << 31 | words[1], words[2] << 31 | words[3]], np.int64)
+  """The noise seed int64[2] of round ``rnd`` of ``stage`` in simulation mode: the
+  `rng_streams.CENTRAL_NOISE` stream of the run seed (128 bits)."""
+  return rng_streams.tf_key(run_seed, rng_streams.CENTRAL_NOISE, stage, rnd)
 
 
 class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):

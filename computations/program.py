@@ -115,18 +115,17 @@ class ProgramOptions:
 
 
 def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simulation"
-                  ) -> list:
-  """Each client's stateless seed (training shuffles and its local-DP noise).
+                  ) -> np.ndarray:
+  """Each client's 128-bit key int64 [n, 2] (training shuffles and its local-DP noise,
+  split into named sub-streams in the graph: `pina_tff.training.local.stream_key`).
 
-  'simulation': a function of (seed, stage, round, client id), so runs repeat;
-  'secure': drawn from os.urandom for every round, kept in memory only.
+  'simulation': `rng_streams.client_keys` of (seed, stage, round, client id), so runs
+  repeat; 'secure': 16 bytes of os.urandom per client per round (`secure_keys`), kept
+  in memory only.
   """
   if noise_mode == "secure":
-    base = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1)
-    return [(base, int(i)) for i in ids]
-  base = (seed * rng_streams.CLIENT_SEED_RUN + stage * rng_streams.CLIENT_SEED_STAGE
-          + rnd) % (2 ** 31 - 1)
-  return [(base, int(i)) for i in ids]
+    return rng_streams.secure_keys(len(ids))
+  return rng_streams.client_keys(seed, stage, rnd, ids)
 
 
 def _noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
@@ -468,10 +467,11 @@ class _Run:
       cwm = metrics["client_work"]
       loss = (float(cwm["loss_sum"]) / max(1.0, float(cwm["num_clients"]))
               if diagnostics else float("nan"))
+      nonfinite = float(cwm["num_nonfinite"]) if diagnostics else float("nan")
       if not with_finalizer:
-        return loss, None, None
+        return loss, None, None, nonfinite
       counts = np.asarray(cwm["cluster_counts"]) if diagnostics else None
-      return loss, counts, metrics["finalizer"]
+      return loss, counts, metrics["finalizer"], nonfinite
     return measurements
 
   def _round_stage(self, stage: int, total: int, process, spec, cohort: int, keep,
@@ -593,20 +593,29 @@ class _Run:
                            send_keys=tm.LORA_KEYS)
     z1 = p.report.z1
     reader = self.data.reader
+    # One set of client keys for both passes: the diagnostic pass below must sketch
+    # the same local training (in secure mode each call would draw fresh keys).
+    seeds = _client_seeds(cfg.seed, 1, 0, ids, cfg.privacy.noise_mode)
 
-    def sketches_with(noise_multiplier: float):
+    def sketch_results(noise_multiplier: float):
       comp = stage1_lib.build_sketch_computation(
           pop.model, spec, s1.top_k, s1.clip, noise_multiplier, self._sketch_shard_size(),
           pop.n_max_train, reader=reader,
           noise_on_kept_only=s1.noise_positions == "released")
-      data = self.data.round_data(1, 0, ids, _client_seeds(cfg.seed, 1, 0, ids,
-                                                           cfg.privacy.noise_mode))
+      data = self.data.round_data(1, 0, ids, seeds)
       weights = lp.model_weights({k: v[None] for k, v in base.items()})
-      return stage1_lib.collect_sketches(comp(weights, data))
+      return comp(weights, data)
 
+    noise_on = ("kept entries only: positions released outside epsilon"
+                if s1.noise_positions == "released" else "every coordinate")
     self.log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, "
-             f"z1={z1:.3f}, noise on {'kept entries only: positions released' if s1.noise_positions == 'released' else 'every coordinate'})")
-    sketches = sketches_with(z1)
+             f"z1={z1:.3f}, noise on {noise_on})")
+    results = sketch_results(z1)
+    sketches = stage1_lib.collect_sketches(results)
+    if p.diagnostics:
+      self.log(f"stage 1: nonfinite_zeroed={stage1_lib.count_nonfinite(results)} "
+               "sketch(es) had an inf/NaN entry and were sent as zeros + noise "
+               "(simulation diagnostic)")
     centroids, labels = kmeans_lib.kmeans_init(
         sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
         post_process_k=s1.top_k if s1.post_process else None,
@@ -615,7 +624,7 @@ class _Run:
       return centroids, float("nan"), float("nan")
     acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
     # Simulation-only diagnostic: the same clients' noise-free sketches (never sent).
-    clean = sketches if z1 == 0 else sketches_with(0.0)
+    clean = sketches if z1 == 0 else stage1_lib.collect_sketches(sketch_results(0.0))
     cosines = cluster_metrics.centroid_cosines(centroids, clean, pop.true_clusters[ids])
     cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else float("nan")
     self.log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}; "
@@ -642,7 +651,7 @@ def _round_data_source(plan: _Plan, sketch_shard_size: int) -> rd.RoundDataSourc
 def _random_offsets(cfg, lora_size: int, num_models: int) -> np.ndarray:
   """Random LoRA offsets of the clusters: N(0, (S1/√P1)² I) rows, norm ≈ S1
   [project choice], from the run seed's RANDOM_INIT stream."""
-  rng = np.random.default_rng([cfg.seed, rng_streams.RANDOM_INIT])
+  rng = rng_streams.generator(cfg.seed, rng_streams.RANDOM_INIT)
   scale = cfg.stage1.clip / math.sqrt(lora_size)
   return rng.normal(0, scale, (num_models, lora_size))
 

@@ -3,7 +3,8 @@
 One row per round of stages 0 and 2, keyed by the run-wide round (stage-2 round r is
 key T0 + r), so a resumed run's `CSVFileReleaseManager` drops the rows past the
 resumed round by itself. Columns: stage, round, method, test_accuracy,
-clustering_accuracy, train_loss, epsilon_spent, wall_s, and per cluster c: count_c,
+clustering_accuracy, train_loss, epsilon_spent, nonfinite_zeroed, wall_s, and per
+cluster c: count_c,
 norm_c, w_c, scale_c (nan where a stage has no such value). Which of them ε does not
 cover is `UNPROTECTED_METRICS`.
 """
@@ -21,15 +22,17 @@ from computations.round_loop import RoundResult
 
 #: Released metrics that ε does not cover (simulation diagnostics), by where they go.
 UNPROTECTED_METRICS = {
-    "metrics.csv": ["test_accuracy", "clustering_accuracy", "train_loss", "count_*"],
+    "metrics.csv": ["test_accuracy", "clustering_accuracy", "train_loss", "count_*",
+                    "nonfinite_zeroed"],
     "summary.json": ["final_accuracy", "clustering_accuracy", "init_clustering_accuracy",
                      "init_centroid_cosine"],
 }
 NOTE_UNPROTECTED = (
     "simulation diagnostics, not covered by epsilon: accuracies are computed on every "
     "client's data; train_loss and the per-cluster counts count_* are summed in the "
-    "clear. The norm_*/w_*/scale_* columns are functions of the noised aggregate "
-    "(covered).")
+    "clear; nonfinite_zeroed counts the clients whose update had an inf/NaN entry "
+    "and was sent as zeros. The norm_*/w_*/scale_* columns are functions of the "
+    "noised aggregate (covered).")
 #: metrics.csv column prefix -> the finalizer measurement it reports.
 _FINALIZER_COLUMNS = (("norm", "norms"), ("w", "w"), ("scale", "scale_factors"))
 
@@ -59,7 +62,7 @@ class MetricsRelease:
     row = collections.OrderedDict(
         stage=r.stage, round=r.rnd, method=self._method, test_accuracy=r.accuracy,
         clustering_accuracy=r.clustering, train_loss=r.loss, epsilon_spent=r.epsilon,
-        wall_s=self._wall_s())
+        nonfinite_zeroed=r.nonfinite, wall_s=self._wall_s())
     diag = r.diagnostics
     for c in range(max(self._clusters, 1)):
       row[f"count_{c}"] = float(r.counts[c]) if r.counts is not None else float("nan")

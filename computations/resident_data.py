@@ -37,7 +37,7 @@ from pina_tff.simulation import resident
 
 
 class ResidentReader:
-  """Turns a resident shard element {rows int32[S], seed int32[S, 2]} into the shard
+  """Turns a resident shard element {rows int32[S], seed int64[S, 2]} into the shard
   dict of `client_work.shard_element_type` (inside a TF/TFF computation).
 
   The layout's arrays enter the graph as `ImmutableConst` ops: read-only memory maps of
@@ -54,7 +54,7 @@ class ResidentReader:
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
     return collections.OrderedDict(
         rows=tff.TensorType(np.int32, (shard_size,)),
-        seed=tff.TensorType(np.int32, (shard_size, 2)))
+        seed=tff.TensorType(np.int64, (shard_size, 2)))
 
   def full_arrays(self) -> collections.OrderedDict:
     """Every array of the layout as a tensor [P + 1, ...] backed by the file's memory
@@ -77,7 +77,7 @@ class ResidentReader:
     out["mask"] = tf.gather(full["mask"], rows)
     out["client_mask"] = tf.cast(tf.not_equal(rows, self.layout.pad_row), tf.float32)
     out["true_cluster"] = tf.gather(full["true_cluster"], rows)
-    out["seed"] = tf.convert_to_tensor(element["seed"], tf.int32)
+    out["seed"] = tf.convert_to_tensor(element["seed"], tf.int64)
     return out
 
 
@@ -97,7 +97,7 @@ class ResidentRoundData:
     """One TFF client's dataset: the single element {rows [S], seed [S, 2]}."""
     return tf.data.Dataset.from_tensors(collections.OrderedDict(
         rows=tf.constant(np.asarray(rows, np.int32)),
-        seed=tf.constant(np.asarray(seeds, np.int32))))
+        seed=tf.constant(np.asarray(seeds, np.int64))))
 
   def round_data(self, ids: Sequence[int], seeds: Sequence, shard_size: int,
                  num_shards: Optional[int] = None, *, stage: Optional[int] = None,

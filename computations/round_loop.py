@@ -38,6 +38,8 @@ class RoundResult:
     epsilon: ε spent so far under the calibrated threat model (inf without noise).
     counts: per-cluster member counts (None without diagnostics).
     diagnostics: the finalizer's measurements (None for stages without them).
+    nonfinite: cohort clients whose update had an inf/NaN entry and was sent as zeros
+      (nan without diagnostics).
   """
   stage: int
   rnd: int
@@ -47,6 +49,7 @@ class RoundResult:
   epsilon: float
   counts: Optional[np.ndarray] = None
   diagnostics: Optional[Mapping[str, Any]] = None
+  nonfinite: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +69,7 @@ class RoundStage:
     evaluate: (round, parameters) -> (test accuracy, clustering accuracy).
     epsilon: round -> ε spent after it.
     measurements: process metrics -> (loss, counts or None, finalizer diagnostics or
-      None).
+      None, clients zeroed for non-finite updates (nan without diagnostics)).
   """
   stage: int
   total_rounds: int
@@ -122,8 +125,8 @@ def run_rounds(stage: RoundStage, state, first_round: int, data, hooks: RoundHoo
     params = stage.keep(rnd, state)
     acc, clus = stage.evaluate(rnd, params)
     eps = stage.epsilon(rnd)
-    loss, counts, diag = stage.measurements(out.metrics)
-    result = RoundResult(stage.stage, rnd, acc, clus, loss, eps, counts, diag)
+    loss, counts, diag, nonfinite = stage.measurements(out.metrics)
+    result = RoundResult(stage.stage, rnd, acc, clus, loss, eps, counts, diag, nonfinite)
     hooks.release(result)
     hooks.after_round(result)
   return state, None

@@ -72,13 +72,15 @@ def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: flo
                                  shard["seed"])
     delta = tm.flatten({k: final[k] - init[k] for k in sketch_keys}, sketch_keys,
                        lead_dims=1)
+    delta, nonfinite = local.zero_nonfinite_rows(delta)
     clipped = sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
     noise = local.per_client_normal(shard["seed"], [size], rng_streams.SKETCH_NOISE,
                                      noise_multiplier * clip)
     if noise_on_kept_only:
       noise = noise * tf.cast(tf.not_equal(clipped, 0.0), noise.dtype)
     return collections.OrderedDict(sketch=clipped + noise,
-                                   client_mask=shard["client_mask"])
+                                   client_mask=shard["client_mask"],
+                                   nonfinite=nonfinite * shard["client_mask"])
 
   @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
                              tff.FederatedType(data_type, tff.CLIENTS))
@@ -95,3 +97,8 @@ def collect_sketches(results) -> np.ndarray:
     mask = np.asarray(r["client_mask"]) > 0
     rows.append(np.asarray(r["sketch"])[mask])
   return np.concatenate(rows, axis=0)
+
+
+def count_nonfinite(results) -> int:
+  """Real clients whose sketch delta had an inf or NaN entry (sent as zeros + noise)."""
+  return int(sum(float(np.sum(np.asarray(r["nonfinite"]))) for r in results))

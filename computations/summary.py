@@ -26,6 +26,13 @@ def finite_or_str(x: float):
   return "inf" if math.isinf(x) else x
 
 
+#: Written beside every `epsilon_release` (docs/privacy.md, "Two threat models").
+EPSILON_RELEASE_CONDITION = (
+    "holds only if the seed is secret: the cohort schedule is a function of the run's "
+    "seed, which config.json and summary.json record; against anyone who knows it, "
+    "the release epsilon is epsilon_server")
+
+
 def _ddp_nominal(cfg, report, spec2, layout, shapes) -> dict:
   """TFF distributed-DP nominal noise multipliers of stages 0 and 2 (ddp with z > 0)."""
   nominal = {}
@@ -39,6 +46,28 @@ def _ddp_nominal(cfg, report, spec2, layout, shapes) -> dict:
       nominal[stage] = ddp_lib.nominal_for_effective(z, clip, shard, n, dim,
                                                      cfg.stage2.ddp_bits)
   return nominal
+
+
+def _ddp_wraparound(cfg, report, spec2, layout, shapes) -> dict:
+  """Modular wrap-around of the distributed-DP sum, per stage that uses it: TFF's
+  scale keeps each coordinate of the round's sum inside [-m/2, m/2) except with
+  probability `modclip_prob` (k standard deviations of a conservative estimate of
+  its spread), so a round wraps at most padded_dim·modclip_prob coordinates in
+  expectation. A wrapped coordinate is a large error in the model, not a privacy
+  loss (the noise is added before the modular sum)."""
+  out = {}
+  for stage, kind, z, keys, clusters in (
+      ("stage0", cfg.stage2.aggregator, report.z0, tm.HEAD_KEYS, 1),
+      ("stage2", spec2.aggregator.kind, report.z2, spec2.local.send_keys,
+       spec2.local.num_clusters)):
+    if kind == "ddp" and z > 0:
+      dim = clusters * tm.vector_size(shapes, keys)
+      padded = ddp_lib.padded_dim(dim)
+      out[stage] = {"modclip_prob_per_coordinate": ddp_lib.DEFAULT_MODCLIP_PROB,
+                    "padded_dim": padded, "bits": cfg.stage2.ddp_bits,
+                    "expected_wrapped_coordinates_per_round_at_most":
+                        padded * ddp_lib.DEFAULT_MODCLIP_PROB}
+  return out
 
 
 def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dict:
@@ -56,6 +85,8 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
   return dict(
       epsilon_release=finite_or_str(report.epsilons["release"]),
       epsilon_server=finite_or_str(report.epsilons["server"]),
+      # The release ε assumes secret cohorts; they are a function of the recorded seed.
+      epsilon_release_condition=EPSILON_RELEASE_CONDITION,
       threat_model_calibrated=report.threat_model, sampling=p.sampling,
       noise_mode=p.noise_mode, accountant=report.accountant,
       # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
@@ -68,6 +99,7 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
                               if report.local_epsilon2 is not None else None),
       max_participations=report.max_participations,
       ddp_nominal_noise_multipliers=_ddp_nominal(cfg, report, spec2, layout, shapes),
+      ddp_wraparound=_ddp_wraparound(cfg, report, spec2, layout, shapes),
       tff_shards_per_round={k: n for k, (_, n) in layout.items()},
       simulation_diagnostics=diagnostics,
       released_outside_epsilon=(dict(release.UNPROTECTED_METRICS,

@@ -244,6 +244,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     warnings.warn(msg)
   if p.local_delta is not None and not 0.0 < p.local_delta < 1.0:
     raise _err("privacy.local_delta", "a value in (0, 1)", p.local_delta)
+  # The local ε1 of the M1 sketches: a δ1 ≥ 1/M1 allows publishing one sketch in the
+  # clear (docs/privacy.md, "δ").
+  m1 = max(1, min(s1.num_sketch_clients, cfg.population))
+  local_delta = delta if p.local_delta is None else p.local_delta
+  if method_table.get(cfg.method).uses_stage1 and not local_delta < 1.0 / m1:
+    raise ConfigError(
+        f"privacy.local_delta: expected less than 1/num_sketch_clients = 1/{m1} "
+        f"(the local guarantee of the sketches), found {local_delta}.")
   split = p.budget_split
   if split is not None:
     unknown = sorted(set(split) - set(BUDGET_STAGES))
@@ -275,8 +283,8 @@ def validate(cfg: RunConfig) -> RunConfig:
   # clipping bounds
   for where, value in (("stage0.clip", s0.clip), ("stage1.clip (S1)", s1.clip),
                        ("stage2.clip (S2)", s2.clip)):
-    if not value > 0:
-      raise _err(where, "a clipping bound > 0", value)
+    if not (value > 0 and math.isfinite(value)):
+      raise _err(where, "a finite clipping bound > 0", value)
   # sketch
   if s1.lora_rank < 1:
     raise _err("stage1.lora_rank", "an integer >= 1", s1.lora_rank)
@@ -307,6 +315,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     raise _err("stage2.ddp_bits", f"an integer in [{DDP_BITS[0]}, {DDP_BITS[1]}] "
                "(TFF accepts at most 22; below 16 the Gaussian accounting of the "
                "distributed discrete Gaussian does not hold)", s2.ddp_bits)
+  if p.noise_mode == "secure" and s2.aggregator == "ddp" and math.isfinite(eps):
+    raise ConfigError(
+        "privacy.noise_mode: 'secure' cannot use stage2.aggregator='ddp': TFF 0.87's "
+        "distributed-DP aggregator draws its noise from TensorFlow's unseeded "
+        "generators (one mt19937_64 per process seeded with 32 bits of OS entropy), "
+        "which a server can search (docs/privacy.md, \"Noise modes\"); use "
+        "stage2.aggregator='central' or privacy.noise_mode='simulation'.")
   if s2.aggregator == "secure_sum" and math.isfinite(eps):
     stage0_on = s0.enabled and s0.rounds > 0
     if cfg.method != "ifca_ldp" or stage0_on:

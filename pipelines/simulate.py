@@ -76,6 +76,8 @@ flags.DEFINE_enum("eval_split", None, list(config_lib.EVAL_SPLITS),
                   "'test' (only for the runs of a final table).")
 flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 aggregator.")
 flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
+flags.DEFINE_integer("ddp_bits", None, "Bit width of distributed DP's modular secure "
+                     "sum, in [16, 22] (default 20).")
 flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
 flags.DEFINE_integer("workers", 1, "Local TFF worker services started on loopback ports "
                      "(>1: each round's clients are split over them).")
@@ -128,6 +130,7 @@ def build_config(flag_values) -> config_lib.RunConfig:
       ("eval_split",): flag_values.eval_split,
       ("stage2", "aggregator"): flag_values.aggregator,
       ("stage2", "fedprox_mu"): flag_values.fedprox_mu,
+      ("stage2", "ddp_bits"): flag_values.ddp_bits,
   }
   if flag_values.epsilon is not None:
     over[("privacy", "epsilon")] = parse_epsilon(flag_values.epsilon)

@@ -476,16 +476,23 @@ def calibrate_noise_multipliers(target_epsilon: float, delta: float,
                                scale * split[s] * target_epsilon, delta, "rdp_fast")
     return zs, run_epsilon(plan, zs, delta, threat_model, "rdp_fast")
 
-  zs, _ = calibrate_all(1.0)
   tol = total_tolerance if fit_total == "tighten" else 1.0
-  # One common factor on every z fits the total: first with the fast (conservative)
-  # accountant, then with the real one (a few evaluations from a close start).
-  zs = _fit_common_factor(plan, zs, delta, threat_model, "rdp_fast", target_epsilon,
-                          tol / 2)
-  zs = _fit_common_factor(plan, zs, delta, threat_model, accountant, target_epsilon, tol)
-
-  report = account(plan, zs, delta, threat_model, accountant, local_delta,
-                   epsilon_target=float(target_epsilon))
+  try:
+    zs, _ = calibrate_all(1.0)
+    # One common factor on every z fits the total: first with the fast (conservative)
+    # accountant, then with the real one (a few evaluations from a close start).
+    zs = _fit_common_factor(plan, zs, delta, threat_model, "rdp_fast", target_epsilon,
+                            tol / 2)
+    zs = _fit_common_factor(plan, zs, delta, threat_model, accountant, target_epsilon,
+                            tol)
+    report = account(plan, zs, delta, threat_model, accountant, local_delta,
+                     epsilon_target=float(target_epsilon))
+  except (ValueError, ArithmeticError) as e:
+    # dp_accounting's numerics give out for very small targets (e.g. ε = 1e-3: a
+    # "negative Renyi divergence" from rounding at z in the thousands).
+    raise ConfigError(
+        f"privacy.epsilon: cannot calibrate noise for ε={target_epsilon:g} at "
+        f"δ={delta:g} ({accountant} accountant: {e}); use a larger epsilon.") from e
   return dataclasses.replace(
       report, budget_split=split,
       stage_epsilon_targets={s: (split[s] * target_epsilon if s in active else 0.0)

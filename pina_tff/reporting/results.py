@@ -50,6 +50,13 @@ SEED_DIR = re.compile(r"^seed_(\d+)$")
 
 # ----------------------------------------------------------------------------- names
 
+#: The condition the release ε needs (docs/privacy.md, "Two threat models").
+RELEASE_CONDITION = (
+    "The release \u03b5 holds only if the cohort schedule is secret: these runs draw it "
+    "from the run's seed, which config.json and summary.json record, so against anyone "
+    "who reads them the release \u03b5 is the server \u03b5.")
+
+
 def method_name(method: str) -> str:
   """Display name of a method key ('pina_ri' -> 'PINA+RI'); unknown keys unchanged."""
   return METHOD_NAMES.get(method, method)
@@ -510,7 +517,7 @@ def results_markdown(records: Sequence[RunRecord], date: str | None = None,
           "Every method in a column is calibrated to the column's target \u03b5; the "
           "achieved \u03b5 against an honest-but-curious server and against the released "
           "model (n/a: not recorded by this run's summary)." + _calibrated_note(records),
-          ""]
+          "", RELEASE_CONDITION, ""]
   out += _epsilon_table(records, methods, columns, head)
   out += ["", "Achieved privacy and noise multipliers per column:", ""]
   out += [f"[^{i + 1}]: {_footnote(records, col, methods)}" for i, col in enumerate(columns)]

@@ -169,7 +169,7 @@ def open_layout(directory: str) -> Layout:
 
 def shard_rows(layout_or_pad_row, ids: Sequence[int], seeds: Sequence, shard_size: int,
                num_shards: Optional[int] = None) -> list:
-  """The round's shards as (rows int32 [S], seeds int32 [S, 2]) pairs.
+  """The round's shards as (rows int32 [S], seeds int64 [S, 2]) pairs.
 
   The cohort is cut into consecutive shards of `shard_size` (as
   `pina_tff.training.shards.split_cohort`); each shard's free slots get the padding
@@ -196,7 +196,7 @@ def shard_rows(layout_or_pad_row, ids: Sequence[int], seeds: Sequence, shard_siz
   for j in range(count):
     part = slice(j * shard_size, (j + 1) * shard_size)
     rows = np.full((shard_size,), pad, np.int32)
-    sd = np.zeros((shard_size, 2), np.int32)
+    sd = np.zeros((shard_size, 2), np.int64)
     chunk = ids[part]
     rows[:len(chunk)] = chunk
     sd[:len(chunk)] = seeds[part]
@@ -217,5 +217,5 @@ def read_shard(layout: Layout, rows: np.ndarray, seeds: np.ndarray,
   out["mask"] = np.asarray(arrays["mask"][rows])
   out["client_mask"] = (rows != layout.pad_row).astype(np.float32)
   out["true_cluster"] = np.asarray(arrays["true_cluster"][rows])
-  out["seed"] = np.asarray(seeds, np.int32).reshape(len(rows), 2)
+  out["seed"] = np.asarray(seeds, np.int64).reshape(len(rows), 2)
   return out

@@ -1,6 +1,8 @@
 """Cohort schedule of a simulated run: who takes part in round r of stage s.
 
-Every cohort is a function of (seed, stage, round) only, so the whole schedule is
+Every cohort is a function of (key, stage, round) only (the `rng_streams.COHORT`
+stream of the key: the run's seed in simulation mode, the run's secret cohort key in
+secure mode), so the whole schedule is
 known in advance from the run's seed (a simulation; a deployment would sample on the
 devices), a resumed run sees the same cohorts, and the accountant can count each
 client's participations before the run starts.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pina_tff import rng_streams
 from pina_tff.errors import ConfigError
 
 SCHEMES = ("poisson", "fixed")
@@ -53,7 +56,7 @@ def cohort(seed: int, stage: int, rnd: int, population: int, expected_size: int,
   (seed, stage, rnd).
   """
   _check(population, expected_size, scheme)
-  rng = np.random.default_rng([int(seed), int(stage), int(rnd)])
+  rng = rng_streams.generator(seed, rng_streams.COHORT, stage, rnd)
   if scheme == "fixed":
     return np.sort(rng.choice(population, size=expected_size, replace=False))
   if expected_size == population:

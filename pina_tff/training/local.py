@@ -10,8 +10,8 @@ Shard layout (all padded to fixed N examples per client, mask marks real example
   features: model.feature_keys, each [S, N, ...]
   'label' int32 [S, N], 'mask' float32 [S, N], 'client_mask' float32 [S] (0 = padding
   client), 'true_cluster' int32 [S] (-1 unknown; simulation diagnostics only),
-  'seed' int32 [S, 2] (stateless RNG seed of each simulated client, so a client's
-  randomness does not depend on which shard carries it).
+  'seed' int64 [S, 2] (each simulated client's 128-bit key, so a client's
+  randomness does not depend on which shard carries it; `pina_tff.rng_streams`).
 
 Privacy: this module only clips (per simulated client, to `clip_norm` in L2) and, for
 IFCA+LDP, adds local Gaussian noise to every coordinate of every slot. Stage-2 noise
@@ -87,19 +87,29 @@ def cluster_losses(model, cluster_params, features, labels, mask) -> tf.Tensor:
   return tf.stack(losses, axis=-1)
 
 
-def per_client_uniform(seeds, shape, salt):
-  """Uniform [S, *shape] with client s drawn from its own stateless seed seeds[s]."""
-  return tf.map_fn(
-      lambda sd: tf.random.stateless_uniform(shape, seed=sd + tf.constant([0, salt])),
-      seeds, fn_output_signature=tf.float32)
+def stream_key(seed, stream: int):
+  """Sub-key ``stream`` of a client key int64[2]: the ``stream``-th int64 pair of the
+  Philox stream keyed by all 128 bits of ``seed`` (``stateless_split``), so two
+  streams of one client, or of two clients, never share a key by arithmetic
+  (`pina_tff.rng_streams`)."""
+  seed = tf.cast(seed, tf.int64)
+  return tf.random.experimental.stateless_split(seed, stream + 1)[stream]
 
 
-def per_client_normal(seeds, shape, salt, stddev):
-  """Gaussian N(0, stddev^2) [S, *shape], client s drawn from its own seed seeds[s]."""
+def per_client_uniform(seeds, shape, stream):
+  """Uniform [S, *shape], client s drawn from sub-stream ``stream`` of its key seeds[s]."""
   return tf.map_fn(
-      lambda sd: tf.random.stateless_normal(shape, seed=sd + tf.constant([0, salt]),
+      lambda sd: tf.random.stateless_uniform(shape, seed=stream_key(sd, stream)),
+      tf.cast(seeds, tf.int64), fn_output_signature=tf.float32)
+
+
+def per_client_normal(seeds, shape, stream, stddev):
+  """Gaussian N(0, stddev^2) [S, *shape], client s drawn from sub-stream ``stream`` of
+  its own key seeds[s] (int64 [S, 2], 128 bits)."""
+  return tf.map_fn(
+      lambda sd: tf.random.stateless_normal(shape, seed=stream_key(sd, stream),
                                             stddev=stddev),
-      seeds, fn_output_signature=tf.float32)
+      tf.cast(seeds, tf.int64), fn_output_signature=tf.float32)
 
 
 def _epoch_permutations(mask, epochs, shuffle, seeds):
@@ -177,6 +187,17 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
   return dict(frozen, **final), steps
 
 
+def zero_nonfinite_rows(vectors):
+  """Rows [S, P] with any inf or NaN entry replaced by zeros, before clipping.
+
+  Clipping alone does not bound them: inf·0 is NaN, and a NaN norm compares false
+  (so TFF 0.87's zeroing aggregator lets a NaN update through). Returns (clean rows,
+  float [S] 1.0 where a row was zeroed)."""
+  finite = tf.reduce_all(tf.math.is_finite(vectors), axis=-1)
+  clean = tf.where(finite[:, None], vectors, tf.zeros_like(vectors))
+  return clean, 1.0 - tf.cast(finite, vectors.dtype)
+
+
 def clip_rows(vectors, clip_norm):
   """Scales each row [S, P] to L2 norm at most `clip_norm`; returns (clipped, norms)."""
   norms = tf.norm(vectors, axis=-1)
@@ -201,7 +222,7 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
   features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
   labels, mask = shard["label"], shard["mask"]
   client_mask = shard["client_mask"]
-  seed = tf.cast(shard["seed"], tf.int32)
+  seed = tf.cast(shard["seed"], tf.int64)
   num_clusters = spec.num_clusters
   s = tf.shape(labels)[0]
   if spec.true_cluster and num_clusters > 1:
@@ -223,6 +244,7 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
                      lead_dims=1)
   if spec.normalize_by_steps:
     delta = delta / tf.maximum(steps, 1.0)[:, None]
+  delta, nonfinite = zero_nonfinite_rows(delta)
   clipped, norms = clip_rows(delta, spec.clip_norm)
   onehot = tf.one_hot(choice, num_clusters) * client_mask[:, None]
   slots = onehot[:, :, None] * clipped[:, None, :]
@@ -244,6 +266,7 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
       "num_clients": tf.reduce_sum(client_mask),
       "num_examples": tf.reduce_sum(n_examples * client_mask),
       "num_clipped": tf.reduce_sum(clip_hit * client_mask),
+      "num_nonfinite": tf.reduce_sum(nonfinite * client_mask),
       "local_steps": tf.reduce_sum(steps * client_mask),
   }
   return tf.reduce_sum(slots, axis=0), diagnostics

@@ -38,7 +38,7 @@ def shard_layout(feature_shapes: Mapping[str, tuple], num_slots: int, n_max: int
   layout["mask"] = ((num_slots, n_max), np.float32)
   layout["client_mask"] = ((num_slots,), np.float32)
   layout["true_cluster"] = ((num_slots,), np.int32)
-  layout["seed"] = ((num_slots, 2), np.int32)
+  layout["seed"] = ((num_slots, 2), np.int64)
   return layout
 
 

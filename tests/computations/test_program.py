@@ -19,6 +19,7 @@ resume point (after stage-2 round 2) lies inside the warm phase and the resumed 
 """
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -32,7 +33,6 @@ from computations import program
 from computations import program_state
 from computations import stage1 as stage1_lib
 from pina_tff import config as config_lib
-from pina_tff import rng_streams
 from pina_tff.aggregation import scaling
 from pina_tff.errors import ConfigError
 from pina_tff.simulation import population as population_lib
@@ -266,20 +266,21 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
 
 
 # ------------------------------------------------------- the program's small pieces
-def test_client_seeds_are_integers_distinct_per_stage_and_round():
-  """'simulation' client seeds: (seed·RUN + stage·STAGE + round) mod (2^31 - 1) as an
-  int, so stages 0, 1, 2 and every round draw from their own streams."""
-  bases = set()
+def test_client_seeds_are_128_bit_keys_distinct_per_stage_round_and_client():
+  """'simulation' client keys: int64 [n, 2], the CLIENT_KEY stream of (seed, stage,
+  round, client) (reference: SeedSequence built here by hand), all distinct."""
+  keys = set()
   for stage in (0, 1, 2):
     for rnd in range(1, 30):
       seeds = program._client_seeds(5, stage, rnd, [3, 4])  # pylint: disable=protected-access
-      assert [i for _, i in seeds] == [3, 4]
-      assert all(isinstance(b, int) and b == seeds[0][0] for b, _ in seeds)
-      bases.add(seeds[0][0])
-  assert len(bases) == 3 * 29
-  want = (5 * rng_streams.CLIENT_SEED_RUN + 2 * rng_streams.CLIENT_SEED_STAGE + 7) % (
-      2 ** 31 - 1)
-  assert program._client_seeds(5, 2, 7, [9]) == [(want, 9)]  # pylint: disable=protected-access
+      assert seeds.dtype == np.int64 and seeds.shape == (2, 2)
+      keys.update(tuple(r) for r in seeds.tolist())
+  assert len(keys) == 3 * 29 * 2
+  code = int.from_bytes(hashlib.sha256(b"client_key").digest()[:4], "little")
+  words = np.random.SeedSequence(5, spawn_key=(code, 2, 7, 10)).generate_state(4, np.uint32)
+  want = [int(words[0]) | int(words[1]) << 32, int(words[2]) | int(words[3]) << 32]
+  got = program._client_seeds(5, 2, 7, [9])  # pylint: disable=protected-access
+  assert got.view(np.uint64).tolist() == [want]
 
 
 def test_random_init_offsets_have_norm_close_to_the_stage1_clip():

@@ -46,7 +46,7 @@ def _stage(calls, total=3):
       keep=lambda rnd, state: calls.append(("keep", rnd, state)) or {"w": state},
       evaluate=lambda rnd, params: (params["w"] / 100.0, 0.5),
       epsilon=lambda rnd: 0.25 * rnd,
-      measurements=lambda metrics: (metrics["loss"], None, None))
+      measurements=lambda metrics: (metrics["loss"], None, None, float("nan")))
 
 
 def _hooks(calls, stop_before=None):

@@ -26,6 +26,13 @@ CASES = {
     "zero_clusters": (["--num_clusters=0", "--clients_dir={clients}"], ["num_clusters"]),
     "huge_top_k": (["--top_k=10000", "--clients_dir={clients}"], ["top_k", "10000"]),
     "zero_clip": (["--clip=0", "--clients_dir={clients}"], ["clip"]),
+    "infinite_clip": (["--clip=inf", "--clients_dir={clients}"], ["clip", "finite"]),
+    "ddp_bits_out_of_range": (["--ddp_bits=12", "--clients_dir={clients}"],
+                              ["ddp_bits", "12"]),
+    "tiny_epsilon": (["--epsilon=1e-3", "--cohort=10", "--sketch_clients=20",
+                      "--rounds=2", "--stage0_rounds=1", "--clients_dir={clients}"],
+                     # 24 clients: calibration succeeds (z ~ 1e5), DDP cannot reach it.
+                     ["distributed DP", "noise multiplier"]),
     "missing_clients_dir": ([], ["--clients_dir"]),
     "clients_dir_does_not_exist": (["--clients_dir={missing}"], ["not found"]),
     "malformed_worker_address": (["--worker_addresses=10.0.0.1:8000,nohost",

@@ -37,5 +37,46 @@ def test_privacy_defaults():
   assert p.delta == 1e-5
 
 
+@pytest.mark.parametrize("where", ["stage0", "stage1", "stage2"])
+@pytest.mark.parametrize("clip", [math.inf, math.nan, 0.0, -1.0])
+def test_clip_must_be_finite_and_positive(where, clip):
+  with pytest.raises(ConfigError, match="finite clipping bound > 0"):
+    _validate(**{where: {"clip": clip}})
+  _validate(**{where: {"clip": 1e6}})  # large but finite is a valid bound
+
+
+def test_local_delta_must_be_below_one_over_the_sketch_count():
+  # M1 = 1000 sketches: 1/M1 = 1e-3 (the local guarantee of each sketch).
+  with pytest.raises(ConfigError, match="local_delta.*1/1000"):
+    _validate(privacy={"local_delta": 0.5})
+  with pytest.raises(ConfigError, match="local_delta.*1/1000"):
+    _validate(privacy={"local_delta": 1e-3})
+  _validate(privacy={"local_delta": 0.99e-3})
+  # Unset: δ is used; δ above 1/P allowed explicitly still has to be below 1/M1.
+  with pytest.raises(ConfigError, match="local_delta"):
+    _validate(privacy={"delta": 2e-3, "allow_delta_above_inverse_population": True})
+  # Methods without sketches have no M1 bound.
+  _validate(method="fedavg", privacy={"local_delta": 0.5})
+
+
+def test_secure_noise_mode_refuses_tffs_unseedable_ddp():
+  with pytest.raises(ConfigError, match="secure.*ddp.*32 bits"):
+    _validate(privacy={"noise_mode": "secure"}, stage2={"aggregator": "ddp"})
+  _validate(privacy={"noise_mode": "secure"}, stage2={"aggregator": "central"})
+  _validate(privacy={"noise_mode": "simulation"}, stage2={"aggregator": "ddp"})
+  _validate(privacy={"noise_mode": "secure", "epsilon": math.inf},
+            stage2={"aggregator": "ddp"})
+
+
+def test_tiny_epsilon_is_one_config_error_not_a_value_error():
+  from pina_tff.privacy import accounting  # pylint: disable=g-import-not-at-top
+  cfg = C.from_dict({"population": 1000, "privacy": {"epsilon": 1e-3},
+                     "stage0": {"rounds": 2, "cohort": 10},
+                     "stage1": {"num_sketch_clients": 100},
+                     "stage2": {"rounds": 3, "cohort": 10}})
+  with pytest.raises(ConfigError, match="privacy.epsilon.*0.001"):
+    accounting.calibrate_from_config(cfg)
+
+
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))

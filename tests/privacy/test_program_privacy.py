@@ -70,6 +70,8 @@ def test_summary_reports_both_threat_models_and_noise_settings(run_a):
   assert s["epsilon_release"] == pytest.approx(
       accounting.run_epsilon(plan, zs, s["delta"], "release"))
   assert s["epsilon_release"] < s["epsilon_server"]
+  # The release ε never appears without the condition it needs.
+  assert "holds only if the seed is secret" in s["epsilon_release_condition"]
   assert s["delta"] == min(1e-5, 1 / (10 * NUM_CLIENTS))
   assert (s["sampling"], s["noise_mode"]) == ("poisson", "simulation")
   assert s["noise_reproducible"] is True  # central DP, seeded
@@ -111,10 +113,11 @@ def test_noise_seeds_simulation_vs_secure():
   assert not np.array_equal(program._noise_seed(sim, 2, 5), program._noise_seed(sim, 2, 6))
   assert not np.array_equal(program._noise_seed(sec, 2, 5), program._noise_seed(sec, 2, 5))
   ids = [0, 1, 2]
-  assert program._client_seeds(3, 1, 0, ids) == program._client_seeds(3, 1, 0, ids)
+  sim_keys = program._client_seeds(3, 1, 0, ids)
+  assert np.array_equal(sim_keys, program._client_seeds(3, 1, 0, ids))
   a = program._client_seeds(3, 1, 0, ids, "secure")
   b = program._client_seeds(3, 1, 0, ids, "secure")
-  assert a != b and a != program._client_seeds(3, 1, 0, ids)
+  assert not np.array_equal(a, b) and not np.array_equal(a, sim_keys)
   assert agg.derived_seed(3, 2, 5).dtype == np.int64
 
 

@@ -283,6 +283,7 @@ def test_achieved_epsilon_server_and_release(tmp_path):
   assert "FedNova" not in eps                                        # no run at all
   assert "PINA: ε achieved 7.84, δ=1e-05, z0=1.1" in md              # footnote kept
   assert "Noise calibrated to the release threat model." in md
+  assert "holds only if the cohort schedule is secret" in md
 
 
 def test_grid_section_from_grid_json(tmp_path):
