@@ -1,0 +1,160 @@
+"""Study tables: runs grouped by the grid's cell label (METHOD or METHOD@VARIANT).
+
+`pina-grid --methods=pina@restore,...` writes `<dataset>/<label>/eps_<e>/seed_<s>`;
+:func:`collect_study` reads every finished run below a grid directory and keys it by
+that label, so variants of one method (normality rules, stage-1 signal variants) stay
+apart, where the Table-1 view (`results`) merges them by method.
+
+Per (label, ε): the final held-out accuracy and clustering accuracy, the stage-2
+clustering accuracy after given rounds (metrics.csv), and stage 1's matched centroid
+cosine (summary `init_centroid_cosine`), each as mean ± sample std over seeds.
+
+:func:`choose_best` is the selection rule of a study on validation data: the label
+with the highest mean, over the ε columns, of its mean final accuracy; every run it
+reads must have scored the validation split (it refuses test runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pina_tff.errors import ConfigError
+from pina_tff.reporting import results as results_lib
+
+
+@dataclasses.dataclass
+class StudyRun:
+  """One finished run and its grid cell label ('pina@restore', 'ifca', ...)."""
+  label: str
+  record: results_lib.RunRecord
+
+  @property
+  def epsilon(self) -> float:
+    return self.record.epsilon
+
+  @property
+  def eval_split(self) -> str:
+    return str(self.record.summary.get("eval_split", "test"))
+
+  def clustering_after(self, rnd: int) -> float:
+    """Stage-2 clustering accuracy after round `rnd` (1-based), NaN if not recorded."""
+    rows = self.record.stage_rows()
+    if not rows or "clustering_accuracy" not in rows:
+      return math.nan
+    hit = np.flatnonzero(rows["round"] == rnd)
+    return float(rows["clustering_accuracy"][hit[0]]) if hit.size else math.nan
+
+
+def label_of(run_dir: str, grid_dir: str) -> str:
+  """The cell label of a run directory: the path component below the dataset."""
+  parts = os.path.relpath(run_dir, grid_dir).split(os.sep)
+  return parts[1] if len(parts) > 1 else parts[0]
+
+
+def collect_study(grid_dir: str) -> List[StudyRun]:
+  """Every finished run below `grid_dir`, with its cell label."""
+  return [StudyRun(label_of(r.run_dir, grid_dir), r)
+          for r in results_lib.collect_runs(grid_dir)]
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+  v = [x for x in values if not math.isnan(x)]
+  if not v:
+    return math.nan, math.nan, 0
+  return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else math.nan), len(v)
+
+
+def cell_stats(runs: Sequence[StudyRun], value) -> Dict[Tuple[str, float], tuple]:
+  """{(label, ε): (mean, std, n)} of `value(run)` over seeds."""
+  groups: Dict[Tuple[str, float], list] = {}
+  for r in runs:
+    groups.setdefault((r.label, r.epsilon), []).append(value(r))
+  return {k: _mean_std(v) for k, v in groups.items()}
+
+
+def _fmt(stat, scale: float = 100.0, digits: int = 1) -> str:
+  mean, std, n = stat
+  if n == 0:
+    return results_lib.MISSING
+  if n == 1:
+    return f"{mean * scale:.{digits}f}"
+  return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f} ({n})"
+
+
+def study_markdown(runs: Sequence[StudyRun], labels: Optional[Sequence[str]] = None,
+                   rounds: Sequence[int] = (1, 2, 5)) -> str:
+  """Markdown tables (final accuracy, final clustering, clustering after `rounds`,
+  stage-1 centroid cosine) with one row per label and one column per ε."""
+  runs = list(runs)
+  eps = sorted({r.epsilon for r in runs}, key=lambda e: (math.isinf(e), e))
+  labels = list(labels) if labels else sorted({r.label for r in runs})
+  splits = sorted({r.eval_split for r in runs})
+  head = "| label | " + " | ".join(results_lib.format_epsilon(e) for e in eps) + " |"
+  rule = "|---|" + "---:|" * len(eps)
+
+  def table(title, value, scale=100.0, digits=1):
+    st = cell_stats(runs, value)
+    lines = [f"### {title}", "", head, rule]
+    for lab in labels:
+      cells = [_fmt(st.get((lab, e), (math.nan, math.nan, 0)), scale, digits) for e in eps]
+      lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+  out = [f"Split scored: {', '.join(splits)}. Cells: mean ± sample std (n seeds), %.", ""]
+  out += table("Final accuracy (%)", lambda r: r.record.scalar("final_accuracy"))
+  out += table("Final clustering accuracy (%)",
+               lambda r: r.record.scalar("clustering_accuracy"))
+  for t in rounds:
+    out += table(f"Clustering accuracy after stage-2 round {t} (%)",
+                 lambda r, t=t: r.clustering_after(t))
+  out += table("Stage-1 centroid cosine to the true clusters' noise-free mean sketch",
+               lambda r: r.record.scalar("init_centroid_cosine"), scale=1.0, digits=3)
+  return "\n".join(out)
+
+
+def choose_best(runs: Sequence[StudyRun], candidates: Sequence[str]) -> Tuple[str, dict]:
+  """The candidate label with the highest mean over ε of its mean final accuracy.
+
+  Returns (label, {label: score}). Only labels with a run at every ε of the study
+  compete.
+
+  Raises:
+    ConfigError: a run that scored the test split (choices are made on validation),
+      or no candidate with runs at every ε.
+  """
+  runs = [r for r in runs if r.label in candidates]
+  test_runs = [r.record.run_dir for r in runs if r.eval_split != "val"]
+  if test_runs:
+    raise ConfigError(f"choose_best reads validation runs only; these scored "
+                      f"{'/'.join(sorted({r.eval_split for r in runs}))}: {test_runs[:3]}")
+  eps = sorted({r.epsilon for r in runs}, key=lambda e: (math.isinf(e), e))
+  st = cell_stats(runs, lambda r: r.record.scalar("final_accuracy"))
+  scores = {}
+  for lab in candidates:
+    means = [st.get((lab, e), (math.nan, 0, 0))[0] for e in eps]
+    if means and not any(math.isnan(m) for m in means):
+      scores[lab] = float(np.mean(means))
+  if not scores:
+    raise ConfigError("choose_best: no candidate has a finished run at every epsilon")
+  best = max(candidates, key=lambda lab: scores.get(lab, -math.inf))
+  return best, scores
+
+
+def paired_differences(runs: Sequence[StudyRun], a: str, b: str
+                       ) -> Mapping[float, Tuple[float, float, int]]:
+  """{ε: (mean, std, n)} of accuracy(a) − accuracy(b) over the seeds both have."""
+  by = {}
+  for r in runs:
+    if r.label in (a, b):
+      by.setdefault((r.epsilon, r.record.seed), {})[r.label] = r.record.scalar(
+          "final_accuracy")
+  diffs: Dict[float, list] = {}
+  for (e, _), v in by.items():
+    if a in v and b in v:
+      diffs.setdefault(e, []).append(v[a] - v[b])
+  return {e: _mean_std(d) for e, d in diffs.items()}
