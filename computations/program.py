@@ -620,6 +620,8 @@ class _Run:
         sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
         post_process_k=s1.top_k if s1.post_process else None,
         spectral_dims=s1.spectral_dims)
+    if s1.centroid_norm_bound is not None:
+      centroids = kmeans_lib.bound_centroid_norms(centroids, s1.centroid_norm_bound)
     if not p.diagnostics:
       return centroids, float("nan"), float("nan")
     acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])

@@ -109,6 +109,9 @@ class Stage1Config:
   the kept entries are covered by local DP) or 'released' (the literal reading of the
   paper, a labelled ablation: noise on the kept entries only, so their positions are
   released outside ε; refused in secure mode).
+  centroid_norm_bound: None (the paper: centroids used as they are) or a bound b > 0:
+  each centroid is scaled to norm <= b before it becomes a LoRA offset
+  (`pina_tff.clustering.kmeans_init.bound_centroid_norms`) [project choice].
   """
   num_sketch_clients: int = 1000
   local_epochs: int = 5
@@ -121,6 +124,7 @@ class Stage1Config:
   train_head: bool = True
   spectral_dims: int = 0
   noise_positions: str = "protected"
+  centroid_norm_bound: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +214,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                       "kept sketch entries outside the local-DP guarantee; it is a "
                       "labelled ablation and is refused with privacy.noise_mode="
                       "'secure'.")
+  if s1.centroid_norm_bound is not None and not (
+      s1.centroid_norm_bound > 0 and math.isfinite(s1.centroid_norm_bound)):
+    raise _err("stage1.centroid_norm_bound", "a finite bound > 0 or null",
+               s1.centroid_norm_bound)
   if s1.spectral_dims < 0:
     raise _err("stage1.spectral_dims", "an integer >= 0", s1.spectral_dims)
   if not (s2.restore_max_gain >= 1 and math.isfinite(s2.restore_max_gain)):

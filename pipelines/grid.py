@@ -118,7 +118,7 @@ flags.DEFINE_string("data_dir", None, "Where prepared datasets live (default "
                     "<output_dir>/data); a dataset missing there is prepared first.")
 flags.DEFINE_list("methods", None, "Subset of methods (default: all of them); "
                   "METHOD@VARIANT runs a method with one of the VARIANTS' settings, "
-                  "e.g. pina@restore (run directory <method>@<variant>).")
+                  "e.g. pina@restore or pina@sketch_all+restore (run directory <method>@<variant>).")
 flags.DEFINE_list("epsilons", None, "Subset of epsilons, e.g. 2,8,inf.")
 flags.DEFINE_integer("seed", 0, "Seed of every run (when --seeds is not given).")
 flags.DEFINE_list("seeds", None, "Seeds of pass 1, e.g. 0,1,2: every cell runs with "
@@ -144,7 +144,28 @@ VARIANTS = {
     "none": {"stage2": {"scaling": "none"}},
     "min_norm": {"stage2": {"scaling": "min_norm"}},
     "normality": {"stage2": {"scaling": "normality"}},
+    # stage-1 signal variants (spec stage 1, step 9); "all" = the dataset's population,
+    # "C" = its number of clusters
+    "sketch_all": {"stage1": {"num_sketch_clients": "all"}},
+    "spectral": {"stage1": {"spectral_dims": "C"}},
+    "literal": {"stage1": {"noise_positions": "released"}},
+    "bound": {"stage1": {"centroid_norm_bound": 1.0}},
 }
+
+
+def variant_settings(variant, num_clients: int, num_clusters: int) -> dict:
+  """The config settings of a variant label ('a' or 'a+b+...'), with the
+  population-relative words resolved for the dataset."""
+  out: dict = {}
+  for name in (variant.split("+") if variant else []):
+    _merge(out, copy.deepcopy(VARIANTS[name]))
+  for section in out.values():
+    for key, value in list(section.items()):
+      if value == "all":
+        section[key] = num_clients
+      elif value == "C":
+        section[key] = num_clusters
+  return out
 
 
 def split_method(label: str) -> tuple:
@@ -155,9 +176,10 @@ def split_method(label: str) -> tuple:
   method, _, variant = str(label).partition("@")
   if method not in ALL_METHODS:
     raise config_lib.ConfigError(f"unknown method {method!r}; valid: {', '.join(ALL_METHODS)}")
-  if variant and variant not in VARIANTS:
-    raise config_lib.ConfigError(f"unknown variant {variant!r} in {label!r}; valid: "
-                                 f"{', '.join(VARIANTS)}")
+  for name in (variant.split("+") if variant else []):
+    if name not in VARIANTS:
+      raise config_lib.ConfigError(f"unknown variant {name!r} in {label!r}; valid: "
+                                   f"{', '.join(VARIANTS)} (combine with '+')")
   return method, (variant or None)
 
 
@@ -361,7 +383,7 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
     base_method, variant = split_method(method)
     cfg_dict.update(method=base_method, num_clusters=dspec["num_clusters"], seed=s,
                     eval_split=eval_split)
-    _merge(cfg_dict, copy.deepcopy(VARIANTS.get(variant, {})))
+    _merge(cfg_dict, variant_settings(variant, dspec["num_clients"], dspec["num_clusters"]))
     cfg_dict.setdefault("privacy", {})["epsilon"] = eps
     apply_overrides(cfg_dict, overrides or {})
     cfg = config_lib.validate(config_lib.from_dict(cfg_dict))

@@ -107,6 +107,12 @@ def main():
   ap.add_argument("--lr", type=float, default=1.0)
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--contrast", default="1", help="centroid contrast factors alpha: "
+                  "init_c = mean_j c_j + alpha (c_c - mean_j c_j)")
+  ap.add_argument("--bound", default="none", help="centroid norm bounds to try, e.g. "
+                  "none,1 (each centroid scaled to norm <= the bound)")
+  ap.add_argument("--variants", default="post,plain,spectral",
+                  help="k-means variants: post (top-2k post-processing), plain, spectral")
   ap.add_argument("--output", default=None, help="JSON file for the results")
   a = ap.parse_args()
   t0 = time.time()
@@ -135,20 +141,29 @@ def main():
     ids = sampling.sketch_cohort(a.seed, pop.size, min(m1, pop.size))
     for z1 in [float(v) for v in a.z1.split(",")]:
       noisy = x[ids] + z1 * a.clip * rng.standard_normal((len(ids), size))
-      for name, kw in (("k-means (post-processed)", {"post_process_k": a.top_k}),
-                       ("k-means, no post-processing", {}),
-                       ("spectral r=C", {"spectral_dims": a.num_clusters})):
+      variants = {"post": ("k-means (post-processed)", {"post_process_k": a.top_k}),
+                  "plain": ("k-means, no post-processing", {}),
+                  "spectral": ("spectral r=C", {"spectral_dims": a.num_clusters})}
+      for key in a.variants.split(","):
+        name, kw = variants[key]
         cents, labels = kmeans_lib.kmeans_init(noisy, a.num_clusters, a.seed, n_init=5,
                                                **kw)
         cents = cents.astype(np.float64)
-        row = {"variant": name, "z1": z1, "m1": len(ids),
-               "kmeans_accuracy": metrics.clustering_accuracy(labels, true[ids]),
-               "cosine": metrics.centroid_cosines(cents, x[ids], true[ids]).tolist(),
-               "norms": np.linalg.norm(cents, axis=1).round(3).tolist(),
-               "common_mean_norm": float(np.linalg.norm(cents.mean(0))),
-               "round1_clustering": first_choice_accuracy(pop, base, cents)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for alpha, bound in [(float(al), b) for al in a.contrast.split(",")
+                             for b in a.bound.split(",")]:
+          common = cents.mean(0, keepdims=True)
+          init = common + alpha * (cents - common)
+          if bound != "none":
+            init = kmeans_lib.bound_centroid_norms(init, float(bound))
+          row = {"variant": name, "z1": z1, "m1": len(ids), "contrast": alpha,
+                 "bound": bound,
+                 "kmeans_accuracy": metrics.clustering_accuracy(labels, true[ids]),
+                 "cosine": metrics.centroid_cosines(init, x[ids], true[ids]).tolist(),
+                 "norms": np.linalg.norm(init, axis=1).round(3).tolist(),
+                 "common_mean_norm": float(np.linalg.norm(common)),
+                 "round1_clustering": first_choice_accuracy(pop, base, init)}
+          print(json.dumps(row), flush=True)
+          rows.append(row)
   if a.output:
     with open(a.output, "w") as f:
       json.dump(rows, f, indent=1)

@@ -59,6 +59,8 @@ def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
     ({"stage2.restore_max_gain": math.inf}, "stage2.restore_max_gain"),
     ({"eval_split": "train"}, "eval_split"),
     ({"stage1.spectral_dims": -1}, "stage1.spectral_dims"),
+    ({"stage1.centroid_norm_bound": 0.0}, "stage1.centroid_norm_bound"),
+    ({"stage1.centroid_norm_bound": math.nan}, "stage1.centroid_norm_bound"),
     ({"stage1.noise_positions": "hidden"}, "stage1.noise_positions"),
     ({"stage1.noise_positions": "released", "privacy.noise_mode": "secure"},
      "refused with privacy.noise_mode"),

@@ -51,6 +51,15 @@ def test_spectral_step_finds_clusters_the_full_space_misses_and_centroids_are_me
     kmeans_init(x, 2, seed=0, spectral_dims=-1)
 
 
+def test_bound_centroid_norms_scales_only_the_long_ones():
+  from pina_tff.clustering.kmeans_init import bound_centroid_norms
+  c = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+  out = bound_centroid_norms(c, 1.0)
+  np.testing.assert_allclose(out, [[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]], rtol=1e-6)
+  with pytest.raises(ConfigError, match="> 0"):
+    bound_centroid_norms(c, 0.0)
+
+
 def test_kmeans_is_deterministic_per_seed():
   noisy, _, _ = _planted_sketches(NOISE_Z, seed=3)
   a = kmeans_init(noisy, 4, seed=5)

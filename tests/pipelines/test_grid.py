@@ -132,6 +132,12 @@ def test_variants_overrides_and_eval_split_reach_the_run_config(monkeypatch, tmp
   assert inv["overrides"] == {"stage2.restore_max_gain": 2.5, "stage2.rounds": 3}
   with pytest.raises(config_lib.ConfigError, match="variant"):
     grid.split_method("pina@bogus")
+  with pytest.raises(config_lib.ConfigError, match="combine"):
+    grid.split_method("pina@spectral+bogus")
+  got = grid.variant_settings("sketch_all+spectral+restore+bound", 2000, 4)
+  assert got == {"stage1": {"num_sketch_clients": 2000, "spectral_dims": 4,
+                            "centroid_norm_bound": 1.0},
+                 "stage2": {"normality_rule": "restore"}}
   with pytest.raises(config_lib.ConfigError, match="KEY.PATH=VALUE"):
     grid.parse_overrides(["stage2.rounds"])
 
