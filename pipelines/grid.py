@@ -64,18 +64,11 @@ PINA_METHODS = method_table.keys_where(pina_scaling=True)
 
 
 def _digits_config():
-  return copy.deepcopy(presets.DIGITS_DEFAULTS)
+  return presets.for_population(presets.DIGITS_DEFAULTS, 100)
 
 
 def _fmnist_config(population: int = 10000):
-  cfg = copy.deepcopy(presets.FMNIST_DEFAULTS)
-  if population != cfg["population"]:
-    cfg["population"] = population
-    cfg["stage0"]["cohort"] = min(cfg["stage0"]["cohort"], population)
-    cfg["stage2"]["cohort"] = min(cfg["stage2"]["cohort"], population)
-    cfg["stage1"]["num_sketch_clients"] = min(cfg["stage1"]["num_sketch_clients"],
-                                              population)
-  return cfg
+  return presets.for_population(presets.FMNIST_DEFAULTS, population)
 
 
 # datasets: {key: {num_clients, num_clusters, source}}; the key names the prepared

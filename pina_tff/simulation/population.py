@@ -66,6 +66,45 @@ def _log(msg: str, log: Optional[Callable[[str], None]]) -> None:
     log(msg)
 
 
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+  """What a run's configuration must agree with, read from a manifest alone.
+
+  Attributes:
+    dataset: the dataset the manifest names.
+    num_clients: the population P.
+    backbone: the backbone preset that embeds (or embedded) the data.
+    model_width: that backbone's width d (sets the sketch size P1 = 2·d·r).
+  """
+  dataset: str
+  num_clients: int
+  backbone: str
+  model_width: int
+
+
+def _backbone_config(manifest: dict) -> bb.BackboneConfig:
+  """The backbone of prepared data (the dataset's preset) or of embeddings (recorded)."""
+  if manifest["format"] == schema.EMBEDDINGS_FORMAT:
+    return bb.BackboneConfig.from_json(manifest["backbone"])
+  return bb.get_config(bb.backbone_for_dataset(manifest["dataset"]),
+                       image_shape=tuple(manifest["image_shape"]),
+                       num_classes=int(manifest["num_classes"]))
+
+
+def data_facts(clients_dir: str) -> DataFacts:
+  """The dataset, population and model width of `clients_dir`, from its manifest (no
+  model is built, nothing is written).
+
+  Raises:
+    DataError: no readable manifest. ConfigError: a dataset without a backbone preset.
+  """
+  manifest = schema.read_manifest(clients_dir, expected_format=None)
+  config = _backbone_config(manifest)
+  return DataFacts(dataset=str(manifest.get("dataset", "unknown")),
+                   num_clients=len(manifest["clients"]), backbone=config.name,
+                   model_width=int(config.width))
+
+
 def ensure_embeddings(clients_dir: str, seed: int = 0,
                       log: Optional[Callable[[str], None]] = None) -> str:
   """Returns an embeddings directory for `clients_dir`, creating and caching the
@@ -78,9 +117,8 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
   emb_dir = os.path.join(clients_dir, "embeddings")
   from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
   from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
-  name = bb.backbone_for_dataset(manifest["dataset"])
-  config = bb.get_config(name, image_shape=tuple(manifest["image_shape"]),
-                         num_classes=int(manifest["num_classes"]))
+  config = _backbone_config(manifest)
+  name = config.name
   weights_file = pretrain.default_output(clients_dir, config)
   with cache.build_lock(clients_dir, lambda m: _log(m, log)):
     key = cache.cache_key(clients_dir, config.to_json(), seed)
