@@ -346,6 +346,11 @@ def main(argv):
       except ValueError:
         raise config_lib.ConfigError(
             f"--seeds must be integers separated by commas, found {FLAGS.seeds}") from None
+    for name, values in (("--seed", [FLAGS.seed]), ("--seeds", seeds or [])):
+      bad = [v for v in values if not 0 <= v <= config_lib.MAX_SEED]
+      if bad:
+        raise config_lib.ConfigError(f"{name}: expected integers in [0, "
+                                     f"{config_lib.MAX_SEED}], found {bad[0]}")
     with signals.graceful_stop():
       pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
                       FLAGS.seed, FLAGS.progress, seeds=seeds,

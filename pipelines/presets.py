@@ -60,13 +60,16 @@ DIGITS_DEFAULTS = {
 # - stage 2: 5 local epochs at lr 1.0 (one full batch of the client's 5 examples each),
 #   clip S2 = 1.0, server lr 10 (the fixed denominator P divides each cluster's sum by
 #   about C times its members), 15 rounds, 2 min-norm warm rounds.
+# Population-relative: cohorts are the whole population; sketches come from 2,000
+# clients, or from all of them in a smaller population (as the 2,000-client
+# `fmnist_demo` grid does).
 FMNIST_DEFAULTS = {
     "method": "pina", "num_clusters": 4, "population": 10000, "seed": 0,
     "model_width": 64,
     "privacy": {"epsilon": 8.0},
-    "stage0": {"enabled": False, "rounds": 0, "cohort": 10000},
-    "stage1": {"num_sketch_clients": 2000, "local_epochs": 5, "lr": 1.0, "top_k": 16,
-               "clip": 1.0, "train_head": False},
+    "stage0": {"enabled": False, "rounds": 0, "cohort": ALL},
+    "stage1": {"num_sketch_clients": up_to(2000), "local_epochs": 5, "lr": 1.0,
+               "top_k": 16, "clip": 1.0, "train_head": False},
     "stage2": {"rounds": 15, "cohort": ALL, "local_epochs": 5, "batch_size": 16,
                "client_lr": 1.0, "server_lr": 10.0, "server_momentum": 0.0, "clip": 1.0,
                "warm_rounds": 2, "scaling": "pina", "aggregator": "ddp",

@@ -105,6 +105,14 @@ def data_facts(clients_dir: str) -> DataFacts:
                    model_width=int(config.width))
 
 
+def _check_cache_writable(clients_dir: str, what: str) -> None:
+  """DataError (before any work) when the cache cannot be written into `clients_dir`."""
+  if not os.access(clients_dir, os.W_OK | os.X_OK):
+    raise DataError(f"--clients_dir: {clients_dir} holds no cached {what} and is not "
+                    "writable (read-only?); expected a writable copy, or embeddings made "
+                    "elsewhere with pina-embed --output_dir=DIR, passed as --clients_dir=DIR")
+
+
 def ensure_embeddings(clients_dir: str, seed: int = 0,
                       log: Optional[Callable[[str], None]] = None) -> str:
   """Returns an embeddings directory for `clients_dir`, creating and caching the
@@ -130,6 +138,7 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
       if not manifest.get("public"):
         raise DataError(f"{clients_dir}: no backbone weights and no public split to "
                         "pre-train one; run pina-embed with --weights first")
+      _check_cache_writable(clients_dir, "a pre-trained backbone")
       _log(f"pre-training the {name} backbone on the public split (cached in "
            f"{os.path.dirname(weights_file)})", log)
       pretrain.run_pretrain(clients_dir, output=weights_file, seed=seed)
@@ -137,6 +146,7 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
     sha = weights_lib.sha256_file(weights_file)
     if cache.embeddings_current(emb_dir, key, sha):
       return emb_dir
+    _check_cache_writable(clients_dir, "embeddings")
     _log(f"embedding every example once (cached in {emb_dir})", log)
     beam_embed.embed(clients_dir, weights_file, emb_dir, backbone=name,
                      overwrite=os.path.exists(emb_dir))
