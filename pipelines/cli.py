@@ -71,8 +71,10 @@ def _is_console_script() -> bool:
   if spec is not None and spec.name.split(".")[0] in ("pipelines", "benchmarks"):
     return True
   prog = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  package = os.path.dirname(prog)
   return (os.path.basename(prog).startswith("pina-") or
-          os.path.basename(os.path.dirname(prog)) in ("pipelines", "benchmarks"))
+          (os.path.basename(package) in ("pipelines", "benchmarks") and
+           os.path.isdir(os.path.join(os.path.dirname(package), "pina_tff"))))
 
 
 if _is_console_script():

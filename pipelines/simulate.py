@@ -260,6 +260,7 @@ def main(argv):
                        indent=1, sort_keys=True))
       return 0
     paths.check_run_dir(FLAGS.root_dir, FLAGS.clients_dir)
+    population_lib.check_cache_buildable(FLAGS.clients_dir)
     addresses = None
     if FLAGS.worker_addresses:
       from computations import workers  # pylint: disable=g-import-not-at-top

@@ -113,6 +113,15 @@ def _check_cache_writable(clients_dir: str, what: str) -> None:
                     "elsewhere with pina-embed --output_dir=DIR, passed as --clients_dir=DIR")
 
 
+def check_cache_buildable(clients_dir: str) -> None:
+  """DataError now (before any long work) when `clients_dir` holds raw prepared data,
+  no embeddings, and cannot be written (a read-only mount): the cache cannot be built."""
+  manifest = schema.read_manifest(clients_dir, expected_format=None)
+  if (manifest["format"] != schema.EMBEDDINGS_FORMAT and not os.path.exists(
+      os.path.join(clients_dir, "embeddings", schema.MANIFEST_NAME))):
+    _check_cache_writable(clients_dir, "embeddings")
+
+
 def ensure_embeddings(clients_dir: str, seed: int = 0,
                       log: Optional[Callable[[str], None]] = None) -> str:
   """Returns an embeddings directory for `clients_dir`, creating and caching the
