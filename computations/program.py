@@ -63,8 +63,8 @@ from pina_tff import method_table
 from pina_tff import rng_streams
 from pina_tff.clustering import kmeans_init as kmeans_lib
 from pina_tff.clustering import metrics as cluster_metrics
-from pina_tff.data import schema
 from pina_tff.errors import ConfigError
+from pina_tff.errors import DataError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
 from pina_tff.runtime import atomic
@@ -333,6 +333,9 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
                                 options.restart, log)
   pop = population or population_lib.load_population(clients_dir, cfg.stage1.lora_rank,
                                                      cfg.seed, log)
+  if pop.model.config.width != cfg.model_width:
+    raise DataError(f"{clients_dir}: the model is {pop.model.config.width} wide, but "
+                    f"its manifest's backbone says {cfg.model_width}")
   write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
   plan = _make_plan(cfg, pop, options)
   run = _Run(plan, root_dir, log)
@@ -346,18 +349,25 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
 
 
 def _config_for_population(cfg, clients_dir: str):
-  """`cfg` validated, with the population the data in `clients_dir` has.
+  """`cfg` validated, with the population and model width the data in `clients_dir`
+  has (facts of the data, not settings: `population_lib.data_facts`).
 
   Raises:
     ConfigError: a cohort larger than that population, or an invalid config.
     DataError: no readable manifest in `clients_dir`.
   """
   config_lib.validate(cfg)
-  size = len(schema.read_manifest(clients_dir, expected_format=None)["clients"])
-  if cfg.stage2.cohort > size or cfg.stage0.cohort > size:
-    raise ConfigError(f"cohort ({cfg.stage2.cohort} / stage-0 {cfg.stage0.cohort}) is "
-                      f"larger than the population of {size} clients in {clients_dir}")
-  # The data decides the population; defaults (δ) are resolved for it, once.
+  facts = population_lib.data_facts(clients_dir)
+  size = facts.num_clients
+  for where, cohort, runs in (("stage2.cohort", cfg.stage2.cohort, True),
+                              ("stage0.cohort", cfg.stage0.cohort,
+                               cfg.stage0.enabled and cfg.stage0.rounds > 0)):
+    if runs and cohort > size:
+      raise ConfigError(f"{where}: expected at most the population of {size} clients "
+                        f"in {clients_dir}, found {cohort}")
+  if facts.model_width != cfg.model_width:
+    cfg = dataclasses.replace(cfg, model_width=facts.model_width)
+  # The data decides the population and width; defaults (δ) are resolved for it, once.
   return config_lib.resolve(cfg, population=size)
 
 
@@ -401,12 +411,13 @@ class _Run:
           split=self.plan.cfg.eval_split,
           score_true=method_table.get(self.plan.cfg.method).true_clusters)
     try:
-      for phase, stage in ((PHASE_STAGE0, self._stage0), (PHASE_STAGE1, self._stage1),
-                           (PHASE_STAGE2, self._stage2)):
-        if self.state.phase == phase:
-          stop = stage()
-          if stop is not None:
-            return stop
+      with signals.rounds_running():  # a signal now waits for the end of the round
+        for phase, stage in ((PHASE_STAGE0, self._stage0), (PHASE_STAGE1, self._stage1),
+                             (PHASE_STAGE2, self._stage2)):
+          if self.state.phase == phase:
+            stop = stage()
+            if stop is not None:
+              return stop
       return None
     finally:
       self.progress.close()

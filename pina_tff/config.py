@@ -220,8 +220,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                s1.centroid_norm_bound)
   if s1.spectral_dims < 0:
     raise _err("stage1.spectral_dims", "an integer >= 0", s1.spectral_dims)
-  if not (s2.restore_max_gain >= 1 and math.isfinite(s2.restore_max_gain)):
-    raise _err("stage2.restore_max_gain", "a finite value >= 1", s2.restore_max_gain)
+  if not 1 <= s2.restore_max_gain <= 1e3:
+    raise _err("stage2.restore_max_gain", "a value in [1, 1000]", s2.restore_max_gain)
   _choice("privacy.accountant", p.accountant, ACCOUNTANTS)
   _choice("privacy.threat_model", p.threat_model, THREAT_MODELS)
   _choice("privacy.sampling", p.sampling, SAMPLINGS)
@@ -276,13 +276,16 @@ def validate(cfg: RunConfig) -> RunConfig:
                        ("stage2.warm_rounds", s2.warm_rounds)):
     if value < 0:
       raise _err(where, "an integer >= 0", value)
-  # cohorts
-  for where, value in (("stage0.cohort", s0.cohort),
-                       ("stage1.num_sketch_clients", s1.num_sketch_clients),
-                       ("stage2.cohort", s2.cohort)):
+  # cohorts (a stage that does not run is not checked against the population)
+  stage0_runs = s0.enabled and s0.rounds > 0
+  stage1_runs = method_table.get(cfg.method).uses_stage1
+  for where, value, runs in (("stage0.cohort", s0.cohort, stage0_runs),
+                             ("stage1.num_sketch_clients", s1.num_sketch_clients,
+                              stage1_runs),
+                             ("stage2.cohort", s2.cohort, True)):
     if value < 1:
       raise _err(where, "an integer >= 1", value)
-    if value > cfg.population:
+    if runs and value > cfg.population:
       raise ConfigError(f"{where}: expected at most the population "
                         f"({cfg.population}), found {value}.")
   if cfg.method == "pina" and s1.num_sketch_clients < cfg.num_clusters:
@@ -336,7 +339,66 @@ def validate(cfg: RunConfig) -> RunConfig:
       raise ConfigError(
           f"stage2.aggregator: 'secure_sum' adds no noise, so privacy.epsilon={eps} "
           "cannot hold; use 'ddp' or 'central', or privacy.epsilon=inf.")
+  _check_ranges(cfg)
   return cfg
+
+
+#: Upper bounds of numeric fields [project choice]: beyond them a run fails deep in
+#: TensorFlow / the accountant (overflow to inf or NaN, int32 shapes, a rounds x
+#: population cohort schedule) instead of here, with one line.
+MAX_SEED = 2 ** 31 - 1
+MAX_ROUNDS = 10_000
+MAX_LOCAL_EPOCHS = 1_000
+MAX_INT = 2 ** 31 - 1
+MAX_LEARNING_RATE = 1e3
+MAX_CLIP = 1e6
+MAX_FEDPROX_MU = 1e3
+MAX_EPSILON = 1e6
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+  """Finite numbers and upper bounds (the lower bounds are checked in `validate`)."""
+  p, s0, s1, s2 = cfg.privacy, cfg.stage0, cfg.stage1, cfg.stage2
+  if not 0 <= cfg.seed <= MAX_SEED:
+    raise _err("seed", f"an integer in [0, {MAX_SEED}]", cfg.seed)
+  if cfg.num_clusters > cfg.population:
+    raise _err("num_clusters (C)", f"at most the population ({cfg.population})",
+               cfg.num_clusters)
+  if math.isfinite(p.epsilon) and p.epsilon > MAX_EPSILON:
+    raise _err("privacy.epsilon", f"a value in (0, {MAX_EPSILON:g}] or inf (no DP)",
+               p.epsilon)
+  ints = (("population", cfg.population, MAX_INT), ("model_width", cfg.model_width,
+                                                    MAX_INT),
+          ("stage0.rounds", s0.rounds, MAX_ROUNDS), ("stage2.rounds", s2.rounds,
+                                                     MAX_ROUNDS),
+          ("stage2.warm_rounds", s2.warm_rounds, MAX_ROUNDS),
+          ("stage0.cohort", s0.cohort, MAX_INT),
+          ("stage1.num_sketch_clients", s1.num_sketch_clients, MAX_INT),
+          ("stage0.local_epochs", s0.local_epochs, MAX_LOCAL_EPOCHS),
+          ("stage1.local_epochs", s1.local_epochs, MAX_LOCAL_EPOCHS),
+          ("stage2.local_epochs", s2.local_epochs, MAX_LOCAL_EPOCHS),
+          ("stage2.batch_size", s2.batch_size, MAX_INT),
+          ("stage1.kmeans_restarts", s1.kmeans_restarts, MAX_LOCAL_EPOCHS))
+  for where, value, most in ints:
+    if value > most:
+      raise _err(where, f"an integer of at most {most}", value)
+  floats = (("stage0.lr", s0.lr, 0.0, MAX_LEARNING_RATE),
+            ("stage1.lr", s1.lr, 0.0, MAX_LEARNING_RATE),
+            ("stage2.client_lr", s2.client_lr, 0.0, MAX_LEARNING_RATE),
+            ("stage2.server_lr", s2.server_lr, 0.0, MAX_LEARNING_RATE),
+            ("stage0.clip", s0.clip, 0.0, MAX_CLIP),
+            ("stage1.clip (S1)", s1.clip, 0.0, MAX_CLIP),
+            ("stage2.clip (S2)", s2.clip, 0.0, MAX_CLIP))
+  for where, value, low, high in floats:
+    if not (math.isfinite(value) and low < value <= high):
+      raise _err(where, f"a finite value in ({low:g}, {high:g}]", value)
+  if not (math.isfinite(s2.fedprox_mu) and 0.0 <= s2.fedprox_mu <= MAX_FEDPROX_MU):
+    raise _err("stage2.fedprox_mu", f"a finite value in [0, {MAX_FEDPROX_MU:g}]",
+               s2.fedprox_mu)
+  if p.budget_split is not None:
+    bad = {k: v for k, v in p.budget_split.items() if not math.isfinite(v)}
+    if bad:
+      raise _err("privacy.budget_split", "finite shares", bad)
 
 
 def resolve(cfg: RunConfig, population: Optional[int] = None) -> RunConfig:

@@ -11,12 +11,22 @@ keeps keras-core's "Using TensorFlow backend" line off the terminal. `run(main)`
 * shows, under `--help`, the entry module's docstring and its own flags with their
   defaults (absl lists the "key flags" of the main module; a console script's main
   module is a generated stub, so the entry module's flags are adopted for it);
-* turns a `PinaError` raised by `main` into one `error:` line with exit code 2.
+* turns a `PinaError` raised by `main` into one `error:` line with exit code 2, and so
+  an OSError of the environment (no space left, read-only file system, name too long,
+  permission denied), also when a library wraps it;
+* rejects, for every numeric flag given on the command line, a non-finite float or an
+  integer beyond 32 bits, before `main` runs (each script checks its own ranges);
+* in a console-script process, makes SIGINT / SIGTERM stop at once with one line from
+  the first import on (`pina_tff.runtime.signals`; the round loop later waits for the
+  end of the current round instead).
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import re
 import sys
 
 VERBOSE_FLAG = "--verbose"
@@ -53,6 +63,24 @@ def import_keras_quietly() -> None:
     import keras_core  # noqa: F401,F811  pylint: disable=g-import-not-at-top,unused-import
 
 
+def _is_console_script() -> bool:
+  """True in a process started as a pina-* script, `python -m pipelines.X` or a Bazel
+  binary of pipelines/ (not in a test or driver that imports this module)."""
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  if spec is not None and spec.name.split(".")[0] in ("pipelines", "benchmarks"):
+    return True
+  prog = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  package = os.path.dirname(prog)
+  return (os.path.basename(prog).startswith("pina-") or
+          (os.path.basename(package) in ("pipelines", "benchmarks") and
+           os.path.isdir(os.path.join(os.path.dirname(package), "pina_tff"))))
+
+
+if _is_console_script():
+  from pina_tff.runtime import signals as _signals  # pylint: disable=g-import-not-at-top
+  _signals.install_exit_now_handlers()
+
 quiet_startup()
 
 from absl import app  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -72,6 +100,40 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+#: Largest magnitude of an integer flag (TensorFlow and NumPy take 32-bit seeds, counts).
+MAX_INT_FLAG = 2 ** 31 - 1
+_ABSL_ERROR = re.compile(r"^flag --([^=\s]+)=(.*?): (.*)$")
+
+
+def _flag_error(message: str) -> str:
+  """absl's parse error as `--name: expected ..., found ...` where it is a type error."""
+  m = _ABSL_ERROR.match(message)
+  if not m or m.group(1) not in flags.FLAGS:
+    return message
+  name, value, why = m.groups()
+  parser = flags.FLAGS[name].parser
+  if isinstance(parser, flags.IntegerParser) and "invalid literal" in why:
+    return f"--{name}: expected an integer, found {value!r}"
+  if isinstance(parser, flags.FloatParser) and "could not convert" in why:
+    return f"--{name}: expected a number, found {value!r}"
+  return f"--{name}: {why} (found {value!r})"
+
+
+def check_numeric_flags() -> None:
+  """One `error:` line (exit 2) for a numeric flag given as nan / inf or an integer
+  beyond 32 bits; each script checks its own ranges after this."""
+  for name in sorted(set(flags.FLAGS)):
+    flag = flags.FLAGS[name]
+    value = flag.value
+    if not flag.present or value is None or isinstance(value, bool):
+      continue
+    if isinstance(flag.parser, flags.FloatParser) and not math.isfinite(value):
+      fail(f"--{name}: expected a finite number, found {value}")
+    if isinstance(flag.parser, flags.IntegerParser) and abs(value) > MAX_INT_FLAG:
+      fail(f"--{name}: expected an integer of magnitude at most {MAX_INT_FLAG}, found "
+           f"{value}")
+
+
 def _parser(passthrough: bool, positional: bool):
   def parse(argv):
     rest = []
@@ -81,7 +143,8 @@ def _parser(passthrough: bool, positional: bool):
     try:
       left = flags.FLAGS(argv)
     except flags.Error as e:
-      fail(str(e).strip().splitlines()[0])
+      fail(_flag_error(str(e).strip().splitlines()[0]))
+    check_numeric_flags()
     if len(left) > 1 and not positional:
       hint = (" (pass Beam options after `--`)" if passthrough else "")
       fail(f"unexpected arguments {left[1:]}{hint}")
@@ -121,13 +184,40 @@ def run(main, passthrough: bool = False, positional: bool = False) -> None:
   app.run(_one_line_errors(main), flags_parser=_parser(passthrough, positional))
 
 
+#: OSErrors that come from the environment a user gave (a path, a disk), not from a bug.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG,
+                       errno.EACCES, errno.EPERM)
+_ENVIRONMENT_TEXTS = tuple(os.strerror(n) for n in _ENVIRONMENT_ERRNOS)
+
+
+def environment_error(e: BaseException):
+  """The one-line message of an error of the environment (no space left, read-only
+  file system, name too long, permission denied) -- raised as OSError or wrapped by a
+  library (TensorFlow's file layer, Beam) -- or None for any other error."""
+  if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror} (expected a writable place with free space)"
+  text = str(e)
+  for reason in _ENVIRONMENT_TEXTS:
+    if reason in text:
+      line = next((ln.strip() for ln in text.splitlines() if reason in ln), reason)
+      return f"{line[-300:]} (expected a writable place with free space)"
+  return None
+
+
 def _one_line_errors(main):
-  """`main` with a `PinaError` turned into one `error:` line and exit status 2."""
+  """`main` with a `PinaError` or an environment error (`environment_error`) turned
+  into one `error:` line and exit status 2."""
   def wrapped(argv):
     try:
       return main(argv)
     except PinaError as e:
       fail(str(e))
+    except Exception as e:  # pylint: disable=broad-except
+      message = environment_error(e)
+      if message is None:
+        raise
+      fail(message)
   return wrapped
 
 

@@ -65,18 +65,11 @@ PINA_METHODS = method_table.keys_where(pina_scaling=True)
 
 
 def _digits_config():
-  return copy.deepcopy(presets.DIGITS_DEFAULTS)
+  return presets.for_population(presets.DIGITS_DEFAULTS, 100)
 
 
 def _fmnist_config(population: int = 10000):
-  cfg = copy.deepcopy(presets.FMNIST_DEFAULTS)
-  if population != cfg["population"]:
-    cfg["population"] = population
-    cfg["stage0"]["cohort"] = min(cfg["stage0"]["cohort"], population)
-    cfg["stage2"]["cohort"] = min(cfg["stage2"]["cohort"], population)
-    cfg["stage1"]["num_sketch_clients"] = min(cfg["stage1"]["num_sketch_clients"],
-                                              population)
-  return cfg
+  return presets.for_population(presets.FMNIST_DEFAULTS, population)
 
 
 # datasets: {key: {num_clients, num_clusters, source}}; the key names the prepared
@@ -458,6 +451,11 @@ def main(argv):
       except ValueError:
         raise config_lib.ConfigError(
             f"--seeds must be integers separated by commas, found {FLAGS.seeds}") from None
+    for name, values in (("--seed", [FLAGS.seed]), ("--seeds", seeds or [])):
+      bad = [v for v in values if not 0 <= v <= config_lib.MAX_SEED]
+      if bad:
+        raise config_lib.ConfigError(f"{name}: expected integers in [0, "
+                                     f"{config_lib.MAX_SEED}], found {bad[0]}")
     with signals.graceful_stop():
       pngs = run_grid(FLAGS.preset, FLAGS.output_dir, FLAGS.data_dir, FLAGS.methods, eps,
                       FLAGS.seed, FLAGS.progress, seeds=seeds,

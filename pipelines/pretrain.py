@@ -17,6 +17,8 @@ from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 
 from absl import flags  # noqa: E402  pylint: disable=g-bad-import-order
 
+from pina_tff.config import MAX_LEARNING_RATE  # noqa: E402
+from pina_tff.errors import ConfigError  # noqa: E402
 from pina_tff.runtime import paths  # noqa: E402
 
 cli.import_keras_quietly()
@@ -45,6 +47,12 @@ flags.mark_flag_as_required("clients_dir")
 
 def main(argv):
   del argv
+  if not 0 <= FLAGS.seed <= cli.MAX_INT_FLAG:
+    raise ConfigError(f"--seed: expected an integer in [0, {cli.MAX_INT_FLAG}], found "
+                      f"{FLAGS.seed}")
+  if FLAGS.learning_rate is not None and not 0.0 < FLAGS.learning_rate <= MAX_LEARNING_RATE:
+    raise ConfigError(f"--learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], "
+                      f"found {FLAGS.learning_rate}")
   if FLAGS.output:
     paths.check_output_file(FLAGS.output, "--output")
   report = pretrain.run_pretrain(

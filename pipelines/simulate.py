@@ -3,19 +3,26 @@
   pina-simulate --clients_dir=/tmp/digits --root_dir=runs/pina_eps8 --method=pina \\
       --epsilon=8
 
-Flags override a --config file (JSON or YAML with the fields of
-`pina_tff.config.RunConfig`). Defaults give a sensible run on the embedded digits.
-When --clients_dir holds only what pina-prepare wrote, the digits backbone is
-pre-trained and the embeddings computed first, and cached there.
+Settings start from the preset of the dataset that --clients_dir's manifest names
+(digits, fashion_mnist, cifar10, femnist; `pipelines/presets.py`), scaled to the
+population the data holds; --preset picks another. A --config file (JSON or YAML with
+the fields of `pina_tff.config.RunConfig`) is laid over that preset, and flags override
+both. The run prints its settings in one line first (`settings: ...`);
+--print_config prints the resolved configuration and exits.
+When --clients_dir holds only what pina-prepare wrote, the backbone is pre-trained and
+the embeddings computed first, and cached there.
 Run it again with the same command after a crash to resume from the last checkpoint;
 a --root_dir holding a run of another configuration is an error unless --restart.
-SIGINT / SIGTERM stop after the current round with a checkpoint (exit code 128 + signal).
+SIGINT / SIGTERM stop after the current round with a checkpoint (exit code 128 +
+signal); during start-up, pre-training or embedding they stop at once (same code).
 Bad input prints one `error: ...` line and exits with status 2.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import sys
 
 from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
@@ -23,20 +30,29 @@ from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
 from absl import flags  # pylint: disable=g-bad-import-order
 
 from pina_tff import config as config_lib
+from pina_tff import method_table
 from pina_tff.errors import PinaError
 from pina_tff.runtime import signals
 
 cli.import_keras_quietly()
 # keras-cv must be imported before absl's main runs (see pina_tff/models/backbone.py).
 from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
-from pipelines.presets import DIGITS_DEFAULTS
-from pipelines.presets import parse_epsilon
+from pina_tff.runtime import paths  # noqa: E402
+from pina_tff.simulation import population as population_lib  # noqa: E402
+from pipelines import presets  # noqa: E402
+from pipelines.presets import parse_epsilon  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("clients_dir", None, "Output of pina-prepare or pina-embed.")
 flags.DEFINE_string("root_dir", None, "Run directory: checkpoints, metrics, summary.")
-flags.DEFINE_string("config", None, "Optional JSON/YAML RunConfig; flags override it.")
+flags.DEFINE_enum("preset", None, sorted(presets.DATASET_PRESETS),
+                  "Settings to start from (default: the preset of the dataset the "
+                  "--clients_dir manifest names).")
+flags.DEFINE_string("config", None, "Optional JSON/YAML RunConfig laid over the preset; "
+                    "flags override both.")
+flags.DEFINE_bool("print_config", False, "Print the resolved settings as JSON and exit "
+                  "without running (no --root_dir needed).")
 flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Method (default: pina).")
 flags.DEFINE_string("epsilon", None, "Total epsilon: a number or 'inf' (default 8).")
 flags.DEFINE_float("delta", None, "Total delta (default min(1e-5, 1/(10*population))).")
@@ -93,48 +109,70 @@ flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"], "Progress 
 flags.DEFINE_bool("restart", False, "Start over in a --root_dir that holds an earlier run "
                   "(removes only what pina-simulate wrote there).")
 
-def build_config(flag_values) -> config_lib.RunConfig:
-  """Config file (or digits defaults) overridden by the flags that were given."""
+# Config field -> the flag that sets it (--cohort, --client_lr, --clip and
+# --local_epochs set stage 0's field too).
+_FLAG_FIELDS = (
+    (("method",), "method"), (("num_clusters",), "num_clusters"), (("seed",), "seed"),
+    (("privacy", "delta"), "delta"), (("privacy", "threat_model"), "threat_model"),
+    (("privacy", "sampling"), "sampling"), (("privacy", "noise_mode"), "noise_mode"),
+    (("stage2", "rounds"), "rounds"), (("stage0", "rounds"), "stage0_rounds"),
+    (("stage2", "cohort"), "cohort"), (("stage0", "cohort"), "cohort"),
+    (("stage2", "local_epochs"), "local_epochs"),
+    (("stage0", "local_epochs"), "local_epochs"),
+    (("stage2", "batch_size"), "batch_size"), (("stage2", "client_lr"), "client_lr"),
+    (("stage0", "lr"), "client_lr"), (("stage2", "server_lr"), "server_lr"),
+    (("stage2", "server_momentum"), "server_momentum"), (("stage2", "clip"), "clip"),
+    (("stage0", "clip"), "clip"), (("stage1", "num_sketch_clients"), "sketch_clients"),
+    (("stage1", "local_epochs"), "sketch_epochs"), (("stage1", "lr"), "sketch_lr"),
+    (("stage1", "top_k"), "top_k"), (("stage1", "clip"), "sketch_clip"),
+    (("stage2", "warm_rounds"), "warm_rounds"), (("stage2", "scaling"), "scaling"),
+    (("stage2", "aggregator"), "aggregator"), (("stage2", "fedprox_mu"), "fedprox_mu"),
+    (("stage2", "normality_rule"), "normality_rule"),
+    (("stage2", "restore_max_gain"), "restore_max_gain"), (("eval_split",), "eval_split"),
+    (("stage2", "ddp_bits"), "ddp_bits"),
+)
+
+
+def _lay_over(base: dict, top: dict) -> None:
+  """`top`'s values over `base`, section by section (in place)."""
+  for key, value in top.items():
+    if isinstance(value, dict) and isinstance(base.get(key), dict):
+      base[key].update(value)
+    else:
+      base[key] = value
+
+
+def _given_flags(flag_values) -> list:
+  """The run-config flags given on the command line, in _FLAG_FIELDS order."""
+  names = [f for _, f in _FLAG_FIELDS] + ["epsilon"]
+  return list(dict.fromkeys(n for n in names if getattr(flag_values, n) is not None))
+
+
+def preset_name(flag_values, facts) -> str:
+  """--preset, or the preset of the dataset the data's manifest names."""
+  return flag_values.preset or presets.preset_for_dataset(facts.dataset)
+
+
+def build_config(flag_values, facts: population_lib.DataFacts) -> config_lib.RunConfig:
+  """The preset (--preset or the data's), a --config file laid over it, the flags that
+  were given over both; population-relative fields and the model width for the data's
+  `facts`; validated. A ConfigError names the flag (or the config file) that set the
+  field it is about."""
+  base = copy.deepcopy(presets.DATASET_PRESETS[preset_name(flag_values, facts)])
+  file_fields = set()
   if flag_values.config:
-    base = config_lib.read_config_dict(flag_values.config)
-    if not isinstance(base, dict):
+    top = config_lib.read_config_dict(flag_values.config)
+    if not isinstance(top, dict):
       raise config_lib.ConfigError(f"{flag_values.config}: expected a mapping of keys "
-                                   f"to values, found {base!r}")
-  else:
-    base = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DIGITS_DEFAULTS.items()}
-  over = {
-      ("method",): flag_values.method, ("num_clusters",): flag_values.num_clusters,
-      ("seed",): flag_values.seed, ("privacy", "delta"): flag_values.delta,
-      ("privacy", "threat_model"): flag_values.threat_model,
-      ("privacy", "sampling"): flag_values.sampling,
-      ("privacy", "noise_mode"): flag_values.noise_mode,
-      ("stage2", "rounds"): flag_values.rounds,
-      ("stage0", "rounds"): flag_values.stage0_rounds,
-      ("stage2", "cohort"): flag_values.cohort, ("stage0", "cohort"): flag_values.cohort,
-      ("stage2", "local_epochs"): flag_values.local_epochs,
-      ("stage0", "local_epochs"): flag_values.local_epochs,
-      ("stage2", "batch_size"): flag_values.batch_size,
-      ("stage2", "client_lr"): flag_values.client_lr,
-      ("stage0", "lr"): flag_values.client_lr,
-      ("stage2", "server_lr"): flag_values.server_lr,
-      ("stage2", "server_momentum"): flag_values.server_momentum,
-      ("stage2", "clip"): flag_values.clip, ("stage0", "clip"): flag_values.clip,
-      ("stage1", "num_sketch_clients"): flag_values.sketch_clients,
-      ("stage1", "local_epochs"): flag_values.sketch_epochs,
-      ("stage1", "lr"): flag_values.sketch_lr, ("stage1", "top_k"): flag_values.top_k,
-      ("stage1", "clip"): flag_values.sketch_clip,
-      ("stage2", "warm_rounds"): flag_values.warm_rounds,
-      ("stage2", "scaling"): flag_values.scaling,
-      ("stage2", "normality_rule"): flag_values.normality_rule,
-      ("stage2", "restore_max_gain"): flag_values.restore_max_gain,
-      ("eval_split",): flag_values.eval_split,
-      ("stage2", "aggregator"): flag_values.aggregator,
-      ("stage2", "fedprox_mu"): flag_values.fedprox_mu,
-      ("stage2", "ddp_bits"): flag_values.ddp_bits,
-  }
-  if flag_values.epsilon is not None:
-    over[("privacy", "epsilon")] = parse_epsilon(flag_values.epsilon)
-  for path, value in over.items():
+                                   f"to values, found {top!r}")
+    _lay_over(base, top)
+    for key, value in top.items():
+      if isinstance(value, dict):
+        file_fields.update(f"{key}.{k}" for k in value)
+      else:
+        file_fields.add(key)
+  for path, flag in _FLAG_FIELDS:
+    value = getattr(flag_values, flag)
     if value is None:
       continue
     node = base
@@ -142,21 +180,98 @@ def build_config(flag_values) -> config_lib.RunConfig:
       node = node.setdefault(key, {})
     node[path[-1]] = value
   try:
-    return config_lib.from_dict(base)
+    if flag_values.epsilon is not None:
+      base.setdefault("privacy", {})["epsilon"] = parse_epsilon(flag_values.epsilon)
+    base = presets.for_population(base, facts.num_clients)
+    base["model_width"] = facts.model_width  # a fact of the data, not a setting
+    return config_lib.validate(config_lib.from_dict(base))
   except config_lib.ConfigError as e:
-    if not flag_values.config:
-      raise
-    raise config_lib.ConfigError(f"{flag_values.config}: {e}") from None
+    raise config_lib.ConfigError(_attribute(str(e), flag_values, file_fields)) from None
+
+
+def _attribute(message: str, flag_values, file_fields) -> str:
+  """`message` prefixed with the flag or config file that set the field it names."""
+  if message.startswith("--"):
+    return message
+  for path, flag in _FLAG_FIELDS:
+    dotted = ".".join(path)
+    if getattr(flag_values, flag) is not None and message.startswith(dotted):
+      return f"--{flag}: {message}"
+  if message.startswith("privacy.epsilon") and flag_values.epsilon is not None:
+    return f"--epsilon: {message}"
+  if flag_values.config and any(message.startswith(f) for f in file_fields):
+    return f"{flag_values.config}: {message}"
+  return message
+
+
+def _count(n: int) -> str:
+  return f"{n:,}"
+
+
+def settings_line(cfg: config_lib.RunConfig, name: str, flag_values) -> str:
+  """One line: the preset, population and the settings a newcomer needs to see."""
+  s0, s1, s2 = cfg.stage0, cfg.stage1, cfg.stage2
+  p = cfg.population
+
+  def cohort(m: int) -> str:
+    return f"all {_count(p)}" if m == p else f"{_count(m)} of {_count(p)}"
+
+  eps = cfg.privacy.epsilon
+  parts = [f"{name} preset", f"{_count(p)} clients", f"C = {cfg.num_clusters}",
+           cfg.method, f"epsilon = {'inf' if eps == float('inf') else f'{eps:g}'}"]
+  if s0.enabled and s0.rounds > 0:
+    parts.append(f"stage 0: {s0.rounds} rounds, cohort {cohort(s0.cohort)}")
+  else:
+    parts.append("stage 0 off")
+  if method_table.get(cfg.method).uses_stage1:
+    parts.append(f"sketch clients {cohort(min(s1.num_sketch_clients, p))}, "
+                 f"top-k {s1.top_k} of width {cfg.model_width}")
+  parts.append(f"stage 2: {s2.rounds} rounds, cohort {cohort(s2.cohort)}, "
+               f"{s2.local_epochs} local epochs, client lr {s2.client_lr:g}, "
+               f"server lr {s2.server_lr:g}, clip {s2.clip:g}")
+  extra = []
+  if flag_values.config:
+    extra.append(f"config {flag_values.config}")
+  given = _given_flags(flag_values)
+  if given:
+    extra.append("flags " + " ".join(f"--{g}" for g in given))
+  line = "settings: " + ", ".join(parts)
+  return line + (f" (over it: {'; '.join(extra)})" if extra else "")
+
+
+def _check_run_flags(flag_values) -> None:
+  """The flags of how the run runs (not what it computes): ConfigError naming one."""
+  for flag, low, high in (("workers", 1, 256), ("checkpoint_every", 1, config_lib.MAX_INT),
+                          ("eval_every", 1, config_lib.MAX_INT)):
+    value = getattr(flag_values, flag)
+    if not low <= value <= high:
+      raise config_lib.ConfigError(f"--{flag}: expected an integer in [{low}, {high}], "
+                                   f"found {value}")
+  if flag_values.shard_size is not None and flag_values.shard_size < 1:
+    raise config_lib.ConfigError(f"--shard_size: expected an integer >= 1 (simulated "
+                                 f"clients per TFF client), found {flag_values.shard_size}")
 
 
 def main(argv):
   del argv  # cli.run rejects positional arguments
   try:
-    if not FLAGS.clients_dir or not FLAGS.root_dir:
+    if not FLAGS.clients_dir or not (FLAGS.root_dir or FLAGS.print_config):
       raise config_lib.ConfigError("--clients_dir and --root_dir are required")
-    cfg = config_lib.validate(build_config(FLAGS))
-    if FLAGS.workers < 1:
-      raise config_lib.ConfigError(f"--workers must be >= 1, found {FLAGS.workers}")
+    _check_run_flags(FLAGS)
+    facts = population_lib.data_facts(FLAGS.clients_dir)
+    cfg = build_config(FLAGS, facts)
+    if FLAGS.shard_size is not None and FLAGS.shard_size > facts.num_clients:
+      raise config_lib.ConfigError(
+          f"--shard_size: expected at most the population ({facts.num_clients}), found "
+          f"{FLAGS.shard_size}")
+    print(settings_line(cfg, preset_name(FLAGS, facts), FLAGS), file=sys.stderr,
+          flush=True)
+    if FLAGS.print_config:
+      print(json.dumps(config_lib.to_dict(config_lib.resolve(cfg, facts.num_clients)),
+                       indent=1, sort_keys=True))
+      return 0
+    paths.check_run_dir(FLAGS.root_dir, FLAGS.clients_dir)
+    population_lib.check_cache_buildable(FLAGS.clients_dir)
     addresses = None
     if FLAGS.worker_addresses:
       from computations import workers  # pylint: disable=g-import-not-at-top

@@ -57,6 +57,7 @@ def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
     ({"stage2.normality_rule": "grow"}, "stage2.normality_rule"),
     ({"stage2.restore_max_gain": 0.5}, "stage2.restore_max_gain"),
     ({"stage2.restore_max_gain": math.inf}, "stage2.restore_max_gain"),
+    ({"stage2.restore_max_gain": 1e30}, "stage2.restore_max_gain"),
     ({"eval_split": "train"}, "eval_split"),
     ({"stage1.spectral_dims": -1}, "stage1.spectral_dims"),
     ({"stage1.centroid_norm_bound": 0.0}, "stage1.centroid_norm_bound"),

@@ -86,6 +86,9 @@ class PrepareConfig:
       raise ConfigError(f"--num_shards is {self.num_shards}, expected >= 0 (0 = auto)")
     if not 0.0 <= self.test_fraction < 1.0:
       raise ConfigError(f"--test_fraction is {self.test_fraction}, expected 0 <= x < 1")
+    if not 0.0 <= self.public_fraction < 1.0:
+      raise ConfigError(f"--public_fraction is {self.public_fraction}, expected "
+                        "0 <= x < 1")
     if self.seed < 0:
       raise ConfigError(f"--seed is {self.seed}, expected >= 0")
     if self.public_size < 0:

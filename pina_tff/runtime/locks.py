@@ -48,7 +48,10 @@ def exclusive(directory: str, what: str = "run directory", wait: bool = False,
   """
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, LOCK_NAME)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise OSError(e.errno, e.strerror, path) from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -64,8 +67,11 @@ def exclusive(directory: str, what: str = "run directory", wait: bool = False,
           break
         except BlockingIOError:
           time.sleep(0.2)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:  # e.g. ENOSPC: name the file
+      raise OSError(e.errno, e.strerror, path) from None
     yield path
   finally:
     os.close(fd)  # releases the flock

@@ -126,6 +126,62 @@ def _log(msg: str, log: Optional[Callable[[str], None]]) -> None:
     log(msg)
 
 
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+  """What a run's configuration must agree with, read from a manifest alone.
+
+  Attributes:
+    dataset: the dataset the manifest names.
+    num_clients: the population P.
+    backbone: the backbone preset that embeds (or embedded) the data.
+    model_width: that backbone's width d (sets the sketch size P1 = 2·d·r).
+  """
+  dataset: str
+  num_clients: int
+  backbone: str
+  model_width: int
+
+
+def _backbone_config(manifest: dict) -> bb.BackboneConfig:
+  """The backbone of prepared data (the dataset's preset) or of embeddings (recorded)."""
+  if manifest["format"] == schema.EMBEDDINGS_FORMAT:
+    return bb.BackboneConfig.from_json(manifest["backbone"])
+  return bb.get_config(bb.backbone_for_dataset(manifest["dataset"]),
+                       image_shape=tuple(manifest["image_shape"]),
+                       num_classes=int(manifest["num_classes"]))
+
+
+def data_facts(clients_dir: str) -> DataFacts:
+  """The dataset, population and model width of `clients_dir`, from its manifest (no
+  model is built, nothing is written).
+
+  Raises:
+    DataError: no readable manifest. ConfigError: a dataset without a backbone preset.
+  """
+  manifest = schema.read_manifest(clients_dir, expected_format=None)
+  config = _backbone_config(manifest)
+  return DataFacts(dataset=str(manifest.get("dataset", "unknown")),
+                   num_clients=len(manifest["clients"]), backbone=config.name,
+                   model_width=int(config.width))
+
+
+def _check_cache_writable(clients_dir: str, what: str) -> None:
+  """DataError (before any work) when the cache cannot be written into `clients_dir`."""
+  if not os.access(clients_dir, os.W_OK | os.X_OK):
+    raise DataError(f"--clients_dir: {clients_dir} holds no cached {what} and is not "
+                    "writable (read-only?); expected a writable copy, or embeddings made "
+                    "elsewhere with pina-embed --output_dir=DIR, passed as --clients_dir=DIR")
+
+
+def check_cache_buildable(clients_dir: str) -> None:
+  """DataError now (before any long work) when `clients_dir` holds raw prepared data,
+  no embeddings, and cannot be written (a read-only mount): the cache cannot be built."""
+  manifest = schema.read_manifest(clients_dir, expected_format=None)
+  if (manifest["format"] != schema.EMBEDDINGS_FORMAT and not os.path.exists(
+      os.path.join(clients_dir, "embeddings", schema.MANIFEST_NAME))):
+    _check_cache_writable(clients_dir, "embeddings")
+
+
 def ensure_embeddings(clients_dir: str, seed: int = 0,
                       log: Optional[Callable[[str], None]] = None) -> str:
   """Returns an embeddings directory for `clients_dir`, creating and caching the
@@ -138,9 +194,8 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
   emb_dir = os.path.join(clients_dir, "embeddings")
   from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
   from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
-  name = bb.backbone_for_dataset(manifest["dataset"])
-  config = bb.get_config(name, image_shape=tuple(manifest["image_shape"]),
-                         num_classes=int(manifest["num_classes"]))
+  config = _backbone_config(manifest)
+  name = config.name
   weights_file = pretrain.default_output(clients_dir, config)
   with cache.build_lock(clients_dir, lambda m: _log(m, log)):
     key = cache.cache_key(clients_dir, config.to_json(), seed)
@@ -152,6 +207,7 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
       if not manifest.get("public"):
         raise DataError(f"{clients_dir}: no backbone weights and no public split to "
                         "pre-train one; run pina-embed with --weights first")
+      _check_cache_writable(clients_dir, "a pre-trained backbone")
       _log(f"pre-training the {name} backbone on the public split (cached in "
            f"{os.path.dirname(weights_file)})", log)
       pretrain.run_pretrain(clients_dir, output=weights_file, seed=seed)
@@ -159,6 +215,7 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
     sha = weights_lib.sha256_file(weights_file)
     if cache.embeddings_current(emb_dir, key, sha):
       return emb_dir
+    _check_cache_writable(clients_dir, "embeddings")
     _log(f"embedding every example once (cached in {emb_dir})", log)
     beam_embed.embed(clients_dir, weights_file, emb_dir, backbone=name,
                      overwrite=os.path.exists(emb_dir))

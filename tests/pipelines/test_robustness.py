@@ -28,8 +28,9 @@ from pina_tff.runtime import locks
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLIENTS = 24
 CONFIG = {
+    # No model_width: the run must take it from the data (digits_tiny: 64).
     "method": "pina", "num_clusters": 4, "population": NUM_CLIENTS, "seed": 0,
-    "model_width": 64, "privacy": {"epsilon": "inf"},
+    "privacy": {"epsilon": "inf"},
     "stage0": {"enabled": True, "rounds": 2, "cohort": 8},
     "stage1": {"num_sketch_clients": 12, "local_epochs": 1, "top_k": 8,
                "kmeans_restarts": 2, "lr": 0.5},
@@ -247,6 +248,87 @@ def test_resume_with_other_config_is_refused_and_rewrites_nothing(driver, base):
   assert rc == 2
   summary = json.loads((base / "chain" / "summary.json").read_text())
   assert summary["epsilon_target"] == "inf"
+
+
+def test_summary_states_the_runs_facts(runs, base):
+  """summary.json holds what the run used: the data's population and model width (the
+  config file gave neither), the config's cohort, rounds and C, one metrics row per
+  round, and the same config as config.json."""
+  assert runs["ref"][0] == 0, runs["ref"][2][-3000:]
+  s = json.loads((base / "ref" / "summary.json").read_text())
+  assert (s["dataset"], s["population"]) == ("digits", NUM_CLIENTS)
+  assert s["config"]["model_width"] == 64  # digits_tiny, not RunConfig's 384
+  assert s["config"]["population"] == NUM_CLIENTS
+  assert s["config"]["stage1"]["top_k"] == CONFIG["stage1"]["top_k"]
+  assert s["num_clusters"] == CONFIG["num_clusters"]
+  assert s["cohort"] == CONFIG["stage2"]["cohort"]
+  assert s["rounds"] == {"stage0": CONFIG["stage0"]["rounds"],
+                         "stage2": CONFIG["stage2"]["rounds"]}
+  # What the run used: 'ddp' at epsilon = inf adds no noise and runs as the secure sum.
+  assert (CONFIG["stage2"]["aggregator"], s["aggregator"]) == ("ddp", "secure_sum")
+  assert s["epsilon_target"] == "inf" and s["method"] == CONFIG["method"]
+  assert len(_metrics(base / "ref")) == sum(s["rounds"].values())
+  assert json.loads((base / "ref" / "config.json").read_text()) == s["config"]
+
+
+def _stopped_at_once(p, signum, start, within=5.0):
+  rc, _, err = p.wait(timeout=60)
+  took = time.monotonic() - start
+  assert rc == 128 + signum, (rc, err[-3000:])
+  assert took < within, (took, err[-2000:])
+  assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+  assert "KeyboardInterrupt" not in err, err[-3000:]
+  return err
+
+
+def test_signal_during_start_up_stops_at_once(base):
+  p = _simulate(base, "early", base / "early", base / "digits")
+  try:
+    time.sleep(1.0)  # importing TensorFlow
+    p.p.send_signal(signal.SIGINT)
+    err = _stopped_at_once(p, signal.SIGINT, time.monotonic())
+  finally:
+    p.kill()
+  assert [ln for ln in err.splitlines() if ln.startswith("stopped by SIGINT")] == [
+      "stopped by SIGINT (no round was running: nothing to save); run the same "
+      "command to resume"], err
+  assert not (base / "early").exists() or not [
+      n for n in os.listdir(base / "early") if n in ("checkpoints", "metrics.csv")]
+
+
+def test_signal_during_pre_training_stops_at_once(tmp_path):
+  from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
+  clients = tmp_path / "fresh"  # no backbone cached: the run pre-trains one first
+  beam_prepare.prepare(beam_prepare.PrepareConfig(
+      output_dir=str(clients), dataset="digits", num_clients=12, num_shards=1, seed=0))
+  p = Proc(tmp_path, "pretrain", "pipelines.simulate", f"--clients_dir={clients}",
+           f"--root_dir={tmp_path / 'run'}", "--progress=log")
+  try:
+    p.wait_for("pre-training the digits_tiny backbone")
+    time.sleep(1.0)
+    p.p.send_signal(signal.SIGTERM)
+    err = _stopped_at_once(p, signal.SIGTERM, time.monotonic())
+  finally:
+    p.kill()
+  assert len([ln for ln in err.splitlines() if ln.startswith("stopped by")]) == 1, err
+  assert not (clients / "backbone" / "digits_tiny.weights.h5").exists()
+
+
+def test_second_sigterm_stops_at_once_without_traceback(base):
+  p = _simulate(base, "twice", base / "twice", base / "digits")
+  try:
+    p.wait_for("stage 0 round 1 ")
+    p.p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    p.p.send_signal(signal.SIGTERM)
+    err = _stopped_at_once(p, signal.SIGTERM, time.monotonic(), within=10.0)
+  finally:
+    p.kill()
+  assert "stopped by SIGTERM again: stopping now" in err, err[-2000:]
+  deadline = time.monotonic() + 10  # the guard kills the workers of a stopped parent
+  while any(_alive(w) for w in p.workers) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not [w for w in p.workers if _alive(w)], "worker_binary left running"
 
 
 def test_cli_start_up_is_quiet(runs):
