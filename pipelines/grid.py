@@ -96,6 +96,18 @@ PRESETS = {
                     # [project choice] the two DP columns only, so that `make demo`
                     # (data, backbone, 14 runs) stays within 20 minutes on 2 cores.
                     "epsilons": [2.0, 8.0], "config": _fmnist_config(2000)},
+    # The regime map (docs/results.md): where does clustering under DP get hard? The
+    # FMNIST settings on populations of other sizes and cluster counts (2,000 clients
+    # hold 25 training examples each); the 10,000-client C = 4 cell is `fmnist`, its
+    # partial-participation cell `fmnist` with METHOD@poisson1k.
+    "regimes": {"datasets": {
+        "fashion_mnist_c2": {"source": "fashion_mnist", "num_clients": 10000,
+                             "num_clusters": 2},
+        "fashion_mnist_2k": {"source": "fashion_mnist", "num_clients": 2000,
+                             "num_clusters": 4},
+        "fashion_mnist_2k_c2": {"source": "fashion_mnist", "num_clients": 2000,
+                                "num_clusters": 2}},
+        "epsilons": [2.0, 8.0, math.inf], "config": presets.FMNIST_DEFAULTS},
     "paper": {"datasets": {"cifar10": {"num_clients": 10000, "num_clusters": 2},
                            "fashion_mnist": {"num_clients": 10000, "num_clusters": 4},
                            "femnist": {"num_clients": 10000, "num_clusters": 2}},
@@ -143,6 +155,8 @@ VARIANTS = {
     "spectral": {"stage1": {"spectral_dims": "C"}},
     "literal": {"stage1": {"noise_positions": "released"}},
     "bound": {"stage1": {"centroid_norm_bound": 1.0}},
+    # partial participation: Poisson cohorts of 1,000 expected clients, 3x the rounds
+    "poisson1k": {"stage2": {"cohort": 1000, "rounds": 45}},
 }
 
 
@@ -372,7 +386,8 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
                                        status="skipped", wall_s=None))
       record.write()
       return
-    cfg_dict = copy.deepcopy(p["config"])
+    # population-relative fields ('all', 'up to N') for this dataset's population
+    cfg_dict = presets.for_population(p["config"], dspec["num_clients"])
     base_method, variant = split_method(method)
     cfg_dict.update(method=base_method, num_clusters=dspec["num_clusters"], seed=s,
                     eval_split=eval_split)

@@ -17,6 +17,7 @@ from pina_tff import config as config_lib
 from pina_tff.reporting import results
 from pina_tff.simulation import population as population_lib
 from pipelines import grid
+from pipelines import presets
 from tests.reporting import fakes
 
 # final accuracy of (method, seed); at eps=8 seed 0 FedNova is the best baseline even
@@ -202,7 +203,8 @@ def test_every_preset_config_validates(preset):
   for dataset, spec in p["datasets"].items():
     for eps in p["epsilons"]:
       for method in grid.ALL_METHODS:
-        d = json.loads(json.dumps(p["config"]))
+        d = json.loads(json.dumps(presets.for_population(p["config"],
+                                                         spec["num_clients"])))
         d.update(method=method, num_clusters=spec["num_clusters"], seed=0)
         d.setdefault("privacy", {})["epsilon"] = eps
         cfg = config_lib.validate(config_lib.from_dict(d))
