@@ -130,6 +130,8 @@ def test_variants_overrides_and_eval_split_reach_the_run_config(monkeypatch, tmp
              and x.stage2.rounds == 3 for x in cfgs)
   inv = json.load(open(os.path.join(h.out, "grid.json")))["invocations"][0]
   assert inv["eval_split"] == "test"
+  assert grid.PRESETS["fmnist"]["chosen_on"]["stage2.normality_rule"].startswith(
+      "validation split")
   assert inv["overrides"] == {"stage2.restore_max_gain": 2.5, "stage2.rounds": 3}
   with pytest.raises(config_lib.ConfigError, match="variant"):
     grid.split_method("pina@bogus")
