@@ -2,7 +2,8 @@
 
 Fields (kept stable: `pina_tff.reporting` and pina-grid read them): method and its
 display name, dataset, ε target / achieved (server and release threat models), δ,
-every noise multiplier, local ε's, rounds, C, population, cohort, shard size,
+every noise multiplier, local ε's, the achieved ε under each accountant (PLD and
+RDP), rounds, C, population, cohort, shard size,
 aggregator, scaling, final / clustering / init-clustering accuracy, wall time, the
 privacy report and config, the sampling scheme, noise mode, accountant, whether the
 noise is bitwise reproducible, distributed-DP nominal multipliers, TFF shards per
@@ -89,6 +90,14 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
       epsilon_release_condition=EPSILON_RELEASE_CONDITION,
       threat_model_calibrated=report.threat_model, sampling=p.sampling,
       noise_mode=p.noise_mode, accountant=report.accountant,
+      # The calibrated threat model's ε under each accountant (PLD, the calibrated
+      # default, and RDP beside it), then both threat models under each.
+      epsilon_achieved_by_accountant={
+          a: finite_or_str(e[report.threat_model])
+          for a, e in report.epsilons_by_accountant.items()},
+      epsilons_by_accountant={
+          a: {m: finite_or_str(v) for m, v in e.items()}
+          for a, e in report.epsilons_by_accountant.items()},
       # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
       # (whose rounding and discrete Gaussian noise cannot be seeded; docs/privacy.md).
       noise_reproducible=(p.noise_mode == "simulation" and not any(

@@ -42,7 +42,10 @@ NOISE_POSITIONS = ("protected", "released")
 #: Held-out split that runs evaluate on: 'val' while settings are chosen, 'test' only in
 #: the runs of a final table (`pina_tff.simulation.population`).
 EVAL_SPLITS = ("val", "test")
-ACCOUNTANTS = ("rdp", "pld")
+ACCOUNTANTS = ("pld", "rdp")
+#: Calibration and reporting accountant (docs/privacy.md, "Calibration"): PLD, the
+#: tightest valid bound; 'rdp' stays selectable and is always reported beside it.
+DEFAULT_ACCOUNTANT = "pld"
 THREAT_MODELS = ("server", "release")
 NOISE_MODES = ("simulation", "secure")
 SAMPLINGS = sampling.SCHEMES  # owner: pina_tff.simulation.sampling
@@ -61,7 +64,9 @@ class PrivacyConfig:
   ``default_delta(P)`` = min(1e-5, 1/(10·P)).
   budget_split: ε share per stage ({'stage0','stage1','stage2'} → fraction); None →
   ``DEFAULT_BUDGET_SPLIT`` (0.1 / 0.2 / 0.7).
-  accountant: 'rdp' (default) or 'pld'. local_delta: δ1 for the reported local ε1 of the
+  accountant: 'pld' (default: PLD, exact Gaussian composition where no event is
+  subsampled; the noise is calibrated so its ε meets the target) or 'rdp' (Rényi DP,
+  looser; always reported beside). local_delta: δ1 for the reported local ε1 of the
   sketches (None → delta).
   threat_model: 'server' (default: the server knows who took part; no amplification)
   or 'release' (anyone who sees the released models; amplification by Poisson
@@ -74,7 +79,7 @@ class PrivacyConfig:
   epsilon: float = 8.0
   delta: Optional[float] = None
   budget_split: Optional[Dict[str, float]] = None
-  accountant: str = "rdp"
+  accountant: str = DEFAULT_ACCOUNTANT
   local_delta: Optional[float] = None
   allow_delta_above_inverse_population: bool = False
   threat_model: str = "server"

@@ -84,7 +84,7 @@ def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
     ({"method": "fedsgd"}, "oracle, pina, pina_ri, ifca"),
     ({"stage2.aggregator": "ldp"}, "ddp, central, secure_sum"),
     ({"stage2.scaling": "max"}, "none, min_norm, normality, pina"),
-    ({"privacy.accountant": "moments"}, "rdp, pld"),
+    ({"privacy.accountant": "moments"}, "pld, rdp"),
     ({"privacy.budget_split": {"stage3": 1.0}}, "budget_split"),
 ])
 def test_each_error_has_a_clear_message(over, match):

@@ -2,8 +2,10 @@
 
 For every method: the calibrated report (`pina_tff.privacy.accounting`), the stage specs
 built from it (`computations.methods`, as the program builds them), and the reported
-epsilon recomputed here directly with dp_accounting from the mechanisms the specs
-actually run. No TFF execution. (The program-level check that the program passes
+epsilon recomputed here from the mechanisms the specs actually run: against the server
+with the analytic Gaussian formula over the clients' rows (tests/privacy/references.py),
+for the released models (Poisson-sampled events) with dp_accounting's PLD accountant
+composing the events written here. No TFF execution. (The program-level check that the program passes
 report.z0 / z1 / z2 to these builders is in test_program.py.)
 """
 import dataclasses
@@ -17,6 +19,7 @@ from computations import methods
 from pina_tff import config as config_lib
 from pina_tff.privacy import accounting
 from pina_tff.simulation import sampling
+from tests.privacy.references import gaussian_eps
 
 ALL = ("pina", "pina_ri", "ifca", "ifca_ldp", "fedavg", "fedprox", "fednova")
 POP, T0, T2, M0, M2 = 2000, 3, 20, 50, 100
@@ -37,7 +40,8 @@ def _gaussian(z):
 
 
 def _compose(events, delta):
-  acc = dp_accounting.rdp.RdpAccountant()
+  # PLD (the calibrated default), grid 1e-3 with pessimistic rounding, as configured.
+  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
   acc.compose(dp_accounting.ComposedDpEvent(events))
   return acc.get_epsilon(delta)
 
@@ -69,16 +73,9 @@ def _server_epsilon(method, z0, z1, z2, delta=1e-5):
   s1 = np.zeros(POP, np.int64)
   if method == "pina":
     s1[sampling.sketch_cohort(0, POP, 200)] = 1
-  worst = 0.0
-  for a, b, c in set(zip(k0.tolist(), s1.tolist(), k2.tolist())):
-    events = [dp_accounting.SelfComposedDpEvent(_gaussian(z0), a)] if a else []
-    if b:
-      events.append(_gaussian(z1))
-    if c:
-      events.append(dp_accounting.SelfComposedDpEvent(_gaussian(z2), c))
-    if events:
-      worst = max(worst, _compose(events, delta))
-  return worst
+  # A composition of Gaussians is a Gaussian with mu = sqrt(sum K/z^2).
+  rho = k0 / z0 ** 2 + s1 / (z1 ** 2 if z1 else math.inf) + k2 / z2 ** 2
+  return gaussian_eps(math.sqrt(rho.max()), delta)
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +115,7 @@ def test_ifca_ldp_gets_no_amplification_by_sampling(reports):
   amplified = acc.get_epsilon(1e-5)
   k2 = int(sampling.participation_counts(0, 2, T2, POP, M2).max())
   # Against the server: Gaussian(z2) composed over the busiest client's K rounds.
-  acc = dp_accounting.rdp.RdpAccountant()
-  acc.compose(dp_accounting.SelfComposedDpEvent(_gaussian(r.z2), k2))
-  alone = acc.get_epsilon(1e-5)
+  alone = gaussian_eps(math.sqrt(k2) / r.z2, 1e-5)
   assert amplified < 0.5 * alone
   assert r.stage_epsilons["stage2"] == pytest.approx(alone, rel=1e-6)
   assert r.epsilons["release"] >= alone * (1 - 1e-9)  # no amplification there either
@@ -156,9 +151,8 @@ def test_a_stage_with_no_rounds_costs_nothing_and_gets_no_noise(method):
   assert r.budget_split == {"stage0": 1.0}
   assert r.z2 == 0.0 and r.z1 == 0.0 and r.stage_epsilons["stage2"] == 0.0
   k0 = int(sampling.participation_counts(0, 0, T0, POP, M0).max())
-  acc = dp_accounting.rdp.RdpAccountant()
-  acc.compose(dp_accounting.SelfComposedDpEvent(_gaussian(r.z0), k0))
-  assert r.epsilon_achieved == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+  assert r.epsilon_achieved == pytest.approx(gaussian_eps(math.sqrt(k0) / r.z0, 1e-5),
+                                             rel=1e-6)
   assert r.epsilon_achieved == pytest.approx(EPS, rel=0.05)  # the whole budget
 
 

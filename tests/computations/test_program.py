@@ -15,7 +15,8 @@ resume point (after stage-2 round 2) lies inside the warm phase and the resumed 
   on the right side of the warm boundary.
 * A DP run: the noise multiplier each stage's computation is built with is the one the
   accountant calibrated for that stage, and the reported epsilon is the composition
-  of exactly those mechanisms (computed here directly with dp_accounting).
+  of exactly those mechanisms (computed here with the analytic Gaussian formula,
+  tests/privacy/references.py).
 """
 import csv
 import dataclasses
@@ -23,7 +24,6 @@ import hashlib
 import json
 import math
 
-import dp_accounting
 import numpy as np
 import pytest
 
@@ -38,6 +38,7 @@ from pina_tff.errors import ConfigError
 from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling
 from pina_tff.training import local
+from tests.privacy.references import worst_row_eps
 from pina_tff.training import models as tm
 from pina_tff.training import shards
 
@@ -212,19 +213,9 @@ def _composed_epsilon(cfg, z0, z1, z2, delta):
   s1 = np.zeros(p, np.int64)
   if cfg.method == "pina":
     s1[sampling.sketch_cohort(cfg.seed, p, cfg.stage1.num_sketch_clients)] = 1
-  worst = 0.0
-  for a, b, c in set(zip(k0.tolist(), s1.tolist(), k2.tolist())):
-    events = [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z0), a)]
-    if b:
-      events.append(dp_accounting.GaussianDpEvent(z1))
-    events.append(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z2), c))
-    events = [e for e in events if not (isinstance(e, dp_accounting.SelfComposedDpEvent)
-                                        and e.count == 0)]
-    if events:
-      acc = dp_accounting.rdp.RdpAccountant()
-      acc.compose(dp_accounting.ComposedDpEvent(events))
-      worst = max(worst, acc.get_epsilon(delta))
-  return worst
+  # A composition of Gaussians is one Gaussian with mu = sqrt(sum K/z^2): its exact
+  # epsilon (the analytic Gaussian mechanism), maximized over the clients.
+  return worst_row_eps([(k0, z0), (s1, z1), (k2, z2)], delta)
 
 
 def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, tff_ctx,
@@ -253,13 +244,20 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
   assert spec0.aggregator.noise_multiplier == z["z0"]
   assert spec0.aggregator.central_stddev == pytest.approx(z["z0"] * CLIP0)
   assert spec0.aggregator.kind == "ddp"
-  assert sketches == [(CLIP1, z["z1"])]
+  # The released sketches carry z1; the second pass is the noise-free simulation
+  # diagnostic of issue 18 (init_centroid_cosine), never sent anywhere.
+  assert sketches == [(CLIP1, z["z1"]), (CLIP1, 0.0)]
   assert spec2.aggregator.noise_multiplier == z["z2"]
   assert spec2.aggregator.central_stddev == pytest.approx(z["z2"] * CLIP2)
   assert spec2.aggregator.expected_clients == COHORT
   eps = _composed_epsilon(cfg, z["z0"], z["z1"], z["z2"], summary["delta"])
   assert summary["epsilon_achieved"] == pytest.approx(eps, rel=1e-6)
   assert eps <= 8.0 + 1e-9
+  # Calibrated under PLD (the default); the RDP epsilon of the same noise is beside it.
+  assert summary["accountant"] == "pld"
+  by_acc = summary["epsilon_achieved_by_accountant"]
+  assert by_acc["pld"] == summary["epsilon_achieved"] < by_acc["rdp"]
+  assert summary["epsilons_by_accountant"]["rdp"]["server"] == by_acc["rdp"]
   rows = _rows(tmp_path / "dp")
   assert float(rows[-1]["epsilon_spent"]) == pytest.approx(eps, rel=1e-6)
   assert math.isfinite(summary["final_accuracy"])
