@@ -300,7 +300,7 @@ def test_a_cohort_as_large_as_the_population_is_accepted(digits_clients_dir):
   for stage in ("stage0", "stage2"):
     over = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage),
                                                                    cohort=25)})
-    with pytest.raises(ConfigError, match="larger than the population"):
+    with pytest.raises(ConfigError, match=f"{stage}.cohort: expected at most the population of 24 clients"):
       program._config_for_population(over, digits_clients_dir)  # pylint: disable=protected-access
 
 
