@@ -77,6 +77,8 @@ from pina_tff.training import shards as shards_lib
 
 PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = (
     ps.PHASE_STAGE0, ps.PHASE_STAGE1, ps.PHASE_STAGE2, ps.PHASE_DONE)
+#: The accountant's stage name of each phase (the execution log's keys).
+STAGE_KEYS = {PHASE_STAGE0: "stage0", PHASE_STAGE1: "stage1", PHASE_STAGE2: "stage2"}
 UNPROTECTED_METRICS = release_lib.UNPROTECTED_METRICS
 
 
@@ -135,10 +137,11 @@ def _noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
   return agg.derived_seed(cfg.seed, stage, rnd)
 
 
-def _num_shards(cfg, stage: int, rounds: int, population: int, cohort: int,
+def _num_shards(cfg, key: int, stage: int, rounds: int, population: int, cohort: int,
                 shard_size: int) -> int:
-  """TFF clients per round of ``stage``: enough for its largest scheduled cohort."""
-  largest = sampling_lib.max_cohort_size(cfg.seed, stage, rounds, population, cohort,
+  """TFF clients per round of ``stage``: enough for its largest scheduled cohort
+  (``key``: the run's cohort key)."""
+  largest = sampling_lib.max_cohort_size(key, stage, rounds, population, cohort,
                                          cfg.privacy.sampling)
   return max(1, math.ceil(max(largest, 1) / shard_size))
 
@@ -217,9 +220,10 @@ def _json_default(o):
   return str(o)
 
 
-def calibrate(cfg) -> accounting.PrivacyReport:
-  """Noise multipliers for `cfg` (all zero for epsilon = inf)."""
-  return accounting.calibrate_from_config(cfg)
+def calibrate(cfg, cohort_key: Optional[int] = None) -> accounting.PrivacyReport:
+  """Noise multipliers for `cfg` (all zero for epsilon = inf) on the cohort schedule of
+  ``cohort_key`` (None: ``cfg.seed``)."""
+  return accounting.calibrate_from_config(cfg, cohort_key)
 
 
 def _log_stderr(m: str) -> None:
@@ -240,6 +244,9 @@ class _Plan:
   layout0: rd.StageLayout
   layout2: rd.StageLayout
   spec2: lp.ProcessSpec
+  #: Key of the cohort schedule: cfg.seed in simulation mode, the secret key of the
+  #: run's private state in secure mode (never logged or written elsewhere).
+  cohort_key: int = dataclasses.field(default=0, repr=False)
 
   @property
   def diagnostics(self) -> bool:
@@ -255,12 +262,12 @@ class _Plan:
             "stage2": (self.layout2.shard_size, self.layout2.num_shards)}
 
 
-def _default_shard_size(cfg, stage: int, rounds: int, population: int,
+def _default_shard_size(cfg, key: int, stage: int, rounds: int, population: int,
                         cohort: int) -> int:
   """Shards sized for the stage's largest scheduled (Poisson) cohort, not the expected
   one: a cohort just over the expected size would otherwise fill one more shard of
   mostly padding."""
-  largest = sampling_lib.max_cohort_size(cfg.seed, stage, rounds, population, cohort,
+  largest = sampling_lib.max_cohort_size(key, stage, rounds, population, cohort,
                                          cfg.privacy.sampling)
   return shards_lib.default_shard_size(max(1, largest or cohort))
 
@@ -277,21 +284,22 @@ def _check_oracle(cfg, pop) -> None:
         f"{int((true < 0).sum())} unknown and clusters up to {int(true.max(initial=-1))}")
 
 
-def _make_plan(cfg, pop, options: ProgramOptions) -> _Plan:
+def _make_plan(cfg, pop, options: ProgramOptions, cohort_key: int) -> _Plan:
   """The run's derived quantities: ε calibration, shard layouts, stage-2 spec."""
   rd.check_transport(options.shard_transport)
   _check_oracle(cfg, pop)
-  report = calibrate(cfg)
+  report = calibrate(cfg, cohort_key)
+  key = cohort_key
   t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
   t2 = cfg.stage2.rounds
-  shard2 = options.shard_size or _default_shard_size(cfg, 2, t2, pop.size,
+  shard2 = options.shard_size or _default_shard_size(cfg, key, 2, t2, pop.size,
                                                      cfg.stage2.cohort)
-  shard0 = options.shard_size or _default_shard_size(cfg, 0, t0, pop.size,
+  shard0 = options.shard_size or _default_shard_size(cfg, key, 0, t0, pop.size,
                                                      cfg.stage0.cohort)
-  layout2 = rd.StageLayout(shard2, _num_shards(cfg, 2, t2, pop.size, cfg.stage2.cohort,
-                                               shard2))
-  layout0 = rd.StageLayout(shard0, _num_shards(cfg, 0, t0, pop.size, cfg.stage0.cohort,
-                                               shard0))
+  layout2 = rd.StageLayout(shard2, _num_shards(cfg, key, 2, t2, pop.size,
+                                               cfg.stage2.cohort, shard2))
+  layout0 = rd.StageLayout(shard0, _num_shards(cfg, key, 0, t0, pop.size,
+                                               cfg.stage0.cohort, shard0))
   mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
   expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
                                                                 cfg.stage2.batch_size))
@@ -300,9 +308,10 @@ def _make_plan(cfg, pop, options: ProgramOptions) -> _Plan:
                               options.simulation_diagnostics,
                               num_shards=layout2.num_shards)
   return _Plan(cfg=cfg, pop=pop, options=options, report=report,
-               accounting_plan=accounting.plan_from_config(cfg),
+               accounting_plan=accounting.plan_from_config(cfg, cohort_key),
                num_models=method_table.num_models(cfg.method, cfg.num_clusters),
-               t0=t0, t2=t2, layout0=layout0, layout2=layout2, spec2=spec2)
+               t0=t0, t2=t2, layout0=layout0, layout2=layout2, spec2=spec2,
+               cohort_key=cohort_key)
 
 
 def run_simulation(cfg, clients_dir: str, root_dir: str,
@@ -337,12 +346,19 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
     raise DataError(f"{clients_dir}: the model is {pop.model.config.width} wide, but "
                     f"its manifest's backbone says {cfg.model_width}")
   write_json_atomic(os.path.join(root_dir, "config.json"), config_lib.to_dict(cfg))
-  plan = _make_plan(cfg, pop, options)
+  # Secure mode: the cohort schedule's secret key, from (or new in) the run's private
+  # state; simulation mode: the seed.
+  cohort_key = run_dir_lib.cohort_key(root_dir, cfg.privacy.noise_mode, cfg.seed)
+  plan = _make_plan(cfg, pop, options, cohort_key)
   run = _Run(plan, root_dir, log)
   stop = run.execute()
   if stop is not None:
     return stop
-  summary = summary_lib.summary(cfg, plan.report, plan.spec2, pop, run.state.values,
+  # ε as the server saw it: the calibrated noise accounted with every computation
+  # that ran more than once (a round re-run after a kill).
+  report = accounting.reaccount(plan.report, run.accounting_plan(),
+                                cfg.privacy.local_delta)
+  summary = summary_lib.summary(cfg, report, plan.spec2, pop, run.state.values,
                                 plan.layout_summary(), plan.shapes, plan.diagnostics)
   write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
   return summary
@@ -395,6 +411,9 @@ class _Run:
       st["head_bias"] = pop.head["head_bias"].astype(np.float32)
     self.release = release_lib.MetricsRelease(root_dir, cfg.method, plan.num_models,
                                               plan.t0, self.state.wall_s)
+    # Every noisy computation the server starts, recorded before it runs (counted in
+    # ε when a round runs again after a kill: docs/privacy.md, "Resume").
+    self.executions = ps.ExecutionLog(root_dir)
     self.evaluator: Optional[_Evaluator] = None  # made with the data source
     self.rounds_this_call = 0
     self.progress = loop.Progress(plan.options.progress, plan.t0 + plan.t2,
@@ -449,8 +468,16 @@ class _Run:
       if r.rnd % self.plan.options.checkpoint_every == 0 or r.rnd == total:
         self.state.save(phase, r.rnd)
 
+    stage_key = STAGE_KEYS[phase]
     return loop.RoundHooks(stop=lambda: self._stop(phase), release=self.release,
-                           after_round=after_round)
+                           after_round=after_round,
+                           started=lambda rnd: self.executions.start(stage_key, rnd))
+
+  def accounting_plan(self) -> accounting.AccountingPlan:
+    """The run's accounting plan with every computation started so far that ran more
+    than once (`computations.program_state.ExecutionLog`)."""
+    return dataclasses.replace(self.plan.accounting_plan,
+                               executions=self.executions.repeated())
 
   # ------------------------------------------------------------ round pieces
   def _evaluate(self, total: int, clustering: bool):
@@ -468,7 +495,7 @@ class _Run:
       if not z > 0:
         return float("inf")
       return accounting.epsilon_spent_after(
-          rnd, stage_key, p.accounting_plan, p.report.noise_multipliers,
+          rnd, stage_key, self.accounting_plan(), p.report.noise_multipliers,
           p.report.delta, p.report.accountant, p.report.threat_model)
     return epsilon
 
@@ -491,7 +518,8 @@ class _Run:
     cfg = self.plan.cfg
     return loop.RoundStage(
         stage=stage, total_rounds=total, process=process,
-        cohort=lambda rnd: sampling_lib.cohort(cfg.seed, stage, rnd, self.plan.pop.size,
+        cohort=lambda rnd: sampling_lib.cohort(self.plan.cohort_key, stage, rnd,
+                                               self.plan.pop.size,
                                                cohort, cfg.privacy.sampling),
         client_seeds=lambda rnd, ids: _client_seeds(cfg.seed, stage, rnd, ids,
                                                      cfg.privacy.noise_mode),
@@ -596,7 +624,7 @@ class _Run:
     p = self.plan
     cfg, pop, s1 = p.cfg, p.pop, p.cfg.stage1
     m1 = min(s1.num_sketch_clients, pop.size)
-    ids = sampling_lib.sketch_cohort(cfg.seed, pop.size, m1)
+    ids = sampling_lib.sketch_cohort(p.cohort_key, pop.size, m1)
     spec = local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
                            batch_size=cfg.stage2.batch_size, learning_rate=s1.lr,
                            train_keys=tm.LORA_KEYS + (tm.HEAD_KEYS if s1.train_head
@@ -621,6 +649,7 @@ class _Run:
                 if s1.noise_positions == "released" else "every coordinate")
     self.log(f"stage 1: {m1} clients send sketches (top-k={s1.top_k}, clip={s1.clip}, "
              f"z1={z1:.3f}, noise on {noise_on})")
+    self.executions.start("stage1", 1)
     results = sketch_results(z1)
     sketches = stage1_lib.collect_sketches(results)
     if p.diagnostics:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import time
 from typing import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from computations import run_dir as run_dir_lib
+from pina_tff.runtime import atomic
 
 PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = 0, 1, 2, 3
 #: Checkpoint versions of a later phase sort after every version of an earlier one.
@@ -106,3 +108,48 @@ class ProgramState:
     self.values["phase"] = np.int32(phase)
     if self._version() not in (asyncio.run(self._manager.get_versions()) or []):
       self.save(phase, self.round)
+
+
+#: The run directory's record of every noisy computation the server has run.
+EXECUTIONS_NAME = run_dir_lib.EXECUTIONS
+
+
+class ExecutionLog:
+  """Which noisy computations the server has started, and how many times each.
+
+  `start(stage, round)` is written (atomically, fsynced) *before* the computation
+  runs, so a run killed at any point, even between a round's aggregate and the
+  checkpoint that follows it, has recorded every computation the server may have
+  seen. On resume the rounds after the last checkpoint run again with fresh noise
+  (distributed DP and secure mode always; in simulation mode with seeded noise the
+  repeat is the same aggregate, counted all the same: one rule for every aggregator
+  and noise mode). The accountant counts a round computed n times as n Gaussians
+  (`pina_tff.privacy.accounting.AccountingPlan.executions`). Stage 1's sketches are
+  ('stage1', 1).
+
+  Args:
+    root_dir: the run directory (the log is `<root_dir>/executions.json`).
+  """
+
+  def __init__(self, root_dir: str):
+    self._path = os.path.join(root_dir, EXECUTIONS_NAME)
+    self._counts = {}
+    if os.path.exists(self._path):
+      with open(self._path, encoding="utf-8") as f:
+        for stage, rnd, times in json.load(f)["executions"]:
+          self._counts[(str(stage), int(rnd))] = int(times)
+
+  def start(self, stage: str, rnd: int) -> None:
+    """Records that ``stage``'s round ``rnd`` is about to be computed (durably)."""
+    key = (stage, int(rnd))
+    self._counts[key] = self._counts.get(key, 0) + 1
+    atomic.write_json(self._path, {"executions": [
+        [s, r, n] for (s, r), n in sorted(self._counts.items())]}, durable=True)
+
+  def times(self, stage: str, rnd: int) -> int:
+    """How many times ``stage``'s round ``rnd`` has been started."""
+    return self._counts.get((stage, int(rnd)), 0)
+
+  def repeated(self) -> tuple:
+    """((stage, round, times), ...) of the computations started more than once."""
+    return tuple((s, r, n) for (s, r), n in sorted(self._counts.items()) if n > 1)

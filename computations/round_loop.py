@@ -10,8 +10,9 @@ are passed in:
   `RoundHooks`    what happens between rounds: stop check, metric release,
                   checkpoint, progress.
 
-Per round: stop check -> cohort -> client values -> noise seed -> `process.next` ->
-keep -> evaluate -> ε -> release -> checkpoint -> progress.
+Per round: stop check -> cohort -> client values -> noise seed -> started (the
+execution log, before the server computes anything) -> `process.next` -> keep ->
+evaluate -> ε -> release -> checkpoint -> progress.
 """
 
 from __future__ import annotations
@@ -92,10 +93,14 @@ class RoundHooks:
     release: RoundResult -> None (metrics managers).
     after_round: RoundResult -> None (round counters, final accuracy, progress,
       checkpoint), called after `release`.
+    started: round -> None, called right before `process.next` (records, durably,
+      that the server is about to compute the round: a round computed again after a
+      kill is counted in ε); None: nothing.
   """
   stop: Callable[[], Optional[dict]]
   release: Callable[[RoundResult], None]
   after_round: Callable[[RoundResult], None]
+  started: Optional[Callable[[int], None]] = None
 
 
 def run_rounds(stage: RoundStage, state, first_round: int, data, hooks: RoundHooks):
@@ -120,6 +125,8 @@ def run_rounds(stage: RoundStage, state, first_round: int, data, hooks: RoundHoo
     values = data.round_data(stage.stage, rnd, ids, stage.client_seeds(rnd, ids))
     if stage.noise_seed is not None:
       state = agg.with_noise_seed(state, stage.noise_seed(rnd))
+    if hooks.started is not None:
+      hooks.started(rnd)
     out = stage.process.next(state, values)
     state = out.state
     params = stage.keep(rnd, state)

@@ -22,6 +22,7 @@ import shutil
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from pina_tff import rng_streams
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import atomic
 from pina_tff.runtime import locks
@@ -31,11 +32,16 @@ from pina_tff.runtime import sweep
 FINGERPRINT_NAME = "run.json"
 CHECKPOINTS = "checkpoints"
 # Everything the program writes into a run directory (what --restart removes).
+# executions.json: every noisy computation the server started (counted in ε on resume).
+EXECUTIONS = "executions.json"
+# private/: the run's private state (owner-only): secure mode's secret cohort key.
+PRIVATE = "private"
+COHORT_KEY_NAME = "cohort_key"
 PROGRAM_OUTPUTS = (CHECKPOINTS, "metrics.csv", "tensorboard", "summary.json",
-                   "config.json", FINGERPRINT_NAME)
+                   "config.json", EXECUTIONS, PRIVATE, FINGERPRINT_NAME)
 # A directory with none of these holds no results yet (e.g. a run that stopped on bad
 # data before its first round): it is taken over without --restart.
-RESULTS = (CHECKPOINTS, "metrics.csv", "summary.json")
+RESULTS = (CHECKPOINTS, "metrics.csv", "summary.json", EXECUTIONS)
 
 
 @contextlib.contextmanager
@@ -168,3 +174,44 @@ def load_latest_readable(manager, template, log: Callable[[str], None]):
       log(f"checkpoint {os.path.basename(path)} is unreadable ({first}); moved it to "
           f"{os.path.basename(aside)} and trying an older one")
   return None, 0
+
+
+def cohort_key(root_dir: str, noise_mode: str, seed: int) -> int:
+  """The key of the run's cohort schedule (`pina_tff.simulation.sampling`).
+
+  'simulation': ``seed`` (the run repeats exactly; the schedule is public with the seed).
+  'secure': a 128-bit key of OS entropy (`rng_streams.secure_run_key`), drawn on the
+  run's first start and kept only in its private state,
+  ``<root_dir>/private/cohort_key`` (directory 0700, file 0600, written before any
+  cohort is drawn), so a resumed run sees the same cohorts. Never in config.json,
+  summary.json, logs or TensorBoard.
+
+  Raises:
+    ConfigError: secure mode, checkpoints but no key (the cohorts cannot be
+      reproduced), or a key file others can read or write.
+  """
+  if noise_mode != "secure":
+    return int(seed)
+  private = os.path.join(root_dir, PRIVATE)
+  path = os.path.join(private, COHORT_KEY_NAME)
+  if os.path.exists(path):
+    mode = os.stat(path).st_mode & 0o777
+    dmode = os.stat(private).st_mode & 0o777
+    if mode & 0o077 or dmode & 0o077:
+      raise ConfigError(
+          f"{path} (or its directory) can be read or written by others (mode "
+          f"{mode:o} / {dmode:o}): the secure-mode cohort key must be owner-only; "
+          "pass --restart to start over with a new key")
+    with open(path, encoding="utf-8") as f:
+      return int(f.read().strip(), 16)
+  ckpt = os.path.join(root_dir, CHECKPOINTS)
+  if os.path.isdir(ckpt) and os.listdir(ckpt):
+    raise ConfigError(
+        f"{root_dir} holds a secure-mode run's checkpoints but no {PRIVATE}/"
+        f"{COHORT_KEY_NAME}: its cohorts cannot be reproduced; pass --restart to start "
+        "over")
+  os.makedirs(private, mode=0o700, exist_ok=True)
+  os.chmod(private, 0o700)
+  key = rng_streams.secure_run_key()
+  atomic.write_text(path, f"{key:032x}\n", durable=True, mode=0o600)
+  return key

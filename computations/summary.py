@@ -32,6 +32,12 @@ EPSILON_RELEASE_CONDITION = (
     "holds only if the seed is secret: the cohort schedule is a function of the run's "
     "seed, which config.json and summary.json record; against anyone who knows it, "
     "the release epsilon is epsilon_server")
+#: The same in secure mode: the schedule's key is secret (docs/privacy.md).
+EPSILON_RELEASE_CONDITION_SECURE = (
+    "holds against anyone but the holder of the run's secret cohort key (secure mode: "
+    "the cohort schedule is drawn from 128 bits of OS entropy kept only in the run "
+    "directory's owner-only private/cohort_key); against the key holder, the release "
+    "epsilon is epsilon_server")
 
 
 def _ddp_nominal(cfg, report, spec2, layout, shapes) -> dict:
@@ -71,6 +77,15 @@ def _ddp_wraparound(cfg, report, spec2, layout, shapes) -> dict:
   return out
 
 
+def _public_report(cfg, report) -> dict:
+  """The privacy report as summary.json writes it: in secure mode the accounting
+  plan's schedule key is the run's secret cohort key, so it is replaced by a note."""
+  out = report.to_dict()
+  if cfg.privacy.noise_mode == "secure":
+    out["plan"] = dict(out["plan"], seed="secret (secure mode: private/cohort_key)")
+  return out
+
+
 def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dict:
   """The privacy fields of summary.json.
 
@@ -87,7 +102,9 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
       epsilon_release=finite_or_str(report.epsilons["release"]),
       epsilon_server=finite_or_str(report.epsilons["server"]),
       # The release ε assumes secret cohorts; they are a function of the recorded seed.
-      epsilon_release_condition=EPSILON_RELEASE_CONDITION,
+      epsilon_release_condition=(EPSILON_RELEASE_CONDITION_SECURE
+                                 if p.noise_mode == "secure" else
+                                 EPSILON_RELEASE_CONDITION),
       threat_model_calibrated=report.threat_model, sampling=p.sampling,
       noise_mode=p.noise_mode, accountant=report.accountant,
       # The calibrated threat model's ε under each accountant (PLD, the calibrated
@@ -107,6 +124,11 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
       local_epsilon_ifca_ldp=(finite_or_str(report.local_epsilon2)
                               if report.local_epsilon2 is not None else None),
       max_participations=report.max_participations,
+      # Computations the server ran more than once (a round re-run on resume after a
+      # kill between its aggregate and the next checkpoint): counted in every ε above.
+      computations_repeated=[
+          {"stage": st, "round": r, "times": n}
+          for st, r, n in report.plan.get("executions", ())],
       ddp_nominal_noise_multipliers=_ddp_nominal(cfg, report, spec2, layout, shapes),
       ddp_wraparound=_ddp_wraparound(cfg, report, spec2, layout, shapes),
       tff_shards_per_round={k: n for k, (_, n) in layout.items()},
@@ -148,6 +170,6 @@ def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
                             if method.uses_stage1 else None),
       stage1_positions_released_outside_epsilon=(
           cfg.stage1.noise_positions == "released" if method.uses_stage1 else None),
-      wall_clock_s=float(st["elapsed"]), privacy=report.to_dict(),
+      wall_clock_s=float(st["elapsed"]), privacy=_public_report(cfg, report),
       config=config_lib.to_dict(cfg),
       **privacy_fields(cfg, report, spec2, layout, shapes, diagnostics))

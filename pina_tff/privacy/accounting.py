@@ -137,6 +137,14 @@ class AccountingPlan:
     sampling: 'poisson' or 'fixed' (``pina_tff.simulation.sampling``).
     seed: the run's seed (fixes the cohort schedule); None: counts bounded by T0, T2.
     stage1_clients: how many clients send a sketch (None: possibly every client).
+    executions: ((stage, round, times), ...) for every round the server computed more
+      than once (a run killed after a round's noisy aggregate and before the checkpoint
+      that follows it re-runs the round on resume: `computations.program_state.
+      ExecutionLog`); stage 1's sketches are ('stage1', 1, times). A round computed n
+      times with independent noise is n Gaussians: for a client of its cohort
+      Gaussian(z)^n, and under amplification PoissonSampled(q, Gaussian(z/sqrt(n)))
+      (the n copies share the one Poisson cohort). Calibration ignores them (the noise
+      is fixed before anything runs); :func:`account` counts them.
   """
   population: int
   stage0_rounds: int = 0
@@ -148,6 +156,7 @@ class AccountingPlan:
   sampling: str = "poisson"
   seed: Optional[int] = None
   stage1_clients: Optional[int] = None
+  executions: Tuple[Tuple[str, int, int], ...] = ()
 
   def active_stages(self) -> List[str]:
     out = []
@@ -167,14 +176,21 @@ class AccountingPlan:
     t0 = self.stage0_rounds if idx > 0 else min(rounds_done, self.stage0_rounds)
     s1 = self.stage1_enabled and (idx > 1 or (idx == 1 and rounds_done > 0))
     t2 = min(rounds_done, self.stage2_rounds) if idx == 2 else 0
-    return dataclasses.replace(self, stage0_rounds=t0, stage1_enabled=s1,
-                               stage2_rounds=t2)
+    limits = {"stage0": t0, "stage1": 1 if s1 else 0, "stage2": t2}
+    return dataclasses.replace(
+        self, stage0_rounds=t0, stage1_enabled=s1, stage2_rounds=t2,
+        executions=tuple(e for e in self.executions if e[1] <= limits[e[0]]))
+
+  def times_run(self, stage: str) -> Dict[int, int]:
+    """{round: times computed} of ``stage``'s rounds computed more than once."""
+    return {int(r): int(n) for st, r, n in self.executions if st == stage and n > 1}
 
   def client_rows(self) -> Tuple[Tuple[int, int, int], ...]:
     """Pareto-maximal (K0, s1, K2) participation rows over the clients."""
     return _client_rows(self.population, self.stage0_rounds, self.stage0_cohort,
                         self.stage1_enabled, self.stage1_clients, self.stage2_rounds,
-                        self.stage2_cohort, self.sampling, self.seed)
+                        self.stage2_cohort, self.sampling, self.seed,
+                        tuple(sorted(self.executions)))
 
   def max_participations(self) -> Tuple[int, int]:
     """(max K0, max K2) over the clients."""
@@ -188,10 +204,28 @@ class AccountingPlan:
       return False
     return not (stage == "stage2" and self.stage2_local_dp)
 
+  def stage_events(self, stage: str, noise_multiplier: float, threat_model: str,
+                   row: Tuple[int, int, int]) -> List[StageEvent]:
+    """``stage``'s events for one client row, rounds computed more than once included:
+    unamplified, the row already counts them (a client's K is its number of
+    computations); amplified, round r computed n times is PoissonSampled(q,
+    Gaussian(z/sqrt(n)))."""
+    reps = self.times_run(stage)
+    if not reps or not self.amplified(stage, threat_model):
+      return [self.stage_event(stage, noise_multiplier, threat_model, row)]
+    rounds, cohort = ((self.stage0_rounds, self.stage0_cohort) if stage == "stage0"
+                      else (self.stage2_rounds, self.stage2_cohort))
+    reps = {r: n for r, n in reps.items() if r <= rounds}
+    q = _sampling_probability(cohort, self.population)
+    return ([StageEvent(stage, noise_multiplier, rounds - len(reps), q)] +
+            [StageEvent(stage, noise_multiplier / math.sqrt(n), 1, q)
+             for _, n in sorted(reps.items())])
+
   def stage_event(self, stage: str, noise_multiplier: float,
                   threat_model: str = "release",
                   row: Optional[Tuple[int, int, int]] = None) -> StageEvent:
-    """The :class:`StageEvent` of ``stage`` for one client row (default: the maxima)."""
+    """The :class:`StageEvent` of ``stage`` for one client row (default: the maxima),
+    without the amplified rounds computed more than once (:meth:`stage_events`)."""
     if stage not in STAGES:
       raise ConfigError(f"Unknown stage {stage!r}; expected one of {list(STAGES)}.")
     if row is None:
@@ -209,24 +243,38 @@ class AccountingPlan:
 
   def events(self, noise_multipliers: Mapping[str, float], threat_model: str,
              row: Tuple[int, int, int]) -> List[StageEvent]:
-    return [self.stage_event(s, noise_multipliers.get(s, 0.0), threat_model, row)
-            for s in self.active_stages()]
+    return [e for s in self.active_stages()
+            for e in self.stage_events(s, noise_multipliers.get(s, 0.0), threat_model,
+                                       row)]
 
 
 @functools.lru_cache(maxsize=64)
-def _client_rows(population, t0, m0, s1_enabled, m1, t2, m2, scheme, seed):
+def _client_rows(population, t0, m0, s1_enabled, m1, t2, m2, scheme, seed,
+                 executions=()):
+  """Pareto-maximal rows of (K0, s1, K2): each client's number of computations it
+  took part in per stage (a round computed n times counts n)."""
+  extra = {"stage0": {}, "stage1": {}, "stage2": {}}
+  for st, r, n in executions:
+    if n > 1:
+      extra[st][int(r)] = int(n) - 1
+  extra["stage0"] = {r: n for r, n in extra["stage0"].items() if r <= t0}
+  extra["stage2"] = {r: n for r, n in extra["stage2"].items() if r <= t2}
+  n1 = 1 + sum(extra["stage1"].values()) if s1_enabled else 0
   if seed is None:
-    return ((t0, 1 if s1_enabled else 0, t2),)
+    return ((t0 + sum(extra["stage0"].values()), n1, t2 + sum(extra["stage2"].values())),)
   k0 = (sampling_lib.participation_counts(seed, 0, t0, population, m0, scheme)
         if t0 > 0 else np.zeros(population, np.int64))
   k2 = (sampling_lib.participation_counts(seed, 2, t2, population, m2, scheme)
         if t2 > 0 else np.zeros(population, np.int64))
+  for k, stage, m in ((k0, 0, m0), (k2, 2, m2)):
+    for r, n in extra[f"stage{stage}"].items():
+      k[sampling_lib.cohort(seed, stage, r, population, m, scheme)] += n
   s1 = np.zeros(population, np.int64)
   if s1_enabled:
     if m1 is None or m1 >= population:
-      s1[:] = 1
+      s1[:] = n1
     else:
-      s1[sampling_lib.sketch_cohort(seed, population, m1)] = 1
+      s1[sampling_lib.sketch_cohort(seed, population, m1)] = n1
   rows = sorted(set(zip(k0.tolist(), s1.tolist(), k2.tolist())), reverse=True)
   pareto = []
   for r in rows:
@@ -450,7 +498,8 @@ def resolve_budget_split(plan: AccountingPlan,
 
 
 def _local_epsilons(plan, zs, local_delta, accountant):
-  eps1 = (local_epsilon(zs["stage1"], local_delta, accountant)
+  eps1 = (local_epsilon(zs["stage1"], local_delta, accountant,
+                        count=max(r[1] for r in plan.client_rows()))
           if plan.stage1_enabled else None)
   eps2 = None
   if plan.stage2_local_dp and plan.stage2_rounds > 0:
@@ -475,7 +524,7 @@ def account(plan: AccountingPlan, noise_multipliers: Mapping[str, float], delta:
                                    for m in THREAT_MODELS}
   stage_eps = {s: 0.0 for s in STAGES}
   for s in active:
-    stage_eps[s] = max(epsilon_for([plan.stage_event(s, zs[s], threat_model, row)],
+    stage_eps[s] = max(epsilon_for(plan.stage_events(s, zs[s], threat_model, row),
                                    delta, accountant) for row in plan.client_rows())
   eps1, eps2 = _local_epsilons(plan, zs, local_delta, accountant)
   k0, k2 = plan.max_participations()
@@ -521,6 +570,7 @@ def calibrate_noise_multipliers(target_epsilon: float, delta: float,
     raise ConfigError(f"fit_total must be 'check' or 'tighten', found {fit_total!r}.")
   make_accountant(accountant)  # validates the name
   local_delta = delta if local_delta is None else local_delta
+  plan = dataclasses.replace(plan, executions=())  # fixed before anything runs
   split = resolve_budget_split(plan, budget_split)
   active = list(split)
   plan_dict = dataclasses.asdict(plan)
@@ -572,6 +622,17 @@ def calibrate_noise_multipliers(target_epsilon: float, delta: float,
       report, budget_split=split,
       stage_epsilon_targets={s: (split[s] * target_epsilon if s in active else 0.0)
                              for s in STAGES})
+
+
+def reaccount(report: PrivacyReport, plan: AccountingPlan,
+              local_delta: Optional[float] = None) -> PrivacyReport:
+  """``report``'s calibrated noise accounted on ``plan`` (e.g. with the rounds the
+  server computed more than once): every ε recomputed, the target, split and
+  per-stage targets kept. ``local_delta``: δ of the local ε's (None: ``delta``)."""
+  new = account(plan, report.noise_multipliers, report.delta, report.threat_model,
+                report.accountant, local_delta, epsilon_target=report.epsilon_target)
+  return dataclasses.replace(new, budget_split=report.budget_split,
+                             stage_epsilon_targets=report.stage_epsilon_targets)
 
 
 def _fit_common_factor(plan, zs, delta, threat_model, accountant, target, tol):
@@ -631,13 +692,14 @@ def epsilon_spent_after(rounds_done: int, stage: str, plan: AccountingPlan,
                      threat_model, accountant)
 
 
-def plan_from_config(cfg) -> AccountingPlan:
+def plan_from_config(cfg, cohort_key: Optional[int] = None) -> AccountingPlan:
   """The :class:`AccountingPlan` of a validated :class:`pina_tff.config.RunConfig`.
 
   Stage 1 runs only for methods whose table entry uses it (PINA;
   ``num_sketch_clients`` clients); stage 0 when enabled with T0 > 0; methods with local
   noise (IFCA+LDP) account stage 2 as local DP (``pina_tff.method_table``). The cohort schedule
-  is the one the program draws from ``cfg.seed`` with ``cfg.privacy.sampling``.
+  is the one the program draws with ``cfg.privacy.sampling`` from ``cohort_key``: the
+  secure-mode run's secret cohort key, or (None) ``cfg.seed``.
   """
   s0, s2 = cfg.stage0, cfg.stage2
   method = method_table.get(cfg.method)
@@ -648,15 +710,18 @@ def plan_from_config(cfg) -> AccountingPlan:
       stage1_enabled=method.uses_stage1,
       stage2_rounds=s2.rounds, stage2_cohort=s2.cohort,
       stage2_local_dp=method.local_noise,
-      sampling=cfg.privacy.sampling, seed=int(cfg.seed),
+      sampling=cfg.privacy.sampling,
+      seed=int(cfg.seed if cohort_key is None else cohort_key),
       stage1_clients=min(cfg.stage1.num_sketch_clients, cfg.population))
 
 
-def calibrate_from_config(cfg, **kwargs) -> PrivacyReport:
+def calibrate_from_config(cfg, cohort_key: Optional[int] = None,
+                          **kwargs) -> PrivacyReport:
   """:func:`calibrate_noise_multipliers` for a RunConfig (defaults resolved by
-  ``pina_tff.config.resolve``)."""
+  ``pina_tff.config.resolve``); ``cohort_key`` as in :func:`plan_from_config`."""
   cfg = config_lib.resolve(cfg)
   p = cfg.privacy
   return calibrate_noise_multipliers(
-      p.epsilon, p.delta, plan_from_config(cfg), p.budget_split, p.accountant,
+      p.epsilon, p.delta, plan_from_config(cfg, cohort_key), p.budget_split,
+      p.accountant,
       local_delta=p.local_delta, threat_model=p.threat_model, **kwargs)

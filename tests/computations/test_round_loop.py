@@ -2,6 +2,7 @@
 round's steps, what the data source is asked for, resume and stop semantics, and the
 packed data source's padding and transports."""
 import collections
+import dataclasses
 import os
 
 import numpy as np
@@ -73,6 +74,33 @@ def test_each_round_runs_its_steps_in_order_and_releases_what_it_computed():
   assert [r.rnd for r in released] == [1, 2, 3]
   assert released[0].accuracy == pytest.approx(23 / 100) and released[0].clustering == 0.5
   assert released[1].epsilon == 0.5 and released[1].loss == 45.0
+
+
+def test_started_is_recorded_before_the_server_computes_and_logs_repeats(tmp_path):
+  """The execution log is written before `process.next` (a kill inside `next` or
+  between release and checkpoint still finds the round logged); a round started again
+  (resume from an earlier checkpoint) is listed with the times it ran, across
+  instances of the log (a new process)."""
+  from computations import program_state  # pylint: disable=g-import-not-at-top
+  calls = []
+  log = program_state.ExecutionLog(str(tmp_path))
+
+  def started(rnd):
+    log.start("stage2", rnd)
+    calls.append(("started", rnd))
+  hooks = dataclasses.replace(_hooks(calls)[0], started=started)
+  loop.run_rounds(_stage(calls), 0, 1, _Source(calls), hooks)
+  assert [c[0] for c in calls] == ["data", "started", "next", "keep", "release",
+                                   "after"] * 3
+  assert log.repeated() == ()
+  again = program_state.ExecutionLog(str(tmp_path))  # the resumed process
+  assert again.times("stage2", 2) == 1
+  calls.clear()
+  hooks = dataclasses.replace(_hooks(calls)[0],
+                              started=lambda r: again.start("stage2", r))
+  loop.run_rounds(_stage(calls), 0, 2, _Source(calls), hooks)
+  assert again.repeated() == (("stage2", 2, 2), ("stage2", 3, 2))
+  assert program_state.ExecutionLog(str(tmp_path)).repeated() == again.repeated()
 
 
 def test_resume_starts_at_the_given_round_and_stop_returns_before_a_round():

@@ -155,5 +155,39 @@ def test_output_paths(tmp_path):
       paths.check_output_dir(str(ro / "run"), "--root_dir")
 
 
+def test_secure_cohort_key_is_owner_only_private_state(tmp_path):
+  """Simulation mode: the seed, nothing written. Secure mode: 128 bits of OS entropy in
+  private/cohort_key (0700 / 0600 even under umask 0), the same key on resume, another
+  key in another run directory; a readable key file or checkpoints without a key are
+  one ConfigError."""
+  sim = tmp_path / "sim"
+  sim.mkdir()
+  assert run_dir.cohort_key(str(sim), "simulation", 7) == 7
+  assert not (sim / run_dir.PRIVATE).exists()
+  a, b = tmp_path / "a", tmp_path / "b"
+  a.mkdir()
+  b.mkdir()
+  old = os.umask(0)
+  try:
+    key = run_dir.cohort_key(str(a), "secure", 7)
+  finally:
+    os.umask(old)
+  path = a / run_dir.PRIVATE / run_dir.COHORT_KEY_NAME
+  assert os.stat(path).st_mode & 0o777 == 0o600
+  assert os.stat(path.parent).st_mode & 0o777 == 0o700
+  assert key.bit_length() > 64 and key < 2 ** 128
+  assert int(path.read_text(), 16) == key
+  assert run_dir.cohort_key(str(a), "secure", 7) == key  # resume: the same cohorts
+  assert run_dir.cohort_key(str(b), "secure", 7) != key
+  assert run_dir.PRIVATE in run_dir.PROGRAM_OUTPUTS  # --restart removes it
+  os.chmod(path, 0o644)
+  with pytest.raises(ConfigError, match="owner-only"):
+    run_dir.cohort_key(str(a), "secure", 7)
+  c = tmp_path / "c"
+  (c / run_dir.CHECKPOINTS / "program_state_1").mkdir(parents=True)
+  with pytest.raises(ConfigError, match="cannot be reproduced"):
+    run_dir.cohort_key(str(c), "secure", 7)
+
+
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))

@@ -2,6 +2,7 @@
 closed-form Gaussian compositions (analytic Gaussian mechanism, Balle & Wang 2018),
 Microsoft's independent `prv-accountant`, and the cohort schedule counted by hand.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -237,6 +238,54 @@ def test_release_calibration_spends_the_target_per_prv_accountant():
                          (PoissonSubsampledGaussianMechanism(0.25, r.z2), 20)], delta)
   assert lo <= r.epsilon_achieved and est == pytest.approx(target, rel=0.02)
   assert r.epsilons_by_accountant["rdp"]["release"] > r.epsilon_achieved
+
+
+def test_rounds_computed_twice_are_counted_for_every_client_of_their_cohort():
+  """A round the server computed twice (kill between its aggregate and the checkpoint,
+  then resume) is two Gaussians for each client of its cohort (server model), and
+  PoissonSampled(q, Gaussian(z/sqrt(2))) under amplification; the sketches computed
+  three times are Gaussian(z1)^3. References: the closed form over the clients' rows,
+  and prv-accountant."""
+  zs = {"stage0": 3.0, "stage1": 2.5, "stage2": 4.0}
+  delta = 1e-5
+  plan = acc.AccountingPlan(**{**PLAN.__dict__, "executions": (
+      ("stage2", 3, 2), ("stage2", 17, 2), ("stage0", 2, 2), ("stage1", 1, 3))})
+  k0 = sampling.participation_counts(7, 0, 5, 200, 40)
+  k2 = sampling.participation_counts(7, 2, 20, 200, 50)
+  k0[sampling.cohort(7, 0, 2, 200, 40)] += 1
+  k2[sampling.cohort(7, 2, 3, 200, 50)] += 1
+  k2[sampling.cohort(7, 2, 17, 200, 50)] += 1
+  want = worst_row_eps([(k0, 3.0), (3 * np.ones(200), 2.5), (k2, 4.0)], delta)
+  got = acc.run_epsilon(plan, zs, delta, "server", "pld")
+  assert got == pytest.approx(want, rel=1e-6)
+  assert got > acc.run_epsilon(PLAN, zs, delta, "server", "pld")
+  # Release model: prv-accountant on the same mechanisms.
+  zr = {"stage0": 1.2, "stage1": 2.0, "stage2": 0.9}
+  lo, est, _ = prv_eps([(PoissonSubsampledGaussianMechanism(0.2, 1.2), 4),
+                        (PoissonSubsampledGaussianMechanism(0.2, 1.2 / math.sqrt(2)), 1),
+                        (GaussianMechanism(2.0 / math.sqrt(3)), 1),
+                        (PoissonSubsampledGaussianMechanism(0.25, 0.9), 18),
+                        (PoissonSubsampledGaussianMechanism(0.25, 0.9 / math.sqrt(2)), 2)],
+                       delta)
+  rel = acc.run_epsilon(plan, zr, delta, "release", "pld")
+  assert rel >= lo and rel == pytest.approx(est, rel=0.03)
+  assert rel > acc.run_epsilon(PLAN, zr, delta, "release", "pld")
+  # Per round: a repeat counts from its round on; calibration ignores repeats (the
+  # noise is fixed before anything runs); reaccount counts them.
+  assert (acc.epsilon_spent_after(2, "stage2", plan, zs, delta) ==
+          pytest.approx(acc.epsilon_spent_after(2, "stage2", dataclasses.replace(
+              plan, executions=(("stage0", 2, 2), ("stage1", 1, 3))), zs, delta)))
+  assert plan.truncated("stage2", 5).executions == (
+      ("stage2", 3, 2), ("stage0", 2, 2), ("stage1", 1, 3))
+  r = acc.calibrate_noise_multipliers(4.0, delta, plan)
+  assert r.noise_multipliers == acc.calibrate_noise_multipliers(4.0, delta, PLAN
+                                                                ).noise_multipliers
+  again = acc.reaccount(r, plan)
+  assert again.noise_multipliers == r.noise_multipliers
+  assert again.epsilon_achieved == pytest.approx(
+      acc.run_epsilon(plan, r.noise_multipliers, delta, "server"))
+  assert again.epsilon_achieved > 4.0 >= r.epsilon_achieved
+  assert again.local_epsilon1 == pytest.approx(acc.local_epsilon(r.z1, delta, count=3))
 
 
 @pytest.mark.parametrize("kwargs", [dict(delta=0.0), dict(delta=1.5),
