@@ -85,8 +85,8 @@ FMNIST_DEFAULTS = {
                "top_k": 16, "clip": 1.0, "train_head": False},
     "stage2": {"rounds": 15, "cohort": ALL, "local_epochs": 5, "batch_size": 16,
                "client_lr": 1.0, "server_lr": 10.0, "server_momentum": 0.0, "clip": 1.0,
-               "warm_rounds": 2, "scaling": "pina", "aggregator": "ddp",
-               "fedprox_mu": 0.1},
+               "warm_rounds": 2, "scaling": "pina", "normality_rule": "restore",
+               "aggregator": "ddp", "fedprox_mu": 0.1},
 }
 
 # The settings of pina-grid's `paper` preset (rotated CIFAR-10 / FEMNIST with 10,000

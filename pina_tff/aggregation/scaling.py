@@ -67,7 +67,8 @@ class NormalityRule:
   """The normality phase's formula (module docstring) and the public facts it uses.
 
   Attributes:
-    name: one of :data:`pina_tff.config.NORMALITY_RULES`.
+    name: one of :data:`pina_tff.config.NORMALITY_RULES` (default 'shrink', which
+      reads no noise std; the program passes ``Stage2Config.normality_rule``).
     noise_std: per-coordinate standard deviation of the noise in the aggregate u, in
       parameter units (z·S/M for central and distributed DP; 0 without noise). A
       public parameter of the mechanism, so using it costs no privacy.
@@ -166,7 +167,9 @@ def scale_cluster_aggregates(
     warm_rounds: T_w for mode 'pina' (min_norm while t < T_w).
     w_fn: f(u [C, P]) -> W [C]; default ``normality.make_shapiro_w_fn(P, max_n, seed)``.
     ignore_zero_slots: see module docstring.
-    rule: the normality phase's formula (default: ``NormalityRule()``, 'shrink').
+    rule: the normality phase's formula. Default ``NormalityRule()``: 'shrink', the
+      only rule that needs no noise std; runs pass the config's rule (default
+      'restore', chosen on validation) with their aggregator's noise std.
 
   Returns:
     (scaled u [C, P], diagnostics {'norms', 'w', 'target_norms', 'scale_factors'},

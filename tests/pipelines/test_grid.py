@@ -125,7 +125,7 @@ def test_variants_overrides_and_eval_split_reach_the_run_config(monkeypatch, tmp
                                      ("pina@restore", "pina@none", "ifca")]
   a, b, c = cfgs
   assert (a.method, a.stage2.normality_rule, a.stage2.scaling) == ("pina", "restore", "pina")
-  assert (b.method, b.stage2.normality_rule, b.stage2.scaling) == ("pina", "shrink", "none")
+  assert (b.method, b.stage2.normality_rule, b.stage2.scaling) == ("pina", "restore", "none")
   assert all(x.eval_split == "test" and x.stage2.restore_max_gain == 2.5
              and x.stage2.rounds == 3 for x in cfgs)
   inv = json.load(open(os.path.join(h.out, "grid.json")))["invocations"][0]
