@@ -26,15 +26,27 @@ BF16_REL_TOL = 0.03
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
 @pytest.mark.parametrize("name", sorted(pc.SPECS))
 def test_float32_is_the_golden_bit_for_bit(name, graph):
+  """float32 client work equals the golden (the code before the precision option),
+  bit for bit where no client is clipped, and up to the exact-bound correction where
+  clients are."""
   golden = np.load(pc.GOLDEN)
   key = f"{name}/{'graph' if graph else 'eager'}"
   update, diag = pc.run_case(name, graph=graph, compute_dtype="float32")
-  if str(golden["cpu_signature"]) == pc.cpu_signature():
-    np.testing.assert_array_equal(update, golden[f"{key}/update"])
-    for k, v in diag.items():
-      np.testing.assert_array_equal(v, golden[f"{key}/{k}"], err_msg=k)
-  else:  # another CPU / TF build: kernels may round differently
-    np.testing.assert_allclose(update, golden[f"{key}/update"], rtol=1e-5, atol=1e-7)
+  want = golden[f"{key}/update"]
+  if str(golden["cpu_signature"]) != pc.cpu_signature():
+    # Another CPU / TF build: kernels may round differently.
+    np.testing.assert_allclose(update, want, rtol=1e-5, atol=1e-7)
+    return
+  for k, v in diag.items():
+    np.testing.assert_array_equal(v, golden[f"{key}/{k}"], err_msg=k)
+  if golden[f"{key}/num_clipped"] == 0:
+    np.testing.assert_array_equal(update, want)
+  else:
+    # The golden predates `enforce_norm_bound`: the rows its float32 scaling left an
+    # ulp above the clip are now one (1 - 2^-20) step smaller, nothing else changed.
+    assert not np.array_equal(update, want)
+    np.testing.assert_allclose(update, want, rtol=0,
+                               atol=2.0**-19 * np.abs(want).max() * len(pc.tail_shard()["mask"]))
 
 
 def _one_slot_per_client(num_clients=24, seed=11):
@@ -51,6 +63,50 @@ def _slots(spec, shard, params):
   fn = tf.function(lambda: local.shard_update(pc.tail_model(), spec, params, shard))
   update, diag = fn()
   return update.numpy(), {k: v.numpy() for k, v in diag.items()}
+
+
+@pytest.mark.parametrize("clip", [1e-3, 0.03, 0.1])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_clipped_norm_bound_holds_exactly(clip, dtype):
+  shard, params = _one_slot_per_client()
+  s = len(params["lora_a"])
+  spec = local.LocalSpec(num_clusters=s, local_epochs=2, batch_size=3, learning_rate=0.5,
+                         clip_norm=clip, true_cluster=True, num_true_clusters=s,
+                         fedprox_mu=0.1, compute_dtype=dtype)
+  slots, diag = _slots(spec, shard, params)
+  assert slots.dtype == np.float32
+  assert diag["num_clipped"] == s  # every client clipped: the bound is tight
+  norms32 = tf.norm(tf.constant(slots), axis=-1).numpy()
+  norms64 = np.linalg.norm(slots.astype(np.float64), axis=-1)
+  assert (norms32 <= np.float32(clip)).all(), norms32.max() - np.float32(clip)
+  assert (norms64 <= float(np.float32(clip))).all(), norms64.max() - float(np.float32(clip))
+  assert (norms64 > 0.999 * clip).all()  # and it was clipped to the bound, not below
+  if dtype == "bfloat16":  # it did train in bfloat16: the float32 run differs
+    slots32, _ = _slots(dataclasses.replace(spec, compute_dtype="float32"), shard, params)
+    assert not np.array_equal(slots, slots32)
+
+
+def test_enforce_norm_bound_fixes_only_rows_over_the_bound():
+  rng = np.random.default_rng(0)
+  bound = 0.05
+  raw = rng.standard_normal((400, 300)).astype(np.float32)
+  # The float32 scaling to the bound (what clip_rows did before the correction), and
+  # rows well inside the bound.
+  norms = np.linalg.norm(raw, axis=-1, keepdims=True).astype(np.float32)
+  scaled = raw * (np.float32(bound) / norms)
+  rows = np.concatenate([scaled, 0.5 * scaled]).astype(np.float32)
+  out = local.enforce_norm_bound(tf.constant(rows), bound).numpy()
+  n64_in = np.linalg.norm(rows.astype(np.float64), axis=-1)
+  n32_in = tf.norm(tf.constant(rows), axis=-1).numpy()
+  over = (n64_in > float(np.float32(bound))) | (n32_in > np.float32(bound))
+  assert 0 < over.sum() < len(rows)  # the float32 scaling does overshoot, sometimes
+  np.testing.assert_array_equal(out[~over], rows[~over])  # bit for bit
+  n64_out = np.linalg.norm(out.astype(np.float64), axis=-1)
+  assert (n64_out <= float(np.float32(bound))).all()
+  assert (tf.norm(tf.constant(out), axis=-1).numpy() <= np.float32(bound)).all()
+  # Corrected rows lost at most two shrink steps (about 2e-6 relative).
+  ratio = n64_out[over] / n64_in[over]
+  assert (ratio >= (1 - 2.0**-20)**2 * (1 - 1e-7)).all() and (ratio < 1).all()
 
 
 @pytest.mark.parametrize("name", sorted(pc.SPECS))
@@ -93,8 +149,8 @@ def test_bfloat16_graph_runs_the_tail_matmuls_in_bfloat16_and_clips_in_float32()
   for fn in [graph] + [graph._functions[k].graph for k in graph._functions]:  # pylint: disable=protected-access
     einsum_types |= {op.get_attr("T") for op in fn.get_operations() if op.type == "Einsum"}
   assert tf.bfloat16 in einsum_types
-  # Norms and clipping: the squares summed for the norms are float32.
-  assert dtypes_of("Sqrt") <= {tf.float32} and dtypes_of("Sqrt")
+  # Norms and clipping: float32 (and the float64 check of the exact bound).
+  assert tf.float32 in dtypes_of("Sqrt") and tf.bfloat16 not in dtypes_of("Sqrt")
   update, _ = tf.function(lambda: local.shard_update(model, spec, params, shard))()
   assert update.dtype == tf.float32
 
