@@ -172,11 +172,23 @@ def block_output(config: TailConfig, frozen: Mapping[str, tf.Tensor], lora_a, lo
                                              tf.float32)
   y = tf.cast(_layer_norm(x1, frozen["ln2_gamma"], frozen["ln2_beta"],
                           config.ln_epsilon), dt)
-  y = _gelu(tf.einsum("...nd,dm->...nm", y, _as(frozen["mlp1_w"], dt)) +
-            _as(frozen["mlp1_b"], dt))
-  y = tf.einsum("...nm,md->...nd", y, _as(frozen["mlp2_w"], dt)) + _as(frozen["mlp2_b"], dt)
+  y = _gelu(_dense(y, _as(frozen["mlp1_w"], dt)) + _as(frozen["mlp1_b"], dt))
+  y = _dense(y, _as(frozen["mlp2_w"], dt)) + _as(frozen["mlp2_b"], dt)
   return tf.cast(_layer_norm(x1 + tf.cast(y, tf.float32), frozen["lnf_gamma"],
                              frozen["lnf_beta"], config.ln_epsilon), dt)
+
+
+def _dense(x, w):
+  """x [..., k] @ w [k, m] -> [..., m]: the shared (frozen) MLP weights applied to
+  every client's examples. In bfloat16 as one 2-D `tf.matmul` over all rows (oneDNN's
+  bfloat16 GEMM: 2-3x TF's `Einsum`, which does not reach it); float32 keeps the
+  `Einsum` it always ran (bit for bit the results before the precision option)."""
+  if x.dtype != tf.bfloat16:
+    return tf.einsum("...nd,dm->...nm", x, w)
+  k, m = int(w.shape[0]), int(w.shape[1])
+  lead = tf.shape(x)[:-1]
+  out = tf.matmul(tf.reshape(x, [-1, k]), w)
+  return tf.reshape(out, tf.concat([lead, [m]], 0))
 
 
 def _as(x, dtype):
