@@ -499,7 +499,8 @@ def head_main() -> None:
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
                profile: bool, batch_size: int = 0, data_mode: str = "inline",
-               context_kwargs: dict | None = None, model_name: str = "vit_s16") -> dict:
+               context_kwargs: dict | None = None, model_name: str = "vit_s16",
+               precision: str = "float32") -> dict:
   """One stage-2 config, in this process. Returns timings and peak RSS.
 
   ``context_kwargs``: `tff_context` arguments (default: the simulation runtime on one
@@ -539,7 +540,7 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   local_spec = local.LocalSpec(num_clusters=clusters, local_epochs=1, batch_size=batch_size,
                                learning_rate=0.1, clip_norm=1.0, choose_cluster=True,
                                shuffle=True, num_true_clusters=clusters,
-                               compute_dtype=_compute_dtype())
+                               compute_dtype=_compute_dtype(precision))
   spec = lp.ProcessSpec(
       local=local_spec,
       aggregator=agg.AggregatorSpec(kind=aggregator, noise_multiplier=noise, clip_norm=1.0,
@@ -599,9 +600,9 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   return res
 
 
-def _compute_dtype() -> str:
+def _compute_dtype(precision: str) -> str:
   from pina_tff.training import precision as precision_lib  # pylint: disable=g-import-not-at-top
-  return precision_lib.resolve(FLAGS.precision).compute_dtype
+  return precision_lib.resolve(precision).compute_dtype
 
 
 def _profile_stage2(model, spec, init, pack, s, tf):
@@ -757,7 +758,7 @@ def stage2_main() -> None:
   res = stage2_one(FLAGS.cohort, FLAGS.clusters, FLAGS.aggregator, FLAGS.population,
                    FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
                    FLAGS.noise_multiplier, FLAGS.profile, FLAGS.stage2_batch_size,
-                   FLAGS.stage2_data)
+                   FLAGS.stage2_data, precision=FLAGS.precision)
   res["machine"] = machine_info()
   _write_json(res)
   print(json.dumps(res))
