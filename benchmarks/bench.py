@@ -108,6 +108,18 @@ flags.DEFINE_integer("eval_every", 1,
 flags.DEFINE_string("transport", "resident",
                     "stage2 --stage2_path=program: ProgramOptions.shard_transport.")
 flags.DEFINE_float("epsilon", 8.0, "stage2 --stage2_path=program: target epsilon.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "auto"],
+                  "stage2: stage2.precision of the client work (pina_tff.training.precision).")
+flags.DEFINE_list("compare_precisions", [],
+                  "stage2 --stage2_path=program: run the config once per listed precision "
+                  "(each in its own subprocess, one after another, --compare_repeats "
+                  "times in turn) and a plain TF matmul of the tail MLP's shape in each, "
+                  "then print the times, achieved GFLOP/s, the matmul peaks and the ratios "
+                  "of this one run. Last line: `stage2_precision model=... cohort=... "
+                  "<p>_round_s=... <p>_next_gflops=... <p>_peak_gflops=... speedup=...`.")
+flags.DEFINE_boolean("precision_peak_only", False,
+                     "stage2 --compare_precisions: internal, the matmul peak alone.")
+flags.DEFINE_integer("compare_repeats", 1, "stage2 --compare_precisions: rounds of turns.")
 flags.DEFINE_boolean("sweep", False, "stage2: run the cohort x clusters x aggregator grid.")
 flags.DEFINE_list("sweep_models", "fmnist,vit_s16",
                   "stage2 --sweep --stage2_path=program: models.")
@@ -487,7 +499,8 @@ def head_main() -> None:
 def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
                examples: int, rounds: int, shard_size: int, noise: float,
                profile: bool, batch_size: int = 0, data_mode: str = "inline",
-               context_kwargs: dict | None = None, model_name: str = "vit_s16") -> dict:
+               context_kwargs: dict | None = None, model_name: str = "vit_s16",
+               precision: str = "float32") -> dict:
   """One stage-2 config, in this process. Returns timings and peak RSS.
 
   ``context_kwargs``: `tff_context` arguments (default: the simulation runtime on one
@@ -526,7 +539,8 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   res["batch_size"] = batch_size
   local_spec = local.LocalSpec(num_clusters=clusters, local_epochs=1, batch_size=batch_size,
                                learning_rate=0.1, clip_norm=1.0, choose_cluster=True,
-                               shuffle=True, num_true_clusters=clusters)
+                               shuffle=True, num_true_clusters=clusters,
+                               compute_dtype=_compute_dtype(precision))
   spec = lp.ProcessSpec(
       local=local_spec,
       aggregator=agg.AggregatorSpec(kind=aggregator, noise_multiplier=noise, clip_norm=1.0,
@@ -586,6 +600,11 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   return res
 
 
+def _compute_dtype(precision: str) -> str:
+  from pina_tff.training import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  return precision_lib.resolve(precision).compute_dtype
+
+
 def _profile_stage2(model, spec, init, pack, s, tf):
   """Plain-TF timing of the parts of one shard's client work (same shapes)."""
   from pina_tff.training import local  # pylint: disable=g-import-not-at-top
@@ -626,7 +645,11 @@ def stage2_program_main() -> None:
       model_name=FLAGS.model, population=FLAGS.population, cohort=FLAGS.cohort,
       clusters=FLAGS.clusters, rounds=FLAGS.rounds, epsilon=FLAGS.epsilon,
       aggregator=FLAGS.aggregator, transport=FLAGS.transport, eval_every=FLAGS.eval_every,
-      profile=FLAGS.profile, shard_size=FLAGS.shard_size)
+      profile=FLAGS.profile, shard_size=FLAGS.shard_size, precision=FLAGS.precision)
+  parts = res["parts_s"]
+  next_s = parts.get("tff_next", res["median_round_s"])
+  res["next_gflops"] = res["flops_per_round"] / next_s / 1e9
+  res["round_gflops"] = res["flops_per_round"] / res["median_round_s"] / 1e9
   res["peak_rss_gib"] = peak_rss_gib()
   res["machine"] = machine_info()
   res["load_average"] = os.getloadavg()
@@ -642,10 +665,92 @@ def stage2_program_main() -> None:
         f"pack_s={parts.get('round_data', float('nan')):.3f} "
         f"peak_rss_gib={max(rss.values()):.2f} model={res['model']} path=program "
         f"eval_every={res['eval_every']} "
-        f"evaluate_s={parts.get('evaluate', res.get('evaluate_s_per_call', float('nan'))):.3f}")
+        f"evaluate_s={parts.get('evaluate', res.get('evaluate_s_per_call', float('nan'))):.3f} "
+        f"precision={res['client_precision']['compute_dtype']} "
+        f"next_s={parts.get('tff_next', float('nan')):.3f} "
+        f"next_gflops={res['next_gflops']:.1f}")
+
+
+def _peak_main() -> None:
+  """--compare_precisions' matmul peak, in its own process (one line of JSON)."""
+  res = [program_bench.matmul_peak(FLAGS.model, p) for p in FLAGS.compare_precisions]
+  print("PEAK " + json.dumps(res), flush=True)
+
+
+def stage2_precision_compare() -> None:
+  """One stage-2 program config per precision, side by side (see --compare_precisions)."""
+  from pina_tff.training import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  precisions = list(FLAGS.compare_precisions)
+  for p in precisions:
+    if p not in ("float32", "bfloat16"):
+      raise ConfigError(f"--compare_precisions: expected float32 and/or bfloat16, found {p!r}")
+  base = [sys.executable, "-m", "benchmarks.bench", "stage2", f"--model={FLAGS.model}",
+          f"--cohort={FLAGS.cohort}", f"--clusters={FLAGS.clusters}",
+          f"--aggregator={FLAGS.aggregator}", f"--population={FLAGS.population}",
+          f"--rounds={FLAGS.rounds}", f"--shard_size={FLAGS.shard_size}",
+          f"--eval_every={FLAGS.eval_every}", f"--transport={FLAGS.transport}",
+          f"--epsilon={FLAGS.epsilon}"]
+  runs = collections.defaultdict(list)
+  peaks = collections.defaultdict(list)
+  for rep in range(FLAGS.compare_repeats):
+    for p in precisions:
+      out = f"/tmp/pina-bench-prec-{os.getpid()}-{p}-{rep}.json"
+      proc = subprocess.run(base + [f"--precision={p}", f"--json_out={out}"],
+                            capture_output=True, text=True, check=False)
+      if proc.returncode != 0:
+        raise RuntimeError(f"stage2 --precision={p} failed:\n{proc.stderr[-3000:]}")
+      with open(out) as f:
+        r = json.load(f)
+      os.remove(out)
+      runs[p].append(r)
+      parts = r["parts_s"]
+      print(f"{p:8s} rep {rep}: round {r['median_round_s']:.3f} s (rounds "
+            f"{', '.join(f'{t:.2f}' for t in r['round_s'])}), TFF next "
+            f"{parts.get('tff_next', float('nan')):.3f} s, {r['next_gflops']:.1f} GFLOP/s "
+            f"in next, load {r['load_average'][0]:.2f}, ran "
+            f"{r['client_precision']['compute_dtype']}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "stage2",
+                           f"--model={FLAGS.model}", "--precision_peak_only",
+                           f"--compare_precisions={','.join(precisions)}"],
+                          capture_output=True, text=True, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK ")]
+    if proc.returncode != 0 or not line:
+      raise RuntimeError(f"matmul peak failed:\n{proc.stderr[-3000:]}")
+    for pk in json.loads(line[-1][5:]):
+      peaks[pk["dtype"]].append(pk["gflops"])
+      print(f"matmul peak {pk['dtype']:8s} {pk['shape']}: {pk['gflops']:.1f} GFLOP/s",
+            flush=True)
+  summary = {"model": FLAGS.model, "cohort": FLAGS.cohort, "clusters": FLAGS.clusters,
+             "cpu_native_bf16_flags": list(precision_lib.native_bf16_flags()),
+             "machine": machine_info(), "load_average_end": os.getloadavg()}
+  fields = []
+  for p in precisions:
+    rs = runs[p]
+    rnd = statistics.median(r["median_round_s"] for r in rs)
+    nxt = statistics.median(r["parts_s"].get("tff_next", r["median_round_s"]) for r in rs)
+    gf = statistics.median(r["next_gflops"] for r in rs)
+    pk = statistics.median(peaks[p])
+    summary[p] = {"round_s": rnd, "next_s": nxt, "next_gflops": gf, "peak_gflops": pk,
+                  "of_peak": gf / pk, "flops_per_round": rs[0]["flops_per_round"],
+                  "runs": rs}
+    fields += [f"{p}_round_s={rnd:.3f}", f"{p}_next_s={nxt:.3f}",
+               f"{p}_next_gflops={gf:.1f}", f"{p}_peak_gflops={pk:.1f}",
+               f"{p}_of_peak={gf / pk:.2f}"]
+  if "float32" in summary and "bfloat16" in summary:
+    summary["speedup_round"] = summary["float32"]["round_s"] / summary["bfloat16"]["round_s"]
+    summary["speedup_next"] = summary["float32"]["next_s"] / summary["bfloat16"]["next_s"]
+    fields += [f"speedup_round={summary['speedup_round']:.2f}",
+               f"speedup_next={summary['speedup_next']:.2f}"]
+  _write_json(summary)
+  print(f"stage2_precision model={FLAGS.model} cohort={FLAGS.cohort} "
+        f"clusters={FLAGS.clusters} " + " ".join(fields))
 
 
 def stage2_main() -> None:
+  if FLAGS.precision_peak_only:
+    return _peak_main()
+  if FLAGS.compare_precisions:
+    return stage2_precision_compare()
   if FLAGS.sweep:
     return stage2_sweep()
   if FLAGS.stage2_path == "program":
@@ -653,7 +758,7 @@ def stage2_main() -> None:
   res = stage2_one(FLAGS.cohort, FLAGS.clusters, FLAGS.aggregator, FLAGS.population,
                    FLAGS.examples_per_client, FLAGS.rounds, FLAGS.shard_size,
                    FLAGS.noise_multiplier, FLAGS.profile, FLAGS.stage2_batch_size,
-                   FLAGS.stage2_data)
+                   FLAGS.stage2_data, precision=FLAGS.precision)
   res["machine"] = machine_info()
   _write_json(res)
   print(json.dumps(res))

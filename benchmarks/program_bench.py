@@ -43,6 +43,41 @@ PROFILE_FILTER = (r"program.py|resident_data.py|accounting.py:\d+\(epsilon_spent
                   r"learning_process.py|_client_seeds")
 
 
+def stage2_flops(model_name: str, cohort: int, clusters: int, local_epochs: int,
+                 examples: int = 5, lora_rank: int = 1) -> float:
+  """Floating-point operations of the clients' arithmetic in one stage-2 round of
+  ``cohort`` clients (multiply-add = 2): per client, C forward passes to choose a
+  cluster and E local epochs of forward + backward (the backward of the frozen MLP
+  needs only the input gradient: about one forward), i.e. (C + 2E) forwards of its
+  examples. A forward of one example: the MLP 2·(2·d·m), the head 2·d·K, the rank-r
+  LoRA path 4·H·d·r; plus, per client and pass, M = B·W_O (2·r·d²)."""
+  width, heads, mlp, classes = MODELS[model_name]
+  per_example = 4 * width * mlp + 2 * width * classes + 4 * heads * width * lora_rank
+  per_pass = examples * per_example + 2 * lora_rank * width * width
+  return float(cohort * (clusters + 2 * local_epochs) * per_pass)
+
+
+def matmul_peak(model_name: str, dtype: str, rows: int = 25000, reps: int = 5) -> dict:
+  """GFLOP/s of one plain TF matmul of the tail MLP's shape, [rows x d] x [d x m], in
+  ``dtype`` (the machine's attainable peak for that shape: median of ``reps``)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  width, _, mlp, _ = MODELS[model_name]
+  rng = np.random.default_rng(0)
+  a = tf.cast(tf.constant(rng.standard_normal((rows, width), dtype=np.float32)), dtype)
+  b = tf.cast(tf.constant(rng.standard_normal((width, mlp), dtype=np.float32)), dtype)
+  fn = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+  fn().numpy()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn().numpy()
+    times.append(time.perf_counter() - t0)
+  # The reduction's cost (rows x m adds) is left in: it is < 1/d of the matmul's.
+  sec = statistics.median(times)
+  return {"dtype": dtype, "shape": [rows, width, mlp], "seconds": sec,
+          "gflops": 2.0 * rows * width * mlp / sec / 1e9}
+
+
 def random_frozen(config, seed: int = 0) -> dict[str, np.ndarray]:
   """The 18 frozen tail arrays of `config`, random (LayerNorm gammas 1, betas 0)."""
   from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
@@ -93,9 +128,13 @@ def fake_clients_dir(directory: str, population: int, clusters: int = 4,
                      width: int = 64) -> str:
   """An embeddings manifest naming `population` clients (the program reads the
   population size from it; the data itself is passed in as a `Population`)."""
+  from pina_tff.models import backbone as bb  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
+  # the backbone the program reads the model width from (a fact of the data)
+  name = {64: "fmnist_vit", 384: "vit_s16"}.get(width, "fmnist_vit")
+  backbone = bb.get_config(name, width=width).to_json()
   with open(os.path.join(directory, "manifest.json"), "w") as f:
-    json.dump({"format": "pina-embeddings/1", "dataset": "synthetic",
+    json.dump({"format": "pina-embeddings/1", "dataset": "synthetic", "backbone": backbone,
                "num_clients": population, "num_clusters": clusters, "num_classes": 10,
                "seed": 0, "label_known_clusters": True,
                "shards": [{"path": "unused.tfrecord", "num_records": 6 * population}],
@@ -108,12 +147,15 @@ def fake_clients_dir(directory: str, population: int, clusters: int = 4,
 
 
 def run_config(population: int, cohort: int, clusters: int, rounds: int,
-               epsilon: float, aggregator: str, sketch_clients: int):
+               epsilon: float, aggregator: str, sketch_clients: int,
+               precision: str = "float32"):
   """The Fashion-MNIST preset's stage 2 (5 local epochs, batch 16, DDP, 'pina'
   scaling) with the given cohort, C, rounds and ε; stage 0 off; a small stage 1."""
   from pina_tff import config as config_lib  # pylint: disable=g-import-not-at-top
   return config_lib.RunConfig(
       method="pina", num_clusters=clusters, population=population, seed=0,
+      # The synthetic population has train and test splits only (no 'val').
+      eval_split="test",
       privacy=config_lib.PrivacyConfig(epsilon=epsilon),
       stage0=config_lib.Stage0Config(enabled=False, rounds=0, cohort=cohort),
       stage1=config_lib.Stage1Config(num_sketch_clients=min(sketch_clients, population),
@@ -123,7 +165,7 @@ def run_config(population: int, cohort: int, clusters: int, rounds: int,
                                      batch_size=16, client_lr=1.0, server_lr=10.0,
                                      server_momentum=0.0, clip=1.0, warm_rounds=2,
                                      scaling="pina", aggregator=aggregator,
-                                     fedprox_mu=0.1))
+                                     fedprox_mu=0.1, precision=precision))
 
 
 def round_times(metrics_csv: str) -> list[float]:
@@ -231,7 +273,7 @@ def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
         clusters: int = 4, rounds: int = 3, epsilon: float = 8.0, aggregator: str = "ddp",
         transport: str = "resident", eval_every: int = 1, diagnostics: bool = True,
         profile: bool = False, sketch_clients: int = 200, shard_size: int = 0,
-        profile_lines: int = 25) -> dict:
+        profile_lines: int = 25, precision: str = "float32") -> dict:
   """Runs the program once (stage 1 + `rounds` + 1 stage-2 rounds); returns times."""
   from computations import program  # pylint: disable=g-import-not-at-top
   from computations.context import tff_context  # pylint: disable=g-import-not-at-top
@@ -240,9 +282,9 @@ def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
   res = {"model": model_name, "population": population, "cohort": cohort,
          "clusters": clusters, "epsilon": epsilon, "aggregator": aggregator,
          "transport": transport, "eval_every": eval_every, "diagnostics": diagnostics,
-         "make_population_s": time.perf_counter() - t0}
+         "precision": precision, "make_population_s": time.perf_counter() - t0}
   cfg = run_config(population, cohort, clusters, rounds + 1, epsilon, aggregator,
-                   sketch_clients)
+                   sketch_clients, precision)
   opts = program.ProgramOptions(shard_size=shard_size or None, checkpoint_every=5,
                                 eval_every=eval_every, progress="none",
                                 simulation_diagnostics=diagnostics,
@@ -278,6 +320,9 @@ def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
   res["shard_size"] = summary["shard_size"]
   res["tff_shards"] = summary["tff_shards_per_round"]["stage2"]
   res["final_accuracy"] = summary["final_accuracy"]
+  res["client_precision"] = summary["client_precision"]
+  res["flops_per_round"] = stage2_flops(model_name, cohort, clusters,
+                                        cfg.stage2.local_epochs)
   if prof:
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out).sort_stats("cumulative")

@@ -16,6 +16,7 @@ from pina_tff import method_table
 from pina_tff.aggregation import scaling as scaling_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
+from pina_tff.training import precision as precision_lib
 
 def num_model_clusters(cfg) -> int:
   """Models trained in stage 2 by ``cfg.method`` (C when clustered, else 1)."""
@@ -118,7 +119,8 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
       fedprox_mu=s2.fedprox_mu if method.proximal else 0.0,
       normalize_by_steps=method.step_normalized,
       ldp_noise_stddev=z2 * s2.clip if ldp else 0.0,
-      num_true_clusters=num_true_clusters)
+      num_true_clusters=num_true_clusters,
+      compute_dtype=precision_lib.resolve(s2.precision).compute_dtype)
   aggregator = agg.AggregatorSpec(
       kind="sum" if ldp else _aggregator_kind(s2.aggregator, z2),
       noise_multiplier=0.0 if ldp else z2,

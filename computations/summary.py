@@ -20,6 +20,7 @@ from pina_tff import config as config_lib
 from pina_tff import method_table
 from pina_tff.privacy import ddp as ddp_lib
 from pina_tff.training import models as tm
+from pina_tff.training import precision as precision_lib
 
 
 def finite_or_str(x: float):
@@ -138,6 +139,14 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
                                 if diagnostics else {}))
 
 
+def client_precision(cfg, spec2) -> dict:
+  """What the stage-2 client work ran in: the requested stage2.precision, the compute
+  dtype of the process that ran, and the CPU's native bfloat16 flags."""
+  out = precision_lib.resolve(cfg.stage2.precision).as_dict()
+  out["compute_dtype"] = spec2.local.compute_dtype
+  return out
+
+
 def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
             ) -> collections.OrderedDict:
   """summary.json of a finished run.
@@ -161,7 +170,9 @@ def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
       num_clusters=cfg.num_clusters, population=pop.size, cohort=cfg.stage2.cohort,
       shard_size=layout["stage2"][0], aggregator=spec2.aggregator.kind,
       scaling=spec2.scaling_mode, normality_rule=spec2.normality_rule.name,
-      eval_split=cfg.eval_split, final_accuracy=float(st["final_accuracy"]),
+      eval_split=cfg.eval_split,
+      client_precision=client_precision(cfg, spec2),
+      final_accuracy=float(st["final_accuracy"]),
       clustering_accuracy=(float(st["final_clustering_accuracy"])
                            if pop.num_true_clusters > 1 and num_models > 1 else None),
       init_clustering_accuracy=(float(st["init_clustering_accuracy"])

@@ -30,10 +30,12 @@ from pina_tff import method_table
 from pina_tff.simulation import sampling
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import atomic
+from pina_tff.training import precision as precision_lib
 
 METHODS = method_table.METHOD_KEYS  # owner: pina_tff.method_table
 # Owned here (the accounting, scaling and aggregator modules import them from config).
 AGGREGATORS = ("ddp", "central", "secure_sum")
+PRECISIONS = precision_lib.PRECISIONS  # owner: pina_tff.training.precision
 SCALINGS = ("none", "min_norm", "normality", "pina")
 #: Formulas of the normality phase (`pina_tff.aggregation.scaling.NormalityRule`).
 NORMALITY_RULES = ("shrink", "restore", "restore_w", "restore_gated")
@@ -139,7 +141,11 @@ class Stage2Config:
   normality_rule: the normality phase's formula, a [project choice]
   (``pina_tff.aggregation.scaling``: 'shrink', 'restore', 'restore_w',
   'restore_gated'). Default 'restore': chosen on the validation split of rotated
-  FMNIST (docs/results.md, "Issue 18"); 'shrink' was the first choice. restore_max_gain: G, the largest factor a restore rule applies.
+  FMNIST (docs/results.md, "Issue 18"); 'shrink' was the first choice.
+  restore_max_gain: G, the largest factor a restore rule applies.
+  precision: arithmetic of the clients' forward/backward passes, 'float32', 'bfloat16'
+  or 'auto' (bfloat16 where the CPU has native bfloat16; `pina_tff.training.precision`:
+  deltas, clipping, noise and the server stay float32).
   """
   rounds: int = 200
   cohort: int = 100
@@ -156,6 +162,7 @@ class Stage2Config:
   aggregator: str = "ddp"
   ddp_bits: int = 20
   fedprox_mu: float = 0.0
+  precision: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +220,7 @@ def validate(cfg: RunConfig) -> RunConfig:
   _choice("stage2.aggregator", s2.aggregator, AGGREGATORS)
   _choice("stage2.scaling", s2.scaling, SCALINGS)
   _choice("stage2.normality_rule", s2.normality_rule, NORMALITY_RULES)
+  _choice("stage2.precision", s2.precision, PRECISIONS)
   _choice("eval_split", cfg.eval_split, EVAL_SPLITS)
   _choice("stage1.noise_positions", s1.noise_positions, NOISE_POSITIONS)
   if s1.noise_positions == "released" and p.noise_mode == "secure":

@@ -94,6 +94,10 @@ flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 agg
 flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
 flags.DEFINE_integer("ddp_bits", None, "Bit width of distributed DP's modular secure "
                      "sum, in [16, 22] (default 20).")
+flags.DEFINE_enum("precision", None, list(config_lib.PRECISIONS),
+                  "Arithmetic of the stage-2 client work (default float32): bfloat16 "
+                  "forward/backward with float32 master weights, deltas, clipping and "
+                  "noise; auto: bfloat16 where the CPU has avx512_bf16 or amx_bf16.")
 flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
 flags.DEFINE_integer("workers", 1, "Local TFF worker services started on loopback ports "
                      "(>1: each round's clients are split over them).")
@@ -129,7 +133,7 @@ _FLAG_FIELDS = (
     (("stage2", "aggregator"), "aggregator"), (("stage2", "fedprox_mu"), "fedprox_mu"),
     (("stage2", "normality_rule"), "normality_rule"),
     (("stage2", "restore_max_gain"), "restore_max_gain"), (("eval_split",), "eval_split"),
-    (("stage2", "ddp_bits"), "ddp_bits"),
+    (("stage2", "ddp_bits"), "ddp_bits"), (("stage2", "precision"), "precision"),
 )
 
 

@@ -153,23 +153,58 @@ def block_output(config: TailConfig, frozen: Mapping[str, tf.Tensor], lora_a, lo
 
   `lora_a` [..., d, r] and `lora_b` [..., r, d] may carry a leading client axis S that
   matches features [S, N, ...]; without it they are shared by all examples.
+
+  Precision: the matmuls run in the dtype of ``features['z']`` (float32, or bfloat16
+  for `pina_tff.training.precision`); the residual stream (`x_base` plus the block's
+  outputs) and both LayerNorms stay float32 and the result has z's dtype. With
+  float32 z every cast below is the identity (`tf.cast` returns its input).
   """
   h, hd = config.num_heads, config.head_dim
   z, x_base = features["z"], features["x_base"]
-  wo = tf.convert_to_tensor(frozen["wo"], tf.float32)
+  dt = tf.as_dtype(z.dtype)
+  wo = _as(frozen["wo"], dt)
+  lora_a, lora_b = tf.cast(lora_a, dt), tf.cast(lora_b, dt)
   lora_b_heads = tf.reshape(lora_b, tf.concat([tf.shape(lora_b)[:-1], [h, hd]], 0))
   # M[r, h, d] = sum_e B[r, h, e] W_O[h, e, d]: the rank-r LoRA path through W_O.
   m = tf.einsum("...rhe,hed->...rhd", lora_b_heads, wo) * config.lora_scale
   za = tf.einsum("...nhd,...dr->...nhr", z, lora_a)
-  x1 = x_base + tf.einsum("...nhr,...rhd->...nd", za, m)
-  y = _layer_norm(x1, frozen["ln2_gamma"], frozen["ln2_beta"], config.ln_epsilon)
-  y = _gelu(tf.einsum("...nd,dm->...nm", y, frozen["mlp1_w"]) + frozen["mlp1_b"])
-  y = tf.einsum("...nm,md->...nd", y, frozen["mlp2_w"]) + frozen["mlp2_b"]
-  return _layer_norm(x1 + y, frozen["lnf_gamma"], frozen["lnf_beta"], config.ln_epsilon)
+  x1 = tf.cast(x_base, tf.float32) + tf.cast(tf.einsum("...nhr,...rhd->...nd", za, m),
+                                             tf.float32)
+  y = tf.cast(_layer_norm(x1, frozen["ln2_gamma"], frozen["ln2_beta"],
+                          config.ln_epsilon), dt)
+  y = _gelu(_dense(y, _as(frozen["mlp1_w"], dt)) + _as(frozen["mlp1_b"], dt))
+  y = _dense(y, _as(frozen["mlp2_w"], dt)) + _as(frozen["mlp2_b"], dt)
+  return tf.cast(_layer_norm(x1 + tf.cast(y, tf.float32), frozen["lnf_gamma"],
+                             frozen["lnf_beta"], config.ln_epsilon), dt)
+
+
+def _dense(x, w):
+  """x [..., k] @ w [k, m] -> [..., m]: the shared (frozen) MLP weights applied to
+  every client's examples. In bfloat16 as one 2-D `tf.matmul` over all rows (oneDNN's
+  bfloat16 GEMM: 2-3x TF's `Einsum`, which does not reach it); float32 keeps the
+  `Einsum` it always ran (bit for bit the results before the precision option)."""
+  if x.dtype != tf.bfloat16:
+    return tf.einsum("...nd,dm->...nm", x, w)
+  k, m = int(w.shape[0]), int(w.shape[1])
+  lead = tf.shape(x)[:-1]
+  out = tf.matmul(tf.reshape(x, [-1, k]), w)
+  return tf.reshape(out, tf.concat([lead, [m]], 0))
+
+
+def _as(x, dtype):
+  """``x`` as a tensor of ``dtype`` (a float32 tensor given for float32 is returned
+  as it is; numpy float32 weights become constants, then cast)."""
+  if not isinstance(x, tf.Tensor):
+    x = tf.convert_to_tensor(x, tf.float32)
+  return tf.cast(x, dtype)
 
 
 def head_logits(head_kernel, head_bias, head_input) -> tf.Tensor:
-  """Logits [..., N, K] from the head input [..., N, d]; params may carry a leading S axis."""
+  """Logits [..., N, K] from the head input [..., N, d]; params may carry a leading S axis.
+  Computed in the head input's dtype (the parameters are cast to it)."""
+  dt = tf.as_dtype(head_input.dtype) if isinstance(head_input, tf.Tensor) else None
+  if dt is not None:
+    head_kernel, head_bias = tf.cast(head_kernel, dt), tf.cast(head_bias, dt)
   return (tf.einsum("...nd,...dk->...nk", head_input, head_kernel) +
           tf.expand_dims(head_bias, -2))
 

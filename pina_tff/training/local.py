@@ -52,6 +52,9 @@ class LocalSpec:
     ldp_noise_stddev: IFCA+LDP: std of Gaussian noise added by each client to every
       coordinate of every slot of its clipped update (absolute units, = z * clip).
     num_true_clusters: size of the simulation-only confusion matrix's second axis.
+    compute_dtype: 'float32' or 'bfloat16' (`pina_tff.training.precision`, resolved):
+      the dtype of the forward and backward passes (cluster choice, local training).
+      The master weights, their updates, the deltas, clipping and noise stay float32.
   """
   num_clusters: int = 1
   local_epochs: int = 1
@@ -67,21 +70,38 @@ class LocalSpec:
   shuffle: bool = True
   ldp_noise_stddev: float = 0.0
   num_true_clusters: int = 1
+  compute_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"LocalSpec.compute_dtype: expected 'float32' or 'bfloat16' "
+                       f"(resolve 'auto' first), found {self.compute_dtype!r}")
+
+
+def _compute_params(params, dtype):
+  """Parameters for the forward pass in ``dtype`` (float32: the same tensors)."""
+  return {k: tf.cast(v, dtype) for k, v in params.items()}
 
 
 def _per_client_ce(logits, labels, mask):
-  """Masked mean cross-entropy per client [S] (0 for a client with no examples)."""
+  """Masked mean cross-entropy per client [S] (0 for a client with no examples),
+  in float32 whatever the logits' dtype."""
+  logits = tf.cast(logits, tf.float32)
   ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
   count = tf.reduce_sum(mask, axis=-1)
   return tf.reduce_sum(ce * mask, axis=-1) / tf.maximum(count, 1.0), count
 
 
-def cluster_losses(model, cluster_params, features, labels, mask) -> tf.Tensor:
-  """Training loss of every client under every cluster model: [S, C]."""
+def cluster_losses(model, cluster_params, features, labels, mask,
+                   compute_dtype=tf.float32) -> tf.Tensor:
+  """Training loss of every client under every cluster model: [S, C] (float32; the
+  forward passes in ``compute_dtype``)."""
   num_clusters = int(cluster_params[model.param_keys[0]].shape[0])
+  features = model.compute_features(features, compute_dtype)
   losses = []
   for c in range(num_clusters):
-    params_c = {k: v[c] for k, v in cluster_params.items()}
+    params_c = _compute_params({k: v[c] for k, v in cluster_params.items()},
+                               compute_dtype)
     loss, _ = _per_client_ce(model.logits(params_c, features), labels, mask)
     losses.append(loss)
   return tf.stack(losses, axis=-1)
@@ -132,7 +152,15 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
 
   Returns (final_params {k: [S, ...]}, local_steps [S] float): a step is counted for a
   client only when its minibatch holds at least one real example.
+
+  Precision (`spec.compute_dtype`): the trained parameters are float32 master weights;
+  each step casts them to the compute dtype for the forward pass (features likewise,
+  once), the loss is float32, and the gradient (back through the cast, in float32) is
+  applied to the float32 weights. So the returned parameters, and every delta taken
+  from them, are float32.
   """
+  compute_dtype = tf.as_dtype(spec.compute_dtype)
+  features = model.compute_features(features, compute_dtype)
   n = int(labels.shape[1])
   # A client never holds more than n examples, so a batch larger than n trains exactly
   # like a batch of n; capping it avoids computing padding rows.
@@ -167,7 +195,7 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
       mb = tf.gather(mask, idx, batch_dims=1)
     with tf.GradientTape() as tape:
       tape.watch(params)
-      full = dict(frozen, **params)
+      full = _compute_params(dict(frozen, **params), compute_dtype)
       loss, count = _per_client_ce(model.logits(full, fb), lb, mb)
       has_data = tf.cast(count > 0, tf.float32)
       if spec.fedprox_mu > 0:
@@ -199,12 +227,45 @@ def zero_nonfinite_rows(vectors):
 
 
 def clip_rows(vectors, clip_norm):
-  """Scales each row [S, P] to L2 norm at most `clip_norm`; returns (clipped, norms)."""
+  """Scales each row [S, P] to L2 norm at most `clip_norm`; returns (clipped, norms).
+
+  The bound holds exactly, not up to rounding: `enforce_norm_bound` corrects the rows
+  that the float32 scaling leaves an ulp or two above it."""
   norms = tf.norm(vectors, axis=-1)
   if math.isinf(clip_norm):
     return vectors, norms
   factor = tf.minimum(1.0, clip_norm / tf.maximum(norms, 1e-12))
-  return vectors * factor[:, None], norms
+  return enforce_norm_bound(vectors * factor[:, None], clip_norm), norms
+
+
+#: Shrink factor of `enforce_norm_bound`'s steps (exact in float32; 8 ulp at 1.0, more
+#: than the rounding of a float32 scaling).
+_SHRINK = 1.0 - 2.0**-20
+
+
+def enforce_norm_bound(rows, bound: float, max_steps: int = 64):
+  """Rows [S, P] (float32) with L2 norm <= ``bound`` exactly.
+
+  Scaling a row by clip/norm in float32 can leave its norm an ulp or two above the
+  clip (about half of the clipped rows do). A row is over the bound when its norm
+  computed in float64 from its float32 entries (exact to ~1e-16) or in float32
+  (`tf.norm`) exceeds float32(bound); such rows are multiplied by (1 - 2^-20) until
+  neither does (one step in practice), and a row still over after ``max_steps`` is
+  zeroed. Rows within the bound are returned bit for bit."""
+  bound32 = tf.constant(bound, tf.float32)
+  bound64 = tf.cast(bound32, tf.float64)
+
+  def over(r):
+    n64 = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(r, tf.float64)), axis=-1))
+    return tf.logical_or(n64 > bound64, tf.norm(r, axis=-1) > bound32)
+
+  def body(i, r):
+    return i + 1, tf.where(over(r)[:, None], r * _SHRINK, r)
+
+  _, rows = tf.while_loop(
+      lambda i, r: tf.logical_and(i < max_steps, tf.reduce_any(over(r))), body,
+      (tf.constant(0), rows))
+  return tf.where(over(rows)[:, None], tf.zeros_like(rows), rows)
 
 
 def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor],
@@ -219,7 +280,9 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
   shard = {k: tf.convert_to_tensor(v) for k, v in shard.items()}
   cluster_params = {k: tf.convert_to_tensor(v, tf.float32)
                     for k, v in cluster_params.items()}
-  features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
+  compute_dtype = tf.as_dtype(spec.compute_dtype)
+  features = model.compute_features(
+      {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}, compute_dtype)
   labels, mask = shard["label"], shard["mask"]
   client_mask = shard["client_mask"]
   seed = tf.cast(shard["seed"], tf.int64)
@@ -229,16 +292,19 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
     choice = true_choice(shard["true_cluster"], num_clusters)
     chosen_loss = None
   elif spec.choose_cluster and num_clusters > 1:
-    losses = cluster_losses(model, cluster_params, features, labels, mask)
+    losses = cluster_losses(model, cluster_params, features, labels, mask,
+                            compute_dtype)
     choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
     chosen_loss = tf.reduce_min(losses, axis=-1)
   else:
     choice = tf.zeros([s], tf.int32)
     chosen_loss = None
   init = {k: tf.gather(v, choice) for k, v in cluster_params.items()}
-  work_features = model.precompute(init, features, spec.train_keys)
+  work_features = model.precompute(_compute_params(init, compute_dtype), features,
+                                   spec.train_keys)
   if chosen_loss is None:
-    chosen_loss, _ = _per_client_ce(model.logits(init, work_features), labels, mask)
+    chosen_loss, _ = _per_client_ce(
+        model.logits(_compute_params(init, compute_dtype), work_features), labels, mask)
   final, steps = local_train(model, spec, init, work_features, labels, mask, seed)
   delta = tm.flatten({k: final[k] - init[k] for k in spec.send_keys}, spec.send_keys,
                      lead_dims=1)

@@ -47,24 +47,37 @@ class ViTTailModel:
     c = self.config
     return {"x_base": (c.width,), "z": (c.num_heads, c.width)}
 
-  def _frozen(self):
-    # Constants are created inside whichever graph is being traced.
-    return {k: tf.constant(v) for k, v in self._frozen_np.items()}
+  def _frozen(self, dtype=tf.float32):
+    """The frozen weights as constants (created inside whichever graph is being
+    traced): matrices and biases in ``dtype``, LayerNorm parameters float32 (the
+    LayerNorms run in float32 whatever the precision)."""
+    dtype = tf.as_dtype(dtype)
+    return {k: tf.constant(v, dtype=tf.float32 if k.startswith("ln") else dtype)
+            for k, v in self._frozen_np.items()}
+
+  def compute_features(self, features, dtype):
+    """Features for arithmetic in ``dtype``: `z` (and a precomputed `head_input`) cast,
+    `x_base` (the residual stream, added in float32) kept as it is."""
+    return {k: v if k == "x_base" else tf.cast(v, dtype) for k, v in features.items()}
+
+  def _compute_dtype(self, features):
+    return features["head_input" if "head_input" in features else "z"].dtype
 
   def precompute(self, params, features, train_keys):
     """Folds parameters that will not train into the features (done once per client)."""
     if any(k in train_keys for k in LORA_KEYS):
       return features
-    head_input = rt.block_output(self.config, self._frozen(), params["lora_a"],
-                                 params["lora_b"], features)
+    head_input = rt.block_output(self.config, self._frozen(self._compute_dtype(features)),
+                                 params["lora_a"], params["lora_b"], features)
     return {"head_input": head_input}
 
   def logits(self, params, features):
+    """Logits in the features' compute dtype (float32 features: float32 throughout)."""
     if "head_input" in features:
       h = features["head_input"]
     else:
-      h = rt.block_output(self.config, self._frozen(), params["lora_a"],
-                          params["lora_b"], features)
+      h = rt.block_output(self.config, self._frozen(self._compute_dtype(features)),
+                          params["lora_a"], params["lora_b"], features)
     return rt.head_logits(params["head_kernel"], params["head_bias"], h)
 
 
@@ -88,6 +101,10 @@ class LinearModel:
 
   def feature_shapes(self) -> dict[str, tuple[int, ...]]:
     return {"x": (self.input_dim,)}
+
+  def compute_features(self, features, dtype):
+    """Features for arithmetic in ``dtype`` (the head's matmul)."""
+    return {k: tf.cast(v, dtype) for k, v in features.items()}
 
   def precompute(self, params, features, train_keys):
     del params, train_keys
