@@ -10,8 +10,8 @@ summary is `computations.summary`. What a method is comes from
 Built on `tff.program`: program state (cluster models, finalizer state, stage-1
 result, progress) is saved with a `FileProgramStateManager` every N rounds and at
 every stage boundary; per-round metrics are released to a `CSVFileReleaseManager`
-(`metrics.csv`, which drops rows past the resumed round by itself) and a
-`TensorBoardReleaseManager`. Every round's randomness (cohort, client seeds) is a
+(`metrics.csv`, which drops rows past the resumed round by itself) and to
+TensorBoard (`computations.release.TensorBoardRelease`, which removes them too). Every round's randomness (cohort, client seeds) is a
 function of (seed, stage, round), so a run killed at any moment and started again
 with the same command continues from its last checkpoint and, where the aggregator
 adds no noise (epsilon = inf), ends with exactly the metrics of an uninterrupted run.
@@ -441,6 +441,7 @@ class _Run:
     finally:
       self.progress.close()
       self.data.close()
+      self.release.close()
 
   # ------------------------------------------------------------ between rounds
   def _stop(self, phase: int) -> Optional[dict]:

@@ -1,8 +1,25 @@
-"""Per-round metrics release: `metrics.csv` and TensorBoard, through `tff.program`.
+"""Per-round metrics release: `metrics.csv` (through `tff.program`) and TensorBoard.
 
 One row per round of stages 0 and 2, keyed by the run-wide round (stage-2 round r is
 key T0 + r), so a resumed run's `CSVFileReleaseManager` drops the rows past the
-resumed round by itself. Columns: stage, round, method, test_accuracy,
+resumed round by itself.
+
+TensorBoard holds each step once, also after a resume. A run killed between
+checkpoints resumes from the last one and releases some rounds again; TFF's
+`TensorBoardReleaseManager` only appends (each invocation writes a new event file in
+`tensorboard/`, and TensorBoard shows both values of a repeated step). So
+`TensorBoardRelease` does what the CSV manager does: before an invocation writes its
+first step k, every existing event file in the directory is rewritten without the
+steps >= k (those rounds are computed again from the checkpoint; a later step of an
+earlier invocation is stale). Why this design rather than one subdirectory per
+invocation: it needs no knowledge of which round a checkpoint holds (the first
+released key says it, exactly as for metrics.csv), TensorBoard sees one run, and it is
+safe at any kill: each file is replaced atomically (`os.replace`), the pruning is
+idempotent and is done again by the next invocation, and the new writer is created
+only after the pruning (never rewriting a file still open). Each release is flushed,
+so the event files hold every released round, as metrics.csv does.
+
+Columns: stage, round, method, test_accuracy,
 clustering_accuracy, train_loss, epsilon_spent, nonfinite_zeroed, wall_s, and per
 cluster c: count_c,
 norm_c, w_c, scale_c (nan where a stage has no such value). Which of them ε does not
@@ -14,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
+import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow.core.util import event_pb2
 
 from computations.round_loop import RoundResult
 
@@ -37,6 +56,70 @@ NOTE_UNPROTECTED = (
 _FINALIZER_COLUMNS = (("norm", "norms"), ("w", "w"), ("scale", "scale_factors"))
 
 
+_EVENT_FILES = "*tfevents*"
+_PRUNE_TMP = ".prune.tmp"  # no 'tfevents' in the name: TensorBoard never reads it
+
+
+def prune_steps(summary_dir: str, first_step: int) -> None:
+  """Removes the summaries of steps >= ``first_step`` from every event file in
+  ``summary_dir`` (files left with no summary are deleted; a truncated last record,
+  from a kill during a write, is dropped). Each file is replaced atomically."""
+  if not tf.io.gfile.isdir(summary_dir):
+    return
+  tmp = os.path.join(summary_dir, _PRUNE_TMP)
+  if tf.io.gfile.exists(tmp):
+    tf.io.gfile.remove(tmp)
+  for path in sorted(tf.io.gfile.glob(os.path.join(summary_dir, _EVENT_FILES))):
+    kept, changed = [], False
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        event = event_pb2.Event.FromString(record.numpy())
+        if event.HasField("summary") and event.step >= first_step:
+          changed = True
+        else:
+          kept.append((record.numpy(), event.HasField("summary")))
+    except tf.errors.DataLossError:
+      changed = True
+    if not changed:
+      continue
+    if not any(has_summary for _, has_summary in kept):
+      tf.io.gfile.remove(path)
+      continue
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for record, _ in kept:
+        writer.write(record)
+    os.replace(tmp, path)
+
+
+class TensorBoardRelease:
+  """Scalar rows to TensorBoard, one value per (tag, step) across resumes (see the
+  module docstring).
+
+  Args:
+    summary_dir: the run's TensorBoard directory.
+  """
+
+  def __init__(self, summary_dir: str):
+    self._dir = summary_dir
+    self._writer: Optional[tf.summary.SummaryWriter] = None
+
+  def release(self, values: Mapping[str, float], step: int) -> None:
+    """Writes ``values`` (tag -> scalar) at ``step``; the first call of an instance
+    first removes the steps >= ``step`` left by earlier invocations."""
+    if self._writer is None:
+      prune_steps(self._dir, step)
+      self._writer = tf.summary.create_file_writer(self._dir)
+    with self._writer.as_default():
+      for tag, value in values.items():
+        tf.summary.scalar(tag, value, step=step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
 class MetricsRelease:
   """Releases each round's `RoundResult` to `metrics.csv` and TensorBoard.
 
@@ -52,8 +135,7 @@ class MetricsRelease:
                wall_s: Callable[[], float]):
     self._csv = tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
                                                   key_fieldname="key")
-    self._tb = tff.program.TensorBoardReleaseManager(os.path.join(root_dir,
-                                                                  "tensorboard"))
+    self._tb = TensorBoardRelease(os.path.join(root_dir, "tensorboard"))
     self._method, self._clusters, self._t0 = method, num_clusters, stage0_rounds
     self._wall_s = wall_s
 
@@ -75,6 +157,10 @@ class MetricsRelease:
     row = self.row(r)
     key = r.rnd if r.stage == 0 else self._t0 + r.rnd
     asyncio.run(self._csv.release(row, key=key))
-    asyncio.run(self._tb.release(
+    self._tb.release(
         collections.OrderedDict((k, v) for k, v in row.items() if k != "method"),
-        key=key))
+        step=key)
+
+  def close(self) -> None:
+    """Closes the TensorBoard writer (every release is already flushed)."""
+    self._tb.close()

@@ -7,6 +7,8 @@ resume point (after stage-2 round 2) lies inside the warm phase and the resumed 
 
 * An interrupted + resumed run (epsilon = inf, deterministic) matches an uninterrupted
   one exactly (metrics.csv rows, summary).
+* A run stopped between checkpoints computes a round again when resumed; TensorBoard,
+  like metrics.csv, then holds each step once.
 * Stage-2 round 3 is recomputed independently from the interrupted run's checkpoint
   (weights and momentum after round 2): local training per client in plain TF
   (`pina_tff.training.local`), the sum / M in NumPy, the NumPy scaling reference, the
@@ -142,6 +144,30 @@ def test_interrupted_then_resumed_run_matches_exactly(uninterrupted, interrupted
   assert [int(r["key"]) for r in rows_b] == list(range(1, T0 + T2 + 1))
   strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
   assert strip(rows_b) == strip(rows_a)
+
+
+def test_resume_between_checkpoints_holds_each_tensorboard_step_once(
+    digits_clients_dir, tff_ctx, tmp_path):
+  """Stopped after stage-2 round 1 with checkpoints every 2 rounds: the resumed run
+  computes round 1 again; TensorBoard, like metrics.csv, then holds each step once."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  opts = lambda **kw: program.ProgramOptions(shard_size=5, checkpoint_every=2,
+                                             progress="none", **kw)
+  partial = program.run_simulation(_cfg(), digits_clients_dir, str(tmp_path),
+                                   opts(stop_after_rounds=T0 + 1), log=lambda m: None)
+  assert partial == {"interrupted": True}
+  program.run_simulation(_cfg(), digits_clients_dir, str(tmp_path), opts(),
+                         log=lambda m: None)
+  assert [int(r["key"]) for r in _rows(tmp_path)] == list(range(1, T0 + T2 + 1))
+  steps = {}
+  for path in sorted(glob.glob(str(tmp_path / "tensorboard" / "*tfevents*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        steps.setdefault(v.tag, []).append(event.step)
+  assert "test_accuracy" in steps
+  for tag, got in steps.items():
+    assert got == list(range(1, T0 + T2 + 1)), (tag, got)
 
 
 def test_scaling_diagnostics_follow_the_warm_boundary(uninterrupted):
