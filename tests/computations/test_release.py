@@ -2,7 +2,6 @@
 between checkpoints resumes from the last checkpoint and releases some rounds again;
 metrics.csv and TensorBoard must then hold each step once, with the resumed run's
 values, and the same steps and values as an uninterrupted run."""
-import collections
 import csv
 import glob
 import os
@@ -12,33 +11,14 @@ import tensorflow as tf
 
 from computations import release
 from computations import round_loop as loop
+from tests.computations import _loop_fakes as loop_fakes
 
 TOTAL, T0 = 6, 0
-Output = collections.namedtuple("Output", ["state", "metrics"])
+_Process = loop_fakes.FakeProcess
 
 
-class _Process:
-  """Adds the sum of the round's values to the state (an int)."""
-
-  def __init__(self, calls):
-    self.calls = calls
-
-  def next(self, state, values):
-    self.calls.append(("next", state, list(values)))
-    return Output(state + sum(values), {"loss": float(sum(values))})
-
-
-class _Source:
-  def __init__(self, calls):
-    self.calls = calls
-
-  def round_data(self, stage, rnd, ids, seeds):
-    del seeds
-    self.calls.append(("data", stage, rnd, list(ids)))
-    return [10 * rnd + i for i in ids]
-
-  def close(self):
-    pass
+def _Source(calls):  # pylint: disable=invalid-name
+  return loop_fakes.FakeSource(calls, record_seeds=False)
 
 
 def _stage(calls, offset):

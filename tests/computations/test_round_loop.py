@@ -1,7 +1,6 @@
 """The one round loop (computations.round_loop) with plain-Python pieces: the order of a
 round's steps, what the data source is asked for, resume and stop semantics, and the
 packed data source's padding and transports."""
-import collections
 import dataclasses
 import os
 
@@ -10,32 +9,14 @@ import pytest
 
 from computations import round_data as rd
 from computations import round_loop as loop
+from tests.computations import _loop_fakes as loop_fakes
 from pina_tff.errors import ConfigError
 
-Output = collections.namedtuple("Output", ["state", "metrics"])
+_Process = loop_fakes.FakeProcess
 
 
-class _Process:
-  """Adds the sum of the round's values to the state (an int)."""
-
-  def __init__(self, calls):
-    self.calls = calls
-
-  def next(self, state, values):
-    self.calls.append(("next", state, list(values)))
-    return Output(state + sum(values), {"loss": float(sum(values))})
-
-
-class _Source:
-  def __init__(self, calls):
-    self.calls = calls
-
-  def round_data(self, stage, rnd, ids, seeds):
-    self.calls.append(("data", stage, rnd, list(ids), list(seeds)))
-    return [10 * rnd + i for i in ids]
-
-  def close(self):
-    pass
+def _Source(calls):  # pylint: disable=invalid-name
+  return loop_fakes.FakeSource(calls, record_seeds=True)
 
 
 def _stage(calls, total=3):
