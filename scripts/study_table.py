@@ -20,11 +20,13 @@ def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("grid_dir")
   ap.add_argument("--labels", default="")
+  ap.add_argument("--dataset", default=None, help="the grid's dataset directory "
+                  "(every dataset's runs are pooled without it)")
   ap.add_argument("--choose", default="")
   ap.add_argument("--rounds", default="1,2,5")
   a = ap.parse_args()
   try:
-    runs = study.collect_study(a.grid_dir)
+    runs = study.collect_study(a.grid_dir, a.dataset)
     labels = [x for x in a.labels.split(",") if x] or None
     print(study.study_markdown(runs, labels, [int(r) for r in a.rounds.split(",")]))
     if a.choose:

@@ -56,10 +56,15 @@ def label_of(run_dir: str, grid_dir: str) -> str:
   return parts[1] if len(parts) > 1 else parts[0]
 
 
-def collect_study(grid_dir: str) -> List[StudyRun]:
-  """Every finished run below `grid_dir`, with its cell label."""
-  return [StudyRun(label_of(r.run_dir, grid_dir), r)
-          for r in results_lib.collect_runs(grid_dir)]
+def collect_study(grid_dir: str, dataset: Optional[str] = None) -> List[StudyRun]:
+  """Every finished run below `grid_dir` (of one `dataset`: the grid's dataset
+  directory name, when given), with its cell label."""
+  runs = []
+  for r in results_lib.collect_runs(grid_dir):
+    parts = os.path.relpath(r.run_dir, grid_dir).split(os.sep)
+    if dataset is None or parts[0] == dataset:
+      runs.append(StudyRun(label_of(r.run_dir, grid_dir), r))
+  return runs
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float, int]:

@@ -33,6 +33,8 @@ def test_runs_keep_their_variant_label_and_round_values(tmp_path):
   runs = study.collect_study(_grid(tmp_path))
   assert sorted({r.label for r in runs}) == ["ifca", "pina@a", "pina@b"]
   assert len(runs) == 18
+  assert len(study.collect_study(_grid(tmp_path), "fashion_mnist")) == 18
+  assert study.collect_study(_grid(tmp_path), "digits") == []
   r = [x for x in runs if x.label == "pina@b" and x.epsilon == 8 and x.record.seed == 2][0]
   # fakes: clustering after round t of 8 = final * (0.7 + 0.3 t / 8)
   assert r.clustering_after(2) == pytest.approx(0.62 * (0.7 + 0.3 * 2 / 8))
