@@ -187,9 +187,9 @@ def test_scaling_diagnostics_follow_the_warm_boundary(uninterrupted):
     target = norms * scale
     if t < WARM:
       want = np.full(C, norms[pos].min())
-    else:
-      d = 1.0 - w
-      want = norms.max() * d / d.max()
+    else:  # the default 'restore' rule without noise: every cluster to the fair share
+      gain = _cfg().stage2.restore_max_gain      # mean norm over the C slots, gain <= G
+      want = norms * np.clip(norms.sum() / C / np.where(pos, norms, 1.0), 1.0, gain)
     np.testing.assert_allclose(target[pos], want[pos], rtol=1e-4, err_msg=f"round {t}")
   assert several == {True, False}, "settings no longer exercise both sides"
 
@@ -214,7 +214,10 @@ def test_last_round_equals_an_independent_recomputation(uninterrupted, interrupt
   update_sum, diag = local.shard_update(pop.model, spec, weights, shard)
   assert float(diag["num_clipped"]) > 0  # the clip binds
   u = update_sum.numpy().astype(np.float64) / COHORT
-  scaled, _ = scaling.scale_cluster_aggregates_np(u, "pina", rnd, WARM)
+  rule = scaling.NormalityRule(cfg.stage2.normality_rule, noise_std=0.0,  # eps = inf
+                               max_gain=cfg.stage2.restore_max_gain)
+  assert rule.name == "restore"
+  scaled, _ = scaling.scale_cluster_aggregates_np(u, "pina", rnd, WARM, rule=rule)
   velocity = MOMENTUM * velocity + scaled
   keys = tm.LORA_KEYS + tm.HEAD_KEYS
   theta = np.concatenate([weights[k].reshape(C, -1) for k in keys], 1) + SERVER_LR * velocity

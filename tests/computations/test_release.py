@@ -50,12 +50,17 @@ def _invoke(root, first_round, offset, stop_after=None):
 
 
 def _tensorboard(root):
-  """{tag: [(step, value), ...]} over every event file, in file then record order."""
-  out = {}
-  for path in sorted(glob.glob(os.path.join(root, "tensorboard", "*tfevents*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
+  """{tag: [(step, value), ...]} over every event file, in write order (wall time;
+  file names alone do not order two invocations that start in the same second)."""
+  rows = []
+  for path in glob.glob(os.path.join(root, "tensorboard", "*tfevents*")):
+    for i, event in enumerate(tf.compat.v1.train.summary_iterator(path)):
       for v in event.summary.value:
-        out.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+        rows.append((event.wall_time, path, i, v.tag, event.step,
+                     float(tf.make_ndarray(v.tensor))))
+  out = {}
+  for _, _, _, tag, step, value in sorted(rows):
+    out.setdefault(tag, []).append((step, value))
   return out
 
 

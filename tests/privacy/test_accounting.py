@@ -192,7 +192,7 @@ def test_exact_gaussian_epsilon_is_the_analytic_gaussian_mechanism(mu, delta):
 
 def _fmnist(epsilon, **privacy):
   from pipelines import presets
-  data = dict(presets.FMNIST_DEFAULTS)
+  data = presets.for_population(presets.FMNIST_DEFAULTS, 10000)
   data["privacy"] = {"epsilon": epsilon, **privacy}
   return config_lib.resolve(config_lib.validate(config_lib.from_dict(data)))
 

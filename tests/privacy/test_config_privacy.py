@@ -69,13 +69,17 @@ def test_secure_noise_mode_refuses_tffs_unseedable_ddp():
 
 
 def test_tiny_epsilon_is_one_config_error_not_a_value_error():
+  """ε = 1e-3: RDP cannot calibrate it (dp_accounting's ValueError becomes one
+  ConfigError); PLD's exact Gaussian composition can, and spends it within 1 %."""
   from pina_tff.privacy import accounting  # pylint: disable=g-import-not-at-top
-  cfg = C.from_dict({"population": 1000, "privacy": {"epsilon": 1e-3},
-                     "stage0": {"rounds": 2, "cohort": 10},
-                     "stage1": {"num_sketch_clients": 100},
-                     "stage2": {"rounds": 3, "cohort": 10}})
+  data = {"population": 1000, "privacy": {"epsilon": 1e-3, "accountant": "rdp"},
+          "stage0": {"rounds": 2, "cohort": 10}, "stage1": {"num_sketch_clients": 100},
+          "stage2": {"rounds": 3, "cohort": 10}}
   with pytest.raises(ConfigError, match="privacy.epsilon.*0.001"):
-    accounting.calibrate_from_config(cfg)
+    accounting.calibrate_from_config(C.from_dict(data))
+  data["privacy"]["accountant"] = "pld"
+  report = accounting.calibrate_from_config(C.from_dict(data))
+  assert 0.99e-3 <= report.epsilon_achieved <= 1e-3
 
 
 if __name__ == "__main__":

@@ -205,28 +205,24 @@ def test_auto_without_cpuinfo_is_float32(tmp_path):
     precision.resolve("fp16")
 
 
-def test_config_and_flag_carry_the_precision():
+def test_config_and_flag_carry_the_precision(digits_clients_dir):
+  """--precision reaches the resolved config (pina-simulate --print_config, in its own
+  process: pipelines.simulate and pipelines.grid both define --preset, so one test
+  process must not import both), the stage-2 spec and the summary record."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
   from computations import methods  # pylint: disable=g-import-not-at-top
   from computations import summary  # pylint: disable=g-import-not-at-top
-  from pipelines import simulate  # pylint: disable=g-import-not-at-top
   assert config_lib.RunConfig().stage2.precision == "float32"
   with pytest.raises(config_lib.ConfigError, match="stage2.precision"):
     config_lib.validate(config_lib.RunConfig(
         stage2=config_lib.Stage2Config(precision="half")))
-  flag_values = types.SimpleNamespace(**{
-      name: None for name in ("config", "method", "num_clusters", "seed", "delta",
-                              "threat_model", "sampling", "noise_mode", "rounds",
-                              "stage0_rounds", "cohort", "local_epochs", "batch_size",
-                              "client_lr", "server_lr", "server_momentum", "clip",
-                              "sketch_clients", "sketch_epochs", "sketch_lr", "top_k",
-                              "sketch_clip", "warm_rounds", "scaling", "normality_rule",
-                              "restore_max_gain", "eval_split", "aggregator",
-                              "fedprox_mu", "ddp_bits", "epsilon", "preset")})
-  flag_values.precision = "bfloat16"
-  from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
-  facts = population_lib.DataFacts(dataset="digits", num_clients=100,
-                                   backbone="digits_tiny", model_width=64)
-  cfg = config_lib.resolve(simulate.build_config(flag_values, facts))
+  out = subprocess.run(
+      [sys.executable, "-m", "pipelines.simulate", f"--clients_dir={digits_clients_dir}",
+       "--print_config", "--precision=bfloat16"], capture_output=True, text=True,
+      timeout=300, check=True)
+  cfg = config_lib.resolve(config_lib.from_dict(json.loads(out.stdout)))
   assert cfg.stage2.precision == "bfloat16"
   assert config_lib.from_dict(config_lib.to_dict(cfg)).stage2.precision == "bfloat16"
   spec2 = methods.stage2_spec(cfg, 1.0, shard_size=4, n_max=5, num_true_clusters=2)
