@@ -67,28 +67,21 @@ def collect_study(grid_dir: str, dataset: Optional[str] = None) -> List[StudyRun
   return runs
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
-  v = [x for x in values if not math.isnan(x)]
-  if not v:
-    return math.nan, math.nan, 0
-  return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else math.nan), len(v)
+def cell_values(runs: Sequence[StudyRun], value) -> Dict[Tuple[str, float], list]:
+  """{(label, ε): [value(run) of each seed, NaNs left out]} (cells without a value
+  are absent)."""
+  groups: Dict[Tuple[str, float], list] = {}
+  for r in runs:
+    v = value(r)
+    if not math.isnan(v):
+      groups.setdefault((r.label, r.epsilon), []).append(v)
+  return groups
 
 
 def cell_stats(runs: Sequence[StudyRun], value) -> Dict[Tuple[str, float], tuple]:
-  """{(label, ε): (mean, std, n)} of `value(run)` over seeds."""
-  groups: Dict[Tuple[str, float], list] = {}
-  for r in runs:
-    groups.setdefault((r.label, r.epsilon), []).append(value(r))
-  return {k: _mean_std(v) for k, v in groups.items()}
-
-
-def _fmt(stat, scale: float = 100.0, digits: int = 1) -> str:
-  mean, std, n = stat
-  if n == 0:
-    return results_lib.MISSING
-  if n == 1:
-    return f"{mean * scale:.{digits}f}"
-  return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f} ({n})"
+  """{(label, ε): (mean, std, n)} of `value(run)` over seeds
+  (`results.mean_std`)."""
+  return {k: results_lib.mean_std(v) for k, v in cell_values(runs, value).items()}
 
 
 def study_markdown(runs: Sequence[StudyRun], labels: Optional[Sequence[str]] = None,
@@ -103,10 +96,11 @@ def study_markdown(runs: Sequence[StudyRun], labels: Optional[Sequence[str]] = N
   rule = "|---|" + "---:|" * len(eps)
 
   def table(title, value, scale=100.0, digits=1):
-    st = cell_stats(runs, value)
+    vals = cell_values(runs, value)
     lines = [f"### {title}", "", head, rule]
     for lab in labels:
-      cells = [_fmt(st.get((lab, e), (math.nan, math.nan, 0)), scale, digits) for e in eps]
+      cells = [results_lib.format_mean_std([v * scale for v in vals[(lab, e)]], digits)
+               if (lab, e) in vals else results_lib.MISSING for e in eps]
       lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -141,7 +135,7 @@ def choose_best(runs: Sequence[StudyRun], candidates: Sequence[str]) -> Tuple[st
   st = cell_stats(runs, lambda r: r.record.scalar("final_accuracy"))
   scores = {}
   for lab in candidates:
-    means = [st.get((lab, e), (math.nan, 0, 0))[0] for e in eps]
+    means = [st[(lab, e)][0] if (lab, e) in st else math.nan for e in eps]
     if means and not any(math.isnan(m) for m in means):
       scores[lab] = float(np.mean(means))
   if not scores:
@@ -162,4 +156,4 @@ def paired_differences(runs: Sequence[StudyRun], a: str, b: str
   for (e, _), v in by.items():
     if a in v and b in v:
       diffs.setdefault(e, []).append(v[a] - v[b])
-  return {e: _mean_std(d) for e, d in diffs.items()}
+  return {e: results_lib.mean_std(d) for e, d in diffs.items()}
