@@ -289,16 +289,15 @@ def _make_plan(cfg, pop, options: ProgramOptions, cohort_key: int) -> _Plan:
   rd.check_transport(options.shard_transport)
   _check_oracle(cfg, pop)
   report = calibrate(cfg, cohort_key)
-  key = cohort_key
   t0 = cfg.stage0.rounds if cfg.stage0.enabled else 0
   t2 = cfg.stage2.rounds
-  shard2 = options.shard_size or _default_shard_size(cfg, key, 2, t2, pop.size,
+  shard2 = options.shard_size or _default_shard_size(cfg, cohort_key, 2, t2, pop.size,
                                                      cfg.stage2.cohort)
-  shard0 = options.shard_size or _default_shard_size(cfg, key, 0, t0, pop.size,
+  shard0 = options.shard_size or _default_shard_size(cfg, cohort_key, 0, t0, pop.size,
                                                      cfg.stage0.cohort)
-  layout2 = rd.StageLayout(shard2, _num_shards(cfg, key, 2, t2, pop.size,
+  layout2 = rd.StageLayout(shard2, _num_shards(cfg, cohort_key, 2, t2, pop.size,
                                                cfg.stage2.cohort, shard2))
-  layout0 = rd.StageLayout(shard0, _num_shards(cfg, key, 0, t0, pop.size,
+  layout0 = rd.StageLayout(shard0, _num_shards(cfg, cohort_key, 0, t0, pop.size,
                                                cfg.stage0.cohort, shard0))
   mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
   expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /

@@ -151,9 +151,9 @@ VARIANTS = {
     "none": {"stage2": {"scaling": "none"}},
     "min_norm": {"stage2": {"scaling": "min_norm"}},
     "normality": {"stage2": {"scaling": "normality"}},
-    # stage-1 signal variants (spec stage 1, step 9); "all" = the dataset's population,
-    # "C" = its number of clusters
-    "sketch_all": {"stage1": {"num_sketch_clients": "all"}},
+    # stage-1 signal variants (spec stage 1, step 9); presets.ALL = the dataset's
+    # population (resolved by presets.for_population), "C" = its number of clusters
+    "sketch_all": {"stage1": {"num_sketch_clients": presets.ALL}},
     "spectral": {"stage1": {"spectral_dims": "C"}},
     "literal": {"stage1": {"noise_positions": "released"}},
     "bound": {"stage1": {"centroid_norm_bound": 1.0}},
@@ -163,17 +163,18 @@ VARIANTS = {
 
 
 def variant_settings(variant, num_clients: int, num_clusters: int) -> dict:
-  """The config settings of a variant label ('a' or 'a+b+...'), with the
-  population-relative words resolved for the dataset."""
+  """The config settings of a variant label ('a' or 'a+b+...') for a dataset of
+  `num_clients` clients and `num_clusters` clusters ("C" becomes the cluster count,
+  population-relative fields go through `presets.for_population`)."""
   out: dict = {}
   for name in (variant.split("+") if variant else []):
     _merge(out, copy.deepcopy(VARIANTS[name]))
   for section in out.values():
     for key, value in list(section.items()):
-      if value == "all":
-        section[key] = num_clients
-      elif value == "C":
+      if value == "C":
         section[key] = num_clusters
+  out = presets.for_population(out, num_clients)
+  del out["population"]  # the dataset's: set by the preset's own for_population
   return out
 
 
@@ -221,12 +222,9 @@ def parse_overrides(items) -> dict:
 
 
 def apply_overrides(cfg_dict: dict, overrides: dict) -> dict:
-  """`cfg_dict` with every override set (nested sections created as needed)."""
+  """`cfg_dict` with every override set (`presets.set_field`)."""
   for path, value in overrides.items():
-    node = cfg_dict
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
+    presets.set_field(cfg_dict, path, value)
   return cfg_dict
 
 

@@ -156,6 +156,15 @@ def for_population(preset: Mapping[str, Any], population: int) -> Dict[str, Any]
   return out
 
 
+def set_field(config: Dict[str, Any], path, value) -> None:
+  """Sets the field at `path` (('stage2', 'rounds'), ...) of a config dict in place,
+  creating the sections on the way: how a flag or a `--set` override lands."""
+  node = config
+  for key in path[:-1]:
+    node = node.setdefault(key, {})
+  node[path[-1]] = value
+
+
 def parse_epsilon(text: str) -> float:
   """--epsilon: 'inf' / '∞' or a number (`pina_tff.config.parse_epsilon`);
   ConfigError otherwise."""

@@ -177,12 +177,8 @@ def build_config(flag_values, facts: population_lib.DataFacts) -> config_lib.Run
         file_fields.add(key)
   for path, flag in _FLAG_FIELDS:
     value = getattr(flag_values, flag)
-    if value is None:
-      continue
-    node = base
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
+    if value is not None:
+      presets.set_field(base, path, value)
   try:
     if flag_values.epsilon is not None:
       base.setdefault("privacy", {})["epsilon"] = parse_epsilon(flag_values.epsilon)
