@@ -14,13 +14,44 @@ errors, with every flag reset to its default first. OUT.json gets
 status "raised <type>" with its traceback on stderr (what a user would have seen).
 Several pipelines modules define flags of the same name (absl refuses duplicates), so
 before a module is imported the flags of the previously imported one are removed.
+
+Tests call `drive(cases, base)` (importing only this file's standard-library top).
 """
 import contextlib
 import importlib
 import io
 import json
+import os
+import subprocess
 import sys
 import traceback
+
+#: The repository root (the driver runs there, with it on PYTHONPATH).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def env() -> dict:
+  """The environment entry points run in for the tests: the repository importable,
+  TensorFlow quiet, no verbose worker logs."""
+  out = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+  out.pop("PINA_TFF_VERBOSE", None)
+  return out
+
+
+def drive(cases: dict, base, timeout: int) -> dict:
+  """Runs `cases` ({name: [module, argv]}) in one driver process of this file, with
+  its files in directory `base`; returns {name: [exit status, stdout, stderr]}.
+  Fails (AssertionError with the driver's stderr) if the driver itself fails."""
+  cases_path = os.path.join(str(base), "cases.json")
+  out_path = os.path.join(str(base), "out.json")
+  with open(cases_path, "w") as f:
+    json.dump(cases, f)
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), cases_path, out_path],
+                        cwd=ROOT, env=env(), capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out_path) as f:
+    return json.load(f)
 
 
 def _forget(module_name):

@@ -14,13 +14,12 @@ generic nan / inf / 32-bit check).
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cli_driver.py")
+from tests.pipelines import _cli_driver as cli_driver
+
+_ROOT = cli_driver.ROOT
 NUM_CLIENTS = 12
 VALUES = {"0": "0", "-1": "-1", "nan": "nan", "inf": "inf", "1e30": "1e30",
           "2**70": str(2 ** 70)}
@@ -132,12 +131,6 @@ def _config_cases(base):
   }
 
 
-def _env():
-  env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("PINA_TFF_VERBOSE", None)
-  return env
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
   from pina_tff.data import beam_prepare  # pylint: disable=g-import-not-at-top
@@ -152,12 +145,7 @@ def base(tmp_path_factory):
 def results(base):
   cases = {name: [c[0], c[1]] for name, c in _cases(base).items()}
   cases.update({name: list(c) for name, c in _config_cases(base).items()})
-  (base / "cases.json").write_text(json.dumps(cases))
-  proc = subprocess.run([sys.executable, _DRIVER, str(base / "cases.json"),
-                         str(base / "out.json")], cwd=_ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads((base / "out.json").read_text())
+  return cli_driver.drive(cases, base, timeout=600)
 
 
 def _one_error(rc, stdout, stderr):

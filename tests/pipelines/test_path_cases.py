@@ -9,17 +9,15 @@ CAP_SYS_ADMIN); elsewhere those cases are skipped with the reason (chmod is no
 stand-in: root writes through it). All cases run in ONE `_cli_driver.py` process.
 """
 import contextlib
-import json
 import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cli_driver.py")
+from tests.pipelines import _cli_driver as cli_driver
+
 SIM, PREP = "pipelines.simulate", "pipelines.prepare_data"
 RESULTS = ("checkpoints", "metrics.csv", "summary.json")  # computations.run_dir.RESULTS
 
@@ -119,15 +117,9 @@ def _cases(base):
 def results(setup):
   base, skipped = setup
   cases = {n: spec for n, (spec, _, _) in _cases(base).items() if n not in skipped}
-  (base / "cases.json").write_text(json.dumps(
-      {n: [m, [str(a) for a in argv]] for n, (m, argv) in cases.items()}))
-  env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("PINA_TFF_VERBOSE", None)
-  proc = subprocess.run([sys.executable, _DRIVER, str(base / "cases.json"),
-                         str(base / "out.json")], cwd=_ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads((base / "out.json").read_text())
+  return cli_driver.drive(
+      {n: [m, [str(a) for a in argv]] for n, (m, argv) in cases.items()}, base,
+      timeout=600)
 
 
 @pytest.mark.parametrize("name", sorted(_cases(pathlib.Path("/"))))

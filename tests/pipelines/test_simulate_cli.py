@@ -6,15 +6,14 @@ driver process (`_cli_driver.py`: one TensorFlow import for all cases); one case
 goes through the real entry point (`python -m`, absl's app.run) to check the exit status
 and the absence of a traceback end to end.
 """
-import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cli_driver.py")
+from tests.pipelines import _cli_driver as cli_driver
+
+_ROOT = cli_driver.ROOT
 NUM_CLIENTS = 24  # tests/conftest.py: DIGITS_CLIENTS
 
 # name -> (flags, words the error line must contain); '{clients}' is the tiny dataset.
@@ -53,23 +52,12 @@ def _argv(name, clients, base):
   return ["--progress=none", f"--root_dir={base / ('run_' + name)}"] + args
 
 
-def _env():
-  env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("PINA_TFF_VERBOSE", None)
-  return env
-
-
 @pytest.fixture(scope="module")
 def results(digits_clients_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("simulate_cli")
   cases = {name: ["pipelines.simulate", _argv(name, digits_clients_dir, base)]
            for name in CASES}
-  (base / "cases.json").write_text(json.dumps(cases))
-  proc = subprocess.run([sys.executable, _DRIVER, str(base / "cases.json"),
-                         str(base / "out.json")], cwd=_ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads((base / "out.json").read_text())
+  return cli_driver.drive(cases, base, timeout=300)
 
 
 def _check(name, rc, stdout, stderr):
@@ -91,7 +79,7 @@ def test_bad_flag_gives_one_clear_error(results, name):
 def test_entry_point_exits_2_without_traceback(digits_clients_dir, tmp_path, name):
   cmd = [sys.executable, "-m", "pipelines.simulate"] + _argv(name, digits_clients_dir,
                                                              tmp_path)
-  proc = subprocess.run(cmd, cwd=_ROOT, env=_env(), capture_output=True, text=True,
+  proc = subprocess.run(cmd, cwd=_ROOT, env=cli_driver.env(), capture_output=True, text=True,
                         timeout=300)
   _check(name, proc.returncode, proc.stdout, proc.stderr)
   assert not (tmp_path / f"run_{name}" / "summary.json").exists()
