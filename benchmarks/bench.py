@@ -10,13 +10,13 @@ Subcommands (first positional argument):
                       one TFF client per simulated client, DifferentiallyPrivateFactory.
                       gaussian_fixed (fixed clip 0.1, not dp_aggregator's adaptive clip);
              sharded / sharded_file / sharded_program
-                      computations.learning_process.build_process (S simulated clients
+                      computations.learning.learning_process.build_process (S simulated clients
                       per TFF client, AggregatorSpec kind 'central'), shards inline, in
                       files written once, or packed and written every round (what
                       pina-simulate did before issue 11);
              resident the same process reading a resident population: laid out once,
                       every round ships row numbers, shards gathered inside the client
-                      computation (computations.resident_data; what pina-simulate does);
+                      computation (computations.data.resident_data; what pina-simulate does);
              plain    the same arithmetic as one tf.function, vectorized over clients;
              pfl      pfl-research in its own venv (benchmarks/run_pfl.sh makes it;
                       $PFL_VENV, default /tmp/pfl-venv), run right after; skipped with a
@@ -28,7 +28,7 @@ Subcommands (first positional argument):
            `head clients=N stock_tff_ms_per_client=X sharded_ms_per_client=Y
             plain_tf_ms_per_client=Z` (sharded = the path pina-simulate takes)
   stage2   PINA stage-2 rounds. --stage2_path=program (default): the program itself
-           (computations.program.run_simulation) on a synthetic population of the FMNIST
+           (computations.program.program.run_simulation) on a synthetic population of the FMNIST
            model's or ViT-S/16's reduced-tail shape (--model), timing each round and its
            parts (benchmarks/program_bench.py). --stage2_path=process: process.next alone
            with per-round packing (--stage2_data inline|file). Peak RSS of the process
@@ -94,7 +94,7 @@ flags.DEFINE_enum("stage2_data", "file", ["inline", "file"],
                   "stage2: shards go to TFF inline (client_work.shard_to_dataset) or as "
                   "file-backed datasets written every round (what pina-simulate does).")
 flags.DEFINE_enum("stage2_path", "program", ["program", "process"],
-                  "stage2: 'program' runs computations.program.run_simulation on a "
+                  "stage2: 'program' runs computations.program.program.run_simulation on a "
                   "synthetic population (what pina-simulate does per round: resident "
                   "data, TFF round, evaluation, accounting, metrics; "
                   "benchmarks/program_bench.py); 'process' times process.next alone "
@@ -230,9 +230,9 @@ def _stock_tff_head(x, y, kernel, bias, noise: float, rounds: int):
 
 
 def file_backed_dataset(shard, directory: str, name: str):
-  """`computations.client_work.shard_to_file_dataset` (what pina-simulate uses by
+  """`computations.learning.client_work.shard_to_file_dataset` (what pina-simulate uses by
   default): the dataset TFF ships each round holds file names instead of the data."""
-  from computations import client_work as cw  # pylint: disable=g-import-not-at-top
+  from computations.learning import client_work as cw  # pylint: disable=g-import-not-at-top
   return cw.shard_to_file_dataset(shard, directory, name)
 
 
@@ -246,11 +246,11 @@ def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int
   again, as pina-simulate did before issue 11 (each round has a new cohort).
   With `resident_dir`, the population is laid out there once (not timed, reported as
   packing seconds) and every round ships only row numbers and seeds, the shards being
-  gathered inside the client computation (`computations.resident_data`): what
+  gathered inside the client computation (`computations.data.resident_data`): what
   pina-simulate does now."""
-  from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
-  from computations import client_work as cw  # pylint: disable=g-import-not-at-top
-  from computations import learning_process as lp  # pylint: disable=g-import-not-at-top
+  from computations.learning import aggregators as agg  # pylint: disable=g-import-not-at-top
+  from computations.learning import client_work as cw  # pylint: disable=g-import-not-at-top
+  from computations.learning import learning_process as lp  # pylint: disable=g-import-not-at-top
   from pina_tff.training import local  # pylint: disable=g-import-not-at-top
   from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top
   from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
@@ -268,7 +268,7 @@ def _sharded_head(x, y, kernel, bias, noise: float, rounds: int, shard_size: int
       shard_size=s, n_max=HEAD_EXAMPLES, server_learning_rate=SERVER_LR)
   source = None
   if resident_dir:
-    from computations import resident_data  # pylint: disable=g-import-not-at-top
+    from computations.data import resident_data  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
     source = resident_data.from_population(
         [{"x": x[i], "label": y[i]} for i in range(n)], model.feature_keys, HEAD_EXAMPLES,
@@ -366,7 +366,7 @@ def run_head(num_clients: int, rounds: int, shard_size: int = 0, noise: float = 
   """Paths: 'stock', 'sharded' (shard_to_dataset), 'sharded_file' (file-backed shards:
   the same computation without re-sending the data each round), 'plain'."""
   """Runs the head benchmark; returns timings (ms/client) and round-1 weights per path."""
-  from computations.context import tff_context  # pylint: disable=g-import-not-at-top
+  from computations.runtime.context import tff_context  # pylint: disable=g-import-not-at-top
   from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
   x, y, kernel, bias = head_data(num_clients)
   s = shard_size or shards.default_shard_size(num_clients)
@@ -508,10 +508,10 @@ def stage2_one(cohort: int, clusters: int, aggregator: str, population: int,
   reduced tail's shape (`program_bench.MODELS`: 'vit_s16' or 'fmnist').
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from computations import aggregators as agg  # pylint: disable=g-import-not-at-top
-  from computations import client_work as cw  # pylint: disable=g-import-not-at-top
-  from computations import learning_process as lp  # pylint: disable=g-import-not-at-top
-  from computations.context import tff_context  # pylint: disable=g-import-not-at-top
+  from computations.learning import aggregators as agg  # pylint: disable=g-import-not-at-top
+  from computations.learning import client_work as cw  # pylint: disable=g-import-not-at-top
+  from computations.learning import learning_process as lp  # pylint: disable=g-import-not-at-top
+  from computations.runtime.context import tff_context  # pylint: disable=g-import-not-at-top
   from pina_tff.models import reduced_tail as rt  # pylint: disable=g-import-not-at-top
   from pina_tff.training import local  # pylint: disable=g-import-not-at-top
   from pina_tff.training import models as tm  # pylint: disable=g-import-not-at-top

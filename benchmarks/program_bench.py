@@ -1,4 +1,4 @@
-"""Stage-2 rounds as pina-simulate runs them: `computations.program.run_simulation` on a
+"""Stage-2 rounds as pina-simulate runs them: `computations.program.program.run_simulation` on a
 synthetic population of reduced-tail features, with per-round times and a profile.
 
 The population has the shapes of a real one (FMNIST model: width 64, 4 heads, MLP 128;
@@ -210,8 +210,8 @@ class _PartTimers:
 
   def __enter__(self):
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-    from computations import program  # pylint: disable=g-import-not-at-top
-    from computations import round_data  # pylint: disable=g-import-not-at-top
+    from computations.program import program  # pylint: disable=g-import-not-at-top
+    from computations.data import round_data  # pylint: disable=g-import-not-at-top
     self._wrap(round_data.PackedRoundData, "round_data", "round_data")
     self._wrap(round_data.ResidentStages, "round_data", "round_data")
     self._wrap(program._Evaluator, "__call__", "evaluate")  # pylint: disable=protected-access
@@ -275,8 +275,8 @@ def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
         profile: bool = False, sketch_clients: int = 200, shard_size: int = 0,
         profile_lines: int = 25, precision: str = "float32") -> dict:
   """Runs the program once (stage 1 + `rounds` + 1 stage-2 rounds); returns times."""
-  from computations import program  # pylint: disable=g-import-not-at-top
-  from computations.context import tff_context  # pylint: disable=g-import-not-at-top
+  from computations.program import program  # pylint: disable=g-import-not-at-top
+  from computations.runtime.context import tff_context  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   pop = synthetic_population(model_name, population, clusters)
   res = {"model": model_name, "population": population, "cohort": cohort,

@@ -2,7 +2,7 @@
 
 Plain Python (no TensorFlow): read by ``pina_tff.config`` (valid method keys),
 ``pina_tff.privacy.accounting`` (what a method is accounted for),
-``computations.methods`` (client work, aggregator, scaling), ``computations.program``
+``computations.learning.methods`` (client work, aggregator, scaling), ``computations.program.program``
 (stage-1 init, summary fields) and ``pina_tff.reporting`` (names, order, plots).
 Adding a method means adding one entry here and, if it trains differently, one
 client-work variant in ``pina_tff.training.local``.

@@ -37,7 +37,7 @@ import numpy as np
 COHORT = "cohort"
 #: Each simulated client's int64[2] key of a round (simulation mode).
 CLIENT_KEY = "client_key"
-#: The server's central-DP noise seed of a round (`computations.aggregators`).
+#: The server's central-DP noise seed of a round (`computations.learning.aggregators`).
 CENTRAL_NOISE = "central_noise"
 #: Random LoRA init of the clusters (PINA+RI, IFCA, IFCA+LDP).
 RANDOM_INIT = "random_init"

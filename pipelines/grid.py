@@ -333,8 +333,8 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
     overrides: {('section', 'key'): value} set in every run's config (`--set`).
   Returns the written plot paths.
   """
-  from computations import context  # pylint: disable=g-import-not-at-top
-  from computations import program  # pylint: disable=g-import-not-at-top
+  from computations.runtime import context  # pylint: disable=g-import-not-at-top
+  from computations.program import program  # pylint: disable=g-import-not-at-top
   from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
   from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
   log = log or (lambda m: print(m, file=sys.stderr, flush=True))

@@ -274,12 +274,12 @@ def main(argv):
     population_lib.check_cache_buildable(FLAGS.clients_dir)
     addresses = None
     if FLAGS.worker_addresses:
-      from computations import workers  # pylint: disable=g-import-not-at-top
+      from computations.runtime import workers  # pylint: disable=g-import-not-at-top
       addresses = workers.parse_addresses(FLAGS.worker_addresses)
       if FLAGS.workers != 1:
         raise config_lib.ConfigError("give either --workers or --worker_addresses")
-    from computations import context  # pylint: disable=g-import-not-at-top
-    from computations import program  # pylint: disable=g-import-not-at-top
+    from computations.runtime import context  # pylint: disable=g-import-not-at-top
+    from computations.program import program  # pylint: disable=g-import-not-at-top
     options = program.ProgramOptions(
         shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
         eval_every=FLAGS.eval_every, progress=FLAGS.progress,

@@ -39,15 +39,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Test subset per module: fast tests (each file's run well under a minute on 2 cores).
 TESTS = {
-    "computations/methods.py": ["tests/computations/test_methods.py",
+    "computations/learning/methods.py": ["tests/computations/test_methods.py",
                                 "tests/computations/test_privacy_wiring.py",
                                 "tests/training/test_local_reference.py"],
-    "computations/finalizers.py": ["tests/computations/test_finalizers.py"],
-    "computations/aggregators.py": ["tests/computations/test_aggregators.py"],
-    "computations/stage1.py": ["tests/computations/test_stage1_noise.py"],
-    "computations/client_work.py": ["tests/computations/test_fedavg_equivalence.py",
+    "computations/learning/finalizers.py": ["tests/computations/test_finalizers.py"],
+    "computations/learning/aggregators.py": ["tests/computations/test_aggregators.py"],
+    "computations/learning/stage1.py": ["tests/computations/test_stage1_noise.py"],
+    "computations/learning/client_work.py": ["tests/computations/test_fedavg_equivalence.py",
                                     "tests/computations/test_round_loop.py"],
-    "computations/learning_process.py": ["tests/computations/test_fedavg_equivalence.py",
+    "computations/learning/learning_process.py": ["tests/computations/test_fedavg_equivalence.py",
                                          "tests/computations/test_finalizers.py"],
     "pina_tff/privacy/accounting.py": ["tests/computations/test_privacy_wiring.py",
                                        "tests/privacy/test_accounting.py"],
@@ -63,30 +63,30 @@ TESTS = {
     "pina_tff/method_table.py": ["tests/test_method_table.py",
                                  "tests/computations/test_methods.py",
                                  "tests/computations/test_privacy_wiring.py"],
-    "computations/round_loop.py": ["tests/computations/test_round_loop.py"],
-    "computations/round_data.py": ["tests/computations/test_round_loop.py",
+    "computations/program/round_loop.py": ["tests/computations/test_round_loop.py"],
+    "computations/data/round_data.py": ["tests/computations/test_round_loop.py",
                                    "tests/computations/test_resident_data.py"],
-    "computations/seeded_process.py": ["tests/computations/test_aggregators.py"],
-    "computations/mergeable_ddp.py": ["tests/computations/test_workers.py"],
-    "computations/summary.py": ["tests/privacy/test_program_privacy.py",
+    "computations/learning/seeded_process.py": ["tests/computations/test_aggregators.py"],
+    "computations/learning/mergeable_ddp.py": ["tests/computations/test_workers.py"],
+    "computations/program/summary.py": ["tests/privacy/test_program_privacy.py",
                                 "tests/computations/test_program.py"],
-    "computations/release.py": ["tests/computations/test_program.py"],
+    "computations/program/release.py": ["tests/computations/test_program.py"],
     # not in SAMPLE_FILES (1-2 minutes per mutant); sample it with --files
-    "computations/program.py": ["tests/computations/test_program.py",
+    "computations/program/program.py": ["tests/computations/test_program.py",
                                 "tests/privacy/test_program_privacy.py"],
 }
 PROGRAM_TESTS = ["tests/computations/test_program.py"]
 
 SAMPLE_FILES = [
-    "computations/methods.py", "computations/finalizers.py", "computations/aggregators.py",
-    "computations/stage1.py", "computations/client_work.py",
-    "computations/learning_process.py", "pina_tff/privacy/accounting.py",
+    "computations/learning/methods.py", "computations/learning/finalizers.py", "computations/learning/aggregators.py",
+    "computations/learning/stage1.py", "computations/learning/client_work.py",
+    "computations/learning/learning_process.py", "pina_tff/privacy/accounting.py",
     "pina_tff/privacy/sketch.py", "pina_tff/aggregation/scaling.py",
     "pina_tff/aggregation/normality.py", "pina_tff/training/local.py",
     # added with issue 12's refactor (the round loop, the method table, DDP by worker)
-    "pina_tff/method_table.py", "computations/round_loop.py", "computations/round_data.py",
-    "computations/seeded_process.py", "computations/mergeable_ddp.py",
-    "computations/summary.py", "computations/release.py",
+    "pina_tff/method_table.py", "computations/program/round_loop.py", "computations/data/round_data.py",
+    "computations/learning/seeded_process.py", "computations/learning/mergeable_ddp.py",
+    "computations/program/summary.py", "computations/program/release.py",
 ]
 
 # (id, description, file, old, new[, tests]) -- the bugs of issue 14's table.
@@ -97,44 +97,44 @@ ISSUE = [
      "linear_sum_assignment(-counts)", "linear_sum_assignment(counts)"),
     ("I03", "top-k keeps only positive entries", "pina_tff/privacy/sketch.py",
      "tf.logical_or(pos_mask, neg_mask)", "pos_mask"),
-    ("I04", "no division by the cohort in the aggregator", "computations/aggregators.py",
+    ("I04", "no division by the cohort in the aggregator", "computations/learning/aggregators.py",
      "lambda v: v / tf.cast(denominator, v.dtype)", "lambda v: v"),
-    ("I05", "central noise scaled by S*clip", "computations/aggregators.py",
+    ("I05", "central noise scaled by S*clip", "computations/learning/aggregators.py",
      "SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)",
      "SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * shard_clip)"),
-    ("I06", "a resumed run skips a round", "computations/program.py",
+    ("I06", "a resumed run skips a round", "computations/program/program.py",
      "loop.run_rounds(stage, state, self.state.round + 1, self.data,\n"
      "                              self._hooks(PHASE_STAGE2",
      "loop.run_rounds(stage, state, self.state.round + 2, self.data,\n"
      "                              self._hooks(PHASE_STAGE2",
      PROGRAM_TESTS + ["-k", "interrupted"]),
-    ("I07", "stage-1 sketches sent with no noise", "computations/stage1.py",
+    ("I07", "stage-1 sketches sent with no noise", "computations/learning/stage1.py",
      "sketch=clipped + noise,", "sketch=clipped,"),
-    ("I08", "stage 0 calibrated with stage 2's noise multiplier", "computations/program.py",
+    ("I08", "stage 0 calibrated with stage 2's noise multiplier", "computations/program/program.py",
      "methods.stage0_spec(p.cfg, p.report.z0,", "methods.stage0_spec(p.cfg, p.report.z2,",
      PROGRAM_TESTS + ["-k", "calibrated_noise"]),
     ("I09", "IFCA+LDP accounted with sampling amplification",
      "pina_tff/privacy/accounting.py",
      "stage2_local_dp=method.local_noise,", "stage2_local_dp=False,"),
-    ("I10", "no clipping for FedNova", "computations/methods.py",
+    ("I10", "no clipping for FedNova", "computations/learning/methods.py",
      "batch_size=s2.batch_size, learning_rate=s2.client_lr, clip_norm=s2.clip,",
      "batch_size=s2.batch_size, learning_rate=s2.client_lr, "
      "clip_norm=math.inf if method.step_normalized else s2.clip,"),
     ("I11", "FedNova multiplies the update by the step count", "pina_tff/training/local.py",
      "delta = delta / tf.maximum(steps, 1.0)[:, None]",
      "delta = delta * tf.maximum(steps, 1.0)[:, None]"),
-    ("I12", "FedNova's server multiplier dropped", "computations/methods.py",
+    ("I12", "FedNova's server multiplier dropped", "computations/learning/methods.py",
      "update_multiplier=expected_local_steps if method.step_normalized else 1.0,",
      "update_multiplier=1.0,"),
     ("I13", "FedProx proximal term with the wrong sign", "pina_tff/training/local.py",
      "loss = loss + 0.5 * spec.fedprox_mu * prox * has_data",
      "loss = loss - 0.5 * spec.fedprox_mu * prox * has_data"),
-    ("I14", "the method table divides by the number of shards", "computations/methods.py",
+    ("I14", "the method table divides by the number of shards", "computations/learning/methods.py",
      "clip_norm=s2.clip, expected_clients=s2.cohort,",
      "clip_norm=s2.clip, expected_clients=_num_shards(s2.cohort, shard_size),"),
-    ("I15", "normality scaling computed but not applied", "computations/finalizers.py",
+    ("I15", "normality scaling computed but not applied", "computations/learning/finalizers.py",
      "+ scaled * multiplier", "+ update * multiplier"),
-    ("I16", "the finalizer's round counter reset to 0 on resume", "computations/program.py",
+    ("I16", "the finalizer's round counter reset to 0 on resume", "computations/program/program.py",
      "fin.finalizer_state(self.state.round,", "fin.finalizer_state(0,",
      PROGRAM_TESTS + ["-k", "interrupted"]),
     ("I17", "evaluation picks the highest-loss cluster", "pina_tff/training/local.py",
@@ -305,7 +305,7 @@ def main(argv=None):
   ap.add_argument("--report", default="", help="append the Markdown table here")
   ap.add_argument("--files", default="",
                   help="comma-separated modules to sample from instead of SAMPLE_FILES "
-                       "(each needs a TESTS entry), e.g. computations/program.py")
+                       "(each needs a TESTS entry), e.g. computations/program/program.py")
   args = ap.parse_args(argv)
   files = [f.strip() for f in args.files.split(",") if f.strip()]
   unknown = [f for f in files if f not in TESTS]

@@ -9,7 +9,7 @@ Two ways to embed them, both on a small keras model with TFF's own client work:
    or central DP) and divides by the fixed expected cohort M.
 2. `build_composed_process`: `tff.learning.templates.compose_learning_process` with
    TFF's model-delta client work, our aggregator, and our normality-scaling finalizer
-   (`computations.finalizers.build_scaling_finalizer`) behind a small adapter
+   (`computations.learning.finalizers.build_scaling_finalizer`) behind a small adapter
    (`adapt_scaling_finalizer`): TFF's keras weights are a list and its update is
    (initial - trained) as a structure; our finalizer works on {name: [C, ...]} models
    and a flat (trained - initial) aggregate [C, P] (here C = 1).
@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from computations import aggregators as agg
-from computations import finalizers as fin
+from computations.learning import aggregators as agg
+from computations.learning import finalizers as fin
 
 INPUT_DIM, NUM_CLASSES = 4, 3
 
@@ -92,7 +92,7 @@ def adapt_scaling_finalizer(weights_type, update_type, scaling_mode: str = "pina
     update_type: TFF type of the aggregate (a structure like the trainable weights,
       TFF's sign: initial - trained).
     scaling_mode, warm_rounds, server_learning_rate, server_momentum: as in
-      `computations.finalizers.build_scaling_finalizer`.
+      `computations.learning.finalizers.build_scaling_finalizer`.
 
   Returns:
     A FinalizerProcess taking (state, weights, aggregate) @SERVER.
@@ -170,7 +170,7 @@ def run(process: tff.learning.templates.LearningProcess, rounds: int = 2,
         num_clients: int = 4, log: Callable[[str], None] = print) -> list:
   """Runs ``rounds`` rounds on synthetic clients; returns the process outputs.
 
-  The caller installs the TFF context (`computations.context.tff_context`).
+  The caller installs the TFF context (`computations.runtime.context.tff_context`).
   """
   state = process.initialize()
   data = example_client_data(num_clients)
@@ -184,7 +184,7 @@ def run(process: tff.learning.templates.LearningProcess, rounds: int = 2,
 
 
 if __name__ == "__main__":
-  from computations import context  # pylint: disable=g-import-not-at-top
+  from computations.runtime import context  # pylint: disable=g-import-not-at-top
   with context.tff_context():
     run(build_fed_avg_with_cslot_aggregator(aggregator_spec()))
     run(build_composed_process(aggregator_spec()))

@@ -139,7 +139,7 @@ class AccountingPlan:
     stage1_clients: how many clients send a sketch (None: possibly every client).
     executions: ((stage, round, times), ...) for every round the server computed more
       than once (a run killed after a round's noisy aggregate and before the checkpoint
-      that follows it re-runs the round on resume: `computations.program_state.
+      that follows it re-runs the round on resume: `computations.program.program_state.
       ExecutionLog`); stage 1's sketches are ('stage1', 1, times). A round computed n
       times with independent noise is n Gaussians: for a client of its cohort
       Gaussian(z)^n, and under amplification PoissonSampled(q, Gaussian(z/sqrt(n)))

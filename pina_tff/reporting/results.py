@@ -1,6 +1,6 @@
 """Read simulation run directories and write the Table-1 style results grid.
 
-A run directory (written by `computations/program.py`) holds
+A run directory (written by `computations/program/program.py`) holds
   summary.json  run-level scalars (method, dataset, epsilon_target, final_accuracy, ...)
   metrics.csv   one row per round (stage, round, method, test_accuracy, ...,
                 count_c, norm_c, w_c, scale_c for each cluster c)

@@ -6,7 +6,7 @@ once, in the shard layout of `pina_tff.training.local` with a leading client axi
 one raw (headerless, C-order, native byte order) array file per key, row i = client i,
 plus one extra last row that is the padding client (zero features, label 0, mask 0,
 true_cluster -1). A round then needs only the cohort's row numbers and client seeds;
-the arrays are gathered where the shard is used (`computations/resident_data.py`
+the arrays are gathered where the shard is used (`computations/data/resident_data.py`
 gathers them inside the TFF client computation from a memory-mapped file;
 `read_shard` below is the NumPy reader, used for tests and plain-NumPy callers).
 

@@ -15,7 +15,7 @@ Shard layout (all padded to fixed N examples per client, mask marks real example
 
 Privacy: this module only clips (per simulated client, to `clip_norm` in L2) and, for
 IFCA+LDP, adds local Gaussian noise to every coordinate of every slot. Stage-2 noise
-for the other methods is added by the aggregator (`computations/aggregators.py`).
+for the other methods is added by the aggregator (`computations/learning/aggregators.py`).
 """
 
 from __future__ import annotations

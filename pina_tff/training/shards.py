@@ -23,7 +23,7 @@ def shard_layout(feature_shapes: Mapping[str, tuple], num_slots: int, n_max: int
   """The one shard layout: {key: (shape, NumPy dtype)}, in element order.
 
   Read by `pack_shard` (the NumPy arrays) and by
-  `computations.client_work.shard_element_type` (the TFF type), so both always agree.
+  `computations.learning.client_work.shard_element_type` (the TFF type), so both always agree.
 
   Args:
     feature_shapes: {feature key: shape of one example's feature}.

@@ -3,8 +3,8 @@ import collections
 
 import numpy as np
 
-from computations import client_work as cw
-from computations import learning_process as lp
+from computations.learning import client_work as cw
+from computations.learning import learning_process as lp
 from pina_tff.training import shards
 
 
@@ -22,7 +22,7 @@ def make_clients(sizes, dim=5, num_classes=3, seed=0, true_clusters=None):
 
 def pack(clients, model, n_max, shard_size, seed_base=7):
   """Packs clients into TFF client datasets of `shard_size` simulated clients each,
-  as `computations.program` does (per-client seeds independent of the shard)."""
+  as `computations.program.program` does (per-client seeds independent of the shard)."""
   seeds = [(seed_base, i) for i in range(len(clients))]
   datasets = []
   for chunk in shards.split_cohort(list(range(len(clients))), shard_size):

@@ -1,12 +1,12 @@
-"""computations.aggregators: noise scale of the DP factories, fixed denominator,
+"""computations.learning.aggregators: noise scale of the DP factories, fixed denominator,
 sharded clients (same total noise), and the weight argument being ignored."""
 import numpy as np
 import pytest
 import tensorflow_federated as tff
 from scipy import stats
 
-from computations import aggregators as agg
-from computations import context
+from computations.learning import aggregators as agg
+from computations.runtime import context
 
 P = 2000
 Z, CLIP, M = 1.0, 2.0, 8

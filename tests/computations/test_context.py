@@ -1,4 +1,4 @@
-"""computations.context: runs TFF computations and never leaves a worker_binary behind;
+"""computations.runtime.context: runs TFF computations and never leaves a worker_binary behind;
 importing it changes nothing in TFF."""
 import os
 import subprocess
@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from computations import workers
-from computations.context import tff_context
+from computations.runtime import workers
+from computations.runtime.context import tff_context
 from pina_tff.errors import ConfigError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,7 +82,7 @@ def test_bad_arguments_raise_config_error(kwargs):
 _SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow_federated as tff
-    from computations.context import tff_context
+    from computations.runtime.context import tff_context
 
     @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
     def total(x):
@@ -128,7 +128,7 @@ _SLEEPER = textwrap.dedent("""
     # A child of a background job (CI runners, `cmd &`) inherits SIGINT ignored, and
     # Python then installs no KeyboardInterrupt handler: restore the interactive default.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from computations.context import tff_context
+    from computations.runtime.context import tff_context
 
     with tff_context(device="cpu", num_workers=1, runtime="worker") as ctx:
       print("WORKERS", *ctx.worker_pids, flush=True)
@@ -188,7 +188,7 @@ def test_import_leaves_tff_untouched():
   assert executor_factory.subprocess is real_subprocess
   code = ("import atexit, tensorflow_federated\n"
           "n = atexit._ncallbacks()\n"
-          "import computations.context\n"
+          "import computations.runtime.context\n"
           "print(atexit._ncallbacks() - n)")
   env = dict(os.environ, PYTHONPATH=_ROOT)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
-from computations import aggregators as agg
-from computations import context
+from computations.learning import aggregators as agg
+from computations.runtime import context
 from computations.examples import embed_example as ex
 
 ROUNDS, CLIENTS = 2, 4

@@ -1,4 +1,4 @@
-"""computations.finalizers (the stage-2 server step, run by TFF) vs a NumPy reference.
+"""computations.learning.finalizers (the stage-2 server step, run by TFF) vs a NumPy reference.
 
 A fixed [C, P] aggregate goes through the real TFF FinalizerProcess for every scaling
 mode, with server lr != 1, momentum != 0, a FedNova-style multiplier != 1, a restored
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from computations import context
-from computations import client_work as cw
-from computations import finalizers
-from computations import learning_process as lp
+from computations.runtime import context
+from computations.learning import client_work as cw
+from computations.learning import finalizers
+from computations.learning import learning_process as lp
 from pina_tff.aggregation import scaling
 from pina_tff.training import models as tm
 

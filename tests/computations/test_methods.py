@@ -1,4 +1,4 @@
-"""computations.methods: the table that turns a RunConfig into each stage's process spec.
+"""computations.learning.methods: the table that turns a RunConfig into each stage's process spec.
 
 No TFF execution: the specs are plain dataclasses. Settings are chosen so every knob is
 visible (clip != 1, cohort != number of shards, z0 != z2, momentum != 0), and each
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from computations import methods
+from computations.learning import methods
 from pina_tff import config as config_lib
 from pina_tff.training import models as tm
 

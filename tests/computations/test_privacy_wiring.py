@@ -1,7 +1,7 @@
 """Which noise multiplier reaches which stage, per method, against the accountant's plan.
 
 For every method: the calibrated report (`pina_tff.privacy.accounting`), the stage specs
-built from it (`computations.methods`, as the program builds them), and the reported
+built from it (`computations.learning.methods`, as the program builds them), and the reported
 epsilon recomputed here from the mechanisms the specs actually run: against the server
 with the analytic Gaussian formula over the clients' rows (tests/privacy/references.py),
 for the released models (Poisson-sampled events) with dp_accounting's PLD accountant
@@ -15,7 +15,7 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from computations import methods
+from computations.learning import methods
 from pina_tff import config as config_lib
 from pina_tff.privacy import accounting
 from pina_tff.simulation import sampling

@@ -1,4 +1,4 @@
-"""computations.program end to end on the shared tiny digits population.
+"""computations.program.program end to end on the shared tiny digits population.
 
 Settings where the wiring matters: server momentum 0.5, server lr 0.8, clip 0.4 (stage
 2) / 0.7 (stage 0) / 0.6 (stage 1), PINA scaling with T_w = 3 warm rounds, so the
@@ -29,11 +29,11 @@ import math
 import numpy as np
 import pytest
 
-from computations import context
-from computations import learning_process as lp
-from computations import program
-from computations import program_state
-from computations import stage1 as stage1_lib
+from computations.runtime import context
+from computations.learning import learning_process as lp
+from computations.program import program
+from computations.program import program_state
+from computations.learning import stage1 as stage1_lib
 from pina_tff import config as config_lib
 from pina_tff.aggregation import scaling
 from pina_tff.errors import ConfigError

@@ -1,4 +1,4 @@
-"""computations.release with a real stop and resume of the round loop: a run stopped
+"""computations.program.release with a real stop and resume of the round loop: a run stopped
 between checkpoints resumes from the last checkpoint and releases some rounds again;
 metrics.csv and TensorBoard must then hold each step once, with the resumed run's
 values, and the same steps and values as an uninterrupted run."""
@@ -9,8 +9,8 @@ import os
 import pytest
 import tensorflow as tf
 
-from computations import release
-from computations import round_loop as loop
+from computations.program import release
+from computations.program import round_loop as loop
 from tests.computations import _loop_fakes as loop_fakes
 
 TOTAL, T0 = 6, 0

@@ -18,12 +18,12 @@ import math
 import numpy as np
 import pytest
 
-from computations import aggregators as agg
-from computations import client_work as cw
-from computations import context
-from computations import learning_process as lp
-from computations import program
-from computations import resident_data
+from computations.learning import aggregators as agg
+from computations.learning import client_work as cw
+from computations.runtime import context
+from computations.learning import learning_process as lp
+from computations.program import program
+from computations.data import resident_data
 from pina_tff import config as config_lib
 from pina_tff.simulation import resident
 from pina_tff.training import local

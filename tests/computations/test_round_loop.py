@@ -1,4 +1,4 @@
-"""The one round loop (computations.round_loop) with plain-Python pieces: the order of a
+"""The one round loop (computations.program.round_loop) with plain-Python pieces: the order of a
 round's steps, what the data source is asked for, resume and stop semantics, and the
 packed data source's padding and transports."""
 import dataclasses
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from computations import round_data as rd
-from computations import round_loop as loop
+from computations.data import round_data as rd
+from computations.program import round_loop as loop
 from tests.computations import _loop_fakes as loop_fakes
 from pina_tff.errors import ConfigError
 
@@ -62,7 +62,7 @@ def test_started_is_recorded_before_the_server_computes_and_logs_repeats(tmp_pat
   between release and checkpoint still finds the round logged); a round started again
   (resume from an earlier checkpoint) is listed with the times it ran, across
   instances of the log (a new process)."""
-  from computations import program_state  # pylint: disable=g-import-not-at-top
+  from computations.program import program_state  # pylint: disable=g-import-not-at-top
   calls = []
   log = program_state.ExecutionLog(str(tmp_path))
 

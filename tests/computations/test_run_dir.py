@@ -1,4 +1,4 @@
-"""computations.run_dir and pina_tff.runtime: fingerprint, checkpoint fallback, lock,
+"""computations.program.run_dir and pina_tff.runtime: fingerprint, checkpoint fallback, lock,
 sweep, output-path checks (in-process, fast)."""
 import asyncio
 import collections
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
-from computations import context
-from computations import run_dir
+from computations.runtime import context
+from computations.program import run_dir
 from pina_tff import config as config_lib
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import locks

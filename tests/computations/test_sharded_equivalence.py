@@ -4,9 +4,9 @@ cluster choice, per-client clipping active)."""
 import numpy as np
 import pytest
 
-from computations import aggregators as agg
-from computations import context
-from computations import learning_process as lp
+from computations.learning import aggregators as agg
+from computations.runtime import context
+from computations.learning import learning_process as lp
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from tests.computations import _fl_helpers as h

@@ -1,4 +1,4 @@
-"""computations.stage1 (the sketch computation the program runs) with z1 > 0, clip != 1.
+"""computations.learning.stage1 (the sketch computation the program runs) with z1 > 0, clip != 1.
 
 The same clients are sketched three times from the same seeds: without clipping and
 noise (the raw top-k sketch), clipped without noise, and clipped with noise z1. Then
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from computations import client_work as cw
-from computations import context
-from computations import learning_process as lp
-from computations import stage1
+from computations.learning import client_work as cw
+from computations.runtime import context
+from computations.learning import learning_process as lp
+from computations.learning import stage1
 from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.training import local

@@ -9,10 +9,10 @@ import pytest
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.compiler import building_blocks
 
-from computations import aggregators as agg
-from computations import context
-from computations import learning_process as lp
-from computations import stage1
+from computations.learning import aggregators as agg
+from computations.runtime import context
+from computations.learning import learning_process as lp
+from computations.learning import stage1
 from pina_tff.models import reduced_tail as rt
 from pina_tff.training import local
 from pina_tff.training import models as tm

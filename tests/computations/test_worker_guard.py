@@ -13,8 +13,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 _SCRIPT = textwrap.dedent("""
     import time
-    from computations.context import tff_context
-    from computations import worker_guard
+    from computations.runtime.context import tff_context
+    from computations.runtime import worker_guard
     with tff_context(device="cpu", num_workers=2, runtime="worker") as ctx:
       print("WORKERS", *ctx.worker_pids, flush=True)
       print("GUARD", worker_guard.guard_pid(), flush=True)

@@ -14,11 +14,11 @@ import psutil
 import pytest
 import tensorflow_federated as tff
 
-from computations import aggregators as agg
-from computations import context
-from computations import mergeable_ddp
-from computations import program
-from computations import workers
+from computations.learning import aggregators as agg
+from computations.runtime import context
+from computations.learning import mergeable_ddp
+from computations.program import program
+from computations.runtime import workers
 from pina_tff import config as config_lib
 from pina_tff.errors import ConfigError
 from pina_tff.privacy import ddp as ddp_lib

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from computations import context
-from computations import program
+from computations.runtime import context
+from computations.program import program
 from pina_tff import config as config_lib
 from pina_tff.reporting import results
 from pina_tff.simulation import population as population_lib

@@ -19,7 +19,7 @@ import pytest
 from tests.pipelines import _cli_driver as cli_driver
 
 SIM, PREP = "pipelines.simulate", "pipelines.prepare_data"
-RESULTS = ("checkpoints", "metrics.csv", "summary.json")  # computations.run_dir.RESULTS
+RESULTS = ("checkpoints", "metrics.csv", "summary.json")  # computations.program.run_dir.RESULTS
 
 
 def _mount_tmpfs(path, size="256k"):

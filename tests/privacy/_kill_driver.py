@@ -1,4 +1,4 @@
-"""A run of `computations.program` that kills itself with SIGKILL at a chosen point
+"""A run of `computations.program.program` that kills itself with SIGKILL at a chosen point
 (for tests/privacy/test_kill_resume.py), and writes what the server computed.
 
   python -m tests.privacy._kill_driver CLIENTS ROOT CONFIG_JSON KILL OBSERVED
@@ -17,10 +17,10 @@ import sys
 
 
 def main(clients, root, config_path, kill, observed):
-  from computations import context  # pylint: disable=g-import-not-at-top
-  from computations import program  # pylint: disable=g-import-not-at-top
-  from computations import release  # pylint: disable=g-import-not-at-top
-  from computations import stage1  # pylint: disable=g-import-not-at-top
+  from computations.runtime import context  # pylint: disable=g-import-not-at-top
+  from computations.program import program  # pylint: disable=g-import-not-at-top
+  from computations.program import release  # pylint: disable=g-import-not-at-top
+  from computations.learning import stage1  # pylint: disable=g-import-not-at-top
   from pina_tff import config as config_lib  # pylint: disable=g-import-not-at-top
 
   out = open(observed, "a", buffering=1, encoding="utf-8")  # pylint: disable=consider-using-with

@@ -10,8 +10,8 @@ import pytest
 import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import distributed_dp
 
-from computations import aggregators as agg
-from computations import context
+from computations.learning import aggregators as agg
+from computations.runtime import context
 from pina_tff import config as config_lib
 from pina_tff.errors import ConfigError
 from pina_tff.privacy import ddp

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from computations import release
+from computations.program import release
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import shards

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from computations import aggregators as agg
-from computations import context
-from computations import program
+from computations.learning import aggregators as agg
+from computations.runtime import context
+from computations.program import program
 from pina_tff import config as config_lib
 from pina_tff.privacy import accounting
 from pina_tff.simulation import sampling

@@ -2,7 +2,7 @@
 entropy per client, all 128 bits reach TensorFlow's generator, and every stream
 (cohort, client key, central noise, random init; in the graph: sketch noise, LDP noise,
 shuffles) is derived, never salted, so no two coincide. On the program's real code
-path (`computations.program._client_seeds`, `_noise_seed`, `pina_tff.training.local`,
+path (`computations.program.program._client_seeds`, `_noise_seed`, `pina_tff.training.local`,
 `pina_tff.simulation.sampling`)."""
 import hashlib
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from computations import program
+from computations.program import program
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.simulation import sampling

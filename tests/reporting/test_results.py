@@ -153,7 +153,7 @@ def test_results_csv_one_row_per_run(grid, tmp_path):
 
 
 def test_program_style_run(tmp_path):
-  """What computations/program.py writes: a `key` column from tff's CSV release manager,
+  """What computations/program/program.py writes: a `key` column from tff's CSV release manager,
   quoted cells, rounds as {stage0, stage2}, 'inf' strings, extra objects, subdirs."""
   run = tmp_path / "grid" / "digits" / "pina" / "eps_inf"
   fakes.write_run(str(run), "pina", "digits", math.inf, 0.9, 0.95, num_clusters=2)

@@ -1,5 +1,5 @@
 """pina_tff.training.local vs NumPy references: FedProx's gradient, FedNova's Δ/steps,
-clipping of every method as `computations.methods` wires it (clip != 1), and IFCA-style
+clipping of every method as `computations.learning.methods` wires it (clip != 1), and IFCA-style
 evaluation (argmin loss). Plain TensorFlow, no TFF."""
 import dataclasses
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from computations import methods
+from computations.learning import methods
 from pina_tff import config as config_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm

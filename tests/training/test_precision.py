@@ -212,8 +212,8 @@ def test_config_and_flag_carry_the_precision(digits_clients_dir):
   import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from computations import methods  # pylint: disable=g-import-not-at-top
-  from computations import summary  # pylint: disable=g-import-not-at-top
+  from computations.learning import methods  # pylint: disable=g-import-not-at-top
+  from computations.program import summary  # pylint: disable=g-import-not-at-top
   assert config_lib.RunConfig().stage2.precision == "float32"
   with pytest.raises(config_lib.ConfigError, match="stage2.precision"):
     config_lib.validate(config_lib.RunConfig(

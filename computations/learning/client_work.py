@@ -76,7 +76,7 @@ def shard_to_file_dataset(shard: Mapping, directory: str, name: str) -> tf.data.
 def client_data_type(model, shard_size: int, n_max: int, reader=None,
                      feature_dtype=np.float32):
   """TFF type of a TFF client's dataset: packed shards, or the elements `reader`
-  (e.g. `computations.resident_data.ResidentReader`) turns into shards."""
+  (e.g. `computations.data.resident_data.ResidentReader`) turns into shards."""
   if reader is not None:
     return tff.SequenceType(reader.element_type(shard_size))
   return tff.SequenceType(shard_element_type(model, shard_size, n_max, feature_dtype))

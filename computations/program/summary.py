@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import math
 
-from computations import release
+from computations.program import release
 from pina_tff import config as config_lib
 from pina_tff import method_table
 from pina_tff.privacy import ddp as ddp_lib
@@ -154,7 +154,7 @@ def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
   Args:
     cfg, report, spec2, layout, shapes, diagnostics: as in `privacy_fields`.
     pop: the `pina_tff.simulation.population.Population`.
-    st: the final program state (`computations.program_state`).
+    st: the final program state (`computations.program.program_state`).
   """
   method = method_table.get(cfg.method)
   num_models = method_table.num_models(cfg.method, cfg.num_clusters)

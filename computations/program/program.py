@@ -1,17 +1,17 @@
 """The experiment program: stage 0 -> stage 1 -> stage 2 (or a baseline), resumable.
 
 `run_simulation` is a short sequence of stages. Stages 0 and 2 are the same round loop
-(`computations.round_loop.run_rounds`) with different pieces; a round's client values
-come from a `computations.round_data.RoundDataSource`; the program state is
-`computations.program_state`, metrics go out through `computations.release`, and the
-summary is `computations.summary`. What a method is comes from
+(`computations.program.round_loop.run_rounds`) with different pieces; a round's client values
+come from a `computations.data.round_data.RoundDataSource`; the program state is
+`computations.program.program_state`, metrics go out through `computations.program.release`, and the
+summary is `computations.program.summary`. What a method is comes from
 `pina_tff.method_table`.
 
 Built on `tff.program`: program state (cluster models, finalizer state, stage-1
 result, progress) is saved with a `FileProgramStateManager` every N rounds and at
 every stage boundary; per-round metrics are released to a `CSVFileReleaseManager`
 (`metrics.csv`, which drops rows past the resumed round by itself) and to
-TensorBoard (`computations.release.TensorBoardRelease`, which removes them too). Every round's randomness (cohort, client seeds) is a
+TensorBoard (`computations.program.release.TensorBoardRelease`, which removes them too). Every round's randomness (cohort, client seeds) is a
 function of (seed, stage, round), so a run killed at any moment and started again
 with the same command continues from its last checkpoint and, where the aggregator
 adds no noise (epsilon = inf), ends with exactly the metrics of an uninterrupted run.
@@ -46,18 +46,18 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from computations import aggregators as agg
-from computations import finalizers as fin
-from computations import learning_process as lp
-from computations import methods
-from computations import resident_data
-from computations import program_state as ps
-from computations import release as release_lib
-from computations import round_data as rd
-from computations import round_loop as loop
-from computations import run_dir as run_dir_lib
-from computations import stage1 as stage1_lib
-from computations import summary as summary_lib
+from computations.learning import aggregators as agg
+from computations.learning import finalizers as fin
+from computations.learning import learning_process as lp
+from computations.learning import methods
+from computations.data import resident_data
+from computations.program import program_state as ps
+from computations.program import release as release_lib
+from computations.data import round_data as rd
+from computations.program import round_loop as loop
+from computations.program import run_dir as run_dir_lib
+from computations.learning import stage1 as stage1_lib
+from computations.program import summary as summary_lib
 from pina_tff import config as config_lib
 from pina_tff import method_table
 from pina_tff import rng_streams
@@ -101,7 +101,7 @@ class ProgramOptions:
       the client computation gathers its shard), 'file' (each round's shards are
       packed and written to files that the TFF clients' datasets read) or 'inline'
       (packed and serialized into each round's datasets). Same results whichever;
-      see `computations.round_data`. With privacy.noise_mode='secure' packed shards
+      see `computations.data.round_data`. With privacy.noise_mode='secure' packed shards
       stay in memory ('inline'); resident rounds never write client seeds anyway.
     restart: remove what an earlier run wrote into root_dir and start over (otherwise
       a root_dir made by another configuration is an error; see computations/run_dir).
@@ -324,9 +324,9 @@ def run_simulation(cfg, clients_dir: str, root_dir: str,
   `population`: the already loaded `load_population(clients_dir, ...)` to reuse (pina-grid
   loads it once per dataset); None loads it here.
 
-  The caller installs the TFF execution context (`computations.context.tff_context`).
+  The caller installs the TFF execution context (`computations.runtime.context.tff_context`).
   `root_dir` is locked for the call (one run per directory) and must hold nothing or a
-  run of the same configuration (`computations.run_dir`).
+  run of the same configuration (`computations.program.run_dir`).
   """
   with run_dir_lib.open_run_dir(root_dir, log) as root:
     return _run_locked(cfg, clients_dir, root, options, log, population)
@@ -475,7 +475,7 @@ class _Run:
 
   def accounting_plan(self) -> accounting.AccountingPlan:
     """The run's accounting plan with every computation started so far that ran more
-    than once (`computations.program_state.ExecutionLog`)."""
+    than once (`computations.program.program_state.ExecutionLog`)."""
     return dataclasses.replace(self.plan.accounting_plan,
                                executions=self.executions.repeated())
 

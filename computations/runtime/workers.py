@@ -10,14 +10,14 @@ and the ones we start ourselves are owned and stopped by us (no patching of TFF)
 * :func:`local_workers` -- a context manager that starts N services on free loopback
   ports, waits until each one serves, yields their ``host:port`` addresses and always
   stops them (normal exit, exception, KeyboardInterrupt, SystemExit; a SIGKILLed
-  parent through :mod:`computations.worker_guard`).
+  parent through :mod:`computations.runtime.worker_guard`).
 * :func:`execution_context` -- the TFF context over a list of addresses: TFF's
   synchronous context for one address, TFF's mergeable-computation context over one
   asynchronous context per address for several (each round's CLIENTS are split into
   one part per address and the partial aggregates merged).
 
 The native runtime inside the services has no secure-sum intrinsics; the distributed-DP
-aggregator runs there in its mergeable form (``computations.aggregators``).
+aggregator runs there in its mergeable form (``computations.learning.aggregators``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Iterator, Optional, Sequence
 import grpc
 import portpicker
 
-from computations import worker_guard
+from computations.runtime import worker_guard
 from pina_tff.errors import ConfigError
 
 WORKER_NAME = "worker_binary"

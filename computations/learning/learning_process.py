@@ -2,9 +2,9 @@
 
 Composition follows TFF's own algorithms (`tff.learning.algorithms.build_*`):
   distributor  tff.learning.templates.build_broadcast_process (all C models)
-  client work  computations.client_work.build_shard_client_work
-  aggregator   computations.aggregators.build_cslot_aggregator (DDP by default)
-  finalizer    computations.finalizers.build_scaling_finalizer
+  client work  computations.learning.client_work.build_shard_client_work
+  aggregator   computations.learning.aggregators.build_cslot_aggregator (DDP by default)
+  finalizer    computations.learning.finalizers.build_scaling_finalizer
 Each piece is usable alone in another TFF stack.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from computations import aggregators as agg
-from computations import client_work as cw
-from computations import finalizers as fin
+from computations.learning import aggregators as agg
+from computations.learning import client_work as cw
+from computations.learning import finalizers as fin
 from pina_tff.aggregation import scaling
 from pina_tff.training import local
 
@@ -30,7 +30,7 @@ class ProcessSpec:
 
   Attributes:
     local: what each simulated client does (`pina_tff.training.local.LocalSpec`).
-    aggregator: how updates reach the server (`computations.aggregators.AggregatorSpec`).
+    aggregator: how updates reach the server (`computations.learning.aggregators.AggregatorSpec`).
     shard_size, n_max: static shape of one TFF client's shard.
     scaling_mode, warm_rounds: normality-driven scaling (see `pina_tff.aggregation`).
     normality_rule: the normality phase's formula and the noise std it may read.
@@ -58,8 +58,8 @@ def build_process(model, spec: ProcessSpec,
   Args:
     model: the tail model (`pina_tff.training.models`), which knows its parameter and
       feature shapes.
-    spec: what shapes the process (`ProcessSpec`; see `computations.methods`).
-    reader: a resident-population reader (`computations.resident_data`): each TFF
+    spec: what shapes the process (`ProcessSpec`; see `computations.learning.methods`).
+    reader: a resident-population reader (`computations.data.resident_data`): each TFF
       client's dataset then holds only row numbers and seeds, and the client
       computation gathers its shard; None: the dataset holds the packed shard.
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from computations import aggregators as agg
-from computations import learning_process as lp
+from computations.learning import aggregators as agg
+from computations.learning import learning_process as lp
 from pina_tff import method_table
 from pina_tff.aggregation import scaling as scaling_lib
 from pina_tff.training import local

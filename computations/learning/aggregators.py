@@ -33,9 +33,9 @@ import tensorflow_federated as tff
 # what tff.learning.ddp_secure_aggregator builds on.
 from tensorflow_federated.python.aggregators import distributed_dp
 
-from computations import context
-from computations import mergeable_ddp
-from computations import seeded_process
+from computations.runtime import context
+from computations.learning import mergeable_ddp
+from computations.learning import seeded_process
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.privacy import ddp as ddp_lib

@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
 
-from computations import seeded_process
+from computations.learning import seeded_process
 from pina_tff.privacy import ddp as ddp_lib
 
 

@@ -5,7 +5,7 @@ One `collections.OrderedDict` of NumPy values saved with TFF's
 later phase always sorts after an earlier one): phase and round, wall time so far,
 the cluster models, the finalizer's momentum, the warmed-up head, and the accuracies
 the summary reports. A run killed at any moment resumes from the latest readable
-version (`computations.run_dir.load_latest_readable`).
+version (`computations.program.run_dir.load_latest_readable`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import tensorflow_federated as tff
 
-from computations import run_dir as run_dir_lib
+from computations.program import run_dir as run_dir_lib
 from pina_tff.runtime import atomic
 
 PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = 0, 1, 2, 3

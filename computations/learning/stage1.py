@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from computations import client_work as cw
+from computations.learning import client_work as cw
 from pina_tff import rng_streams
 from pina_tff.privacy import sketch as sk
 from pina_tff.training import local

@@ -6,7 +6,7 @@ are passed in:
 
   `RoundStage`    what one stage runs: its process, cohort and seed schedules, how a
                   round's output is kept in the program state and evaluated, ε spent;
-  `RoundDataSource` (computations.round_data) the round's TFF client values;
+  `RoundDataSource` (computations.data.round_data) the round's TFF client values;
   `RoundHooks`    what happens between rounds: stop check, metric release,
                   checkpoint, progress.
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from computations import aggregators as agg
+from computations.learning import aggregators as agg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ def run_rounds(stage: RoundStage, state, first_round: int, data, hooks: RoundHoo
     stage: the stage's pieces (`RoundStage`).
     state: the process state to start from (model weights already set).
     first_round: the first round to run (1 on a fresh start; resumed round + 1).
-    data: a `computations.round_data.RoundDataSource`.
+    data: a `computations.data.round_data.RoundDataSource`.
     hooks: stop check, release and after-round pieces (`RoundHooks`).
 
   Returns:

@@ -37,7 +37,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow.core.util import event_pb2
 
-from computations.round_loop import RoundResult
+from computations.program.round_loop import RoundResult
 
 #: Released metrics that ε does not cover (simulation diagnostics), by where they go.
 UNPROTECTED_METRICS = {

@@ -1,10 +1,10 @@
 """Where a round's TFF client values come from: the `RoundDataSource` interface.
 
-The round loop (`computations.round_loop`) asks a data source for the values of one
+The round loop (`computations.program.round_loop`) asks a data source for the values of one
 round's cohort; it never packs data itself. Two implementations:
 
 * `ResidentStages` (`'resident'` transport, the default): the population is laid out
-  once per process (`computations.resident_data`); each round ships only the cohort's
+  once per process (`computations.data.resident_data`); each round ships only the cohort's
   row numbers and client seeds, and the client computation, built with the source's
   `reader`, gathers its shard itself. Nothing is packed or written per round.
 * `PackedRoundData`: the cohort's simulated clients are packed into shards of S
@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional, Protocol, Sequence
 
-from computations import client_work as cw
-from computations import resident_data
+from computations.learning import client_work as cw
+from computations.data import resident_data
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import sweep
 from pina_tff.training import shards as shards_lib
@@ -132,7 +132,7 @@ class PackedRoundData:
 
 
 class ResidentStages:
-  """`RoundDataSource` over a resident population (`computations.resident_data`).
+  """`RoundDataSource` over a resident population (`computations.data.resident_data`).
 
   Args:
     source: the population's `resident_data.ResidentRoundData` (laid out once per

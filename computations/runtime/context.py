@@ -2,16 +2,16 @@
 
 Usage::
 
-    from computations.context import tff_context
+    from computations.runtime.context import tff_context
 
     with tff_context(device='cpu') as ctx:
       result = my_tff_computation(x)
     # every worker_binary this block started is stopped here
 
 TFF runs computations in C++ executor services (``worker_binary``,
-:mod:`computations.workers`). ``tff_context`` either starts ``num_workers`` of them on
+:mod:`computations.runtime.workers`). ``tff_context`` either starts ``num_workers`` of them on
 loopback ports (and always stops them: normal exit, exception, Ctrl-C, SIGTERM; a
-SIGKILLed parent through :mod:`computations.worker_guard`) or connects to running ones
+SIGKILLed parent through :mod:`computations.runtime.worker_guard`) or connects to running ones
 at ``worker_addresses`` (``host:port``, any machine; nothing is started or stopped).
 With several services TFF's mergeable-computation context splits each round's clients
 over them and merges the partial aggregates.
@@ -42,7 +42,7 @@ import signal
 import threading
 from typing import Iterator, Optional, Sequence
 
-from computations import workers as workers_lib
+from computations.runtime import workers as workers_lib
 from pina_tff.errors import ConfigError
 
 DEVICES = ("cpu", "gpu", "auto")

@@ -1,0 +1,1 @@
+"""Round data: what a round ships to its TFF clients (resident population layouts or packed shards)."""

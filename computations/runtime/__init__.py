@@ -1,0 +1,1 @@
+"""TFF execution: the in-process C++ context, worker services (gRPC executors) and their guard."""
