@@ -27,6 +27,8 @@ import tempfile
 import time
 
 import numpy as np
+from computations.program import logic
+from computations.program import evaluation
 
 MODELS = {
     # name: (width, heads, mlp_dim, classes)
@@ -214,8 +216,8 @@ class _PartTimers:
     from computations.data import round_data  # pylint: disable=g-import-not-at-top
     self._wrap(round_data.PackedRoundData, "round_data", "round_data")
     self._wrap(round_data.ResidentStages, "round_data", "round_data")
-    self._wrap(program._Evaluator, "__call__", "evaluate")  # pylint: disable=protected-access
-    self._wrap(program.accounting, "epsilon_spent_after", "epsilon")
+    self._wrap(evaluation.Evaluator, "__call__", "evaluate")
+    self._wrap(logic.accounting, "epsilon_spent_after", "epsilon")
     self._wrap(tff.program.CSVFileReleaseManager, "release", "release", True)
     self._wrap(tff.program.TensorBoardReleaseManager, "release", "release", True)
     self._wrap(tff.program.FileProgramStateManager, "save", "checkpoint", True)

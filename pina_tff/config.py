@@ -185,7 +185,18 @@ class RunConfig:
 
   @property
   def sketch_size(self) -> int:
+    """Length of one stage-1 sketch: 2 · model width · LoRA rank."""
     return 2 * self.model_width * self.stage1.lora_rank
+
+  @property
+  def stage0_rounds(self) -> int:
+    """T0: stage-0 rounds that run (0 when stage 0 is off)."""
+    return self.stage0.rounds if self.stage0.enabled else 0
+
+  @property
+  def stage1_clients(self) -> int:
+    """M1: clients that send a stage-1 sketch (at most the population)."""
+    return min(self.stage1.num_sketch_clients, self.population)
 
 
 _SECTIONS = {"privacy": PrivacyConfig, "stage0": Stage0Config, "stage1": Stage1Config,
@@ -413,6 +424,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     bad = {k: v for k, v in p.budget_split.items() if not math.isfinite(v)}
     if bad:
       raise _err("privacy.budget_split", "finite shares", bad)
+
+
+def is_resolved(cfg: RunConfig) -> bool:
+  """Whether ``cfg`` has every default filled in (`resolve` was applied)."""
+  return cfg.privacy.delta is not None and cfg.privacy.budget_split is not None
 
 
 def resolve(cfg: RunConfig, population: Optional[int] = None) -> RunConfig:

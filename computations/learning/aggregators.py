@@ -122,10 +122,6 @@ class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
         auto_l2_clip=False).create(value_type)
 
 
-#: A fresh noise seed from the operating system's entropy (secure noise mode).
-random_seed = seeded_process.random_seed
-
-
 def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
   """The noise seed int64[2] of round ``rnd`` of ``stage`` in simulation mode: the
   `rng_streams.CENTRAL_NOISE` stream of the run seed (128 bits)."""
@@ -139,7 +135,7 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
   The state is the int64[2] seed of the next round (advanced by a stateless split each
   round); the program overwrites it before every round with :func:`derived_seed`
   (simulation: the run's seed fixes the noise, a resumed run repeats it exactly) or
-  :func:`random_seed` (secure: OS entropy, kept in memory only). Default initial seed:
+  `computations.program.seeds.noise_seed` (secure: OS entropy, kept in memory only). Default initial seed:
   OS entropy. Same mechanism as ``tfp.GaussianSumQuery`` (whose
   ``tf.random_normal_initializer`` cannot be seeded per round).
   """

@@ -18,12 +18,8 @@ from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import precision as precision_lib
 
-def num_model_clusters(cfg) -> int:
-  """Models trained in stage 2 by ``cfg.method`` (C when clustered, else 1)."""
-  return method_table.num_models(cfg.method, cfg.num_clusters)
-
-
-def _num_shards(cohort: int, shard_size: int) -> int:
+def _shards_for_expected_cohort(cohort: int, shard_size: int) -> int:
+  """TFF clients for an expected cohort (the default when no layout is given)."""
   return max(1, math.ceil(cohort / shard_size))
 
 
@@ -53,10 +49,14 @@ def normality_rule(cfg, aggregator: agg.AggregatorSpec) -> scaling_lib.Normality
                                    max_gain=cfg.stage2.restore_max_gain)
 
 
-def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
+def stage0_spec(cfg, *, z0: float, shard_size: int, n_max: int,
                 diagnostics: bool = True, num_shards: int | None = None
                 ) -> lp.ProcessSpec:
   """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator.
+
+  Stage 0 borrows from stage 2 its aggregator kind, DDP bit width, server learning
+  rate and local batch size (`cfg.stage2`); its own are rounds, cohort, epochs, lr and
+  clip (`cfg.stage0`).
 
   Args:
     cfg: the resolved RunConfig (stage 0 and the stage-2 aggregator settings).
@@ -64,7 +64,6 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
       noiseless secure sum, see `_aggregator_kind`).
     shard_size: simulated clients per TFF client.
     n_max: padded examples per client.
-    batch_size: local minibatch size.
     diagnostics: release the simulation diagnostics (loss, counts).
     num_shards: TFF clients per round, constant over the stage (the program pads
       Poisson cohorts to it so the distributed-DP noise shares stay the same); default
@@ -78,20 +77,20 @@ def stage0_spec(cfg, z0: float, shard_size: int, n_max: int, batch_size: int,
   kind = cfg.stage2.aggregator
   return lp.ProcessSpec(
       local=local.LocalSpec(num_clusters=1, local_epochs=s0.local_epochs,
-                            batch_size=batch_size, learning_rate=s0.lr,
+                            batch_size=cfg.stage2.batch_size, learning_rate=s0.lr,
                             clip_norm=s0.clip, train_keys=tm.HEAD_KEYS,
                             send_keys=tm.HEAD_KEYS, num_true_clusters=1),
       aggregator=agg.AggregatorSpec(kind=_aggregator_kind(kind, z0), noise_multiplier=z0,
                                     clip_norm=s0.clip, expected_clients=s0.cohort,
                                     shard_size=shard_size,
-                                    num_shards=num_shards or _num_shards(s0.cohort,
+                                    num_shards=num_shards or _shards_for_expected_cohort(s0.cohort,
                                                                          shard_size),
                                     ddp_bits=cfg.stage2.ddp_bits),
       shard_size=shard_size, n_max=n_max, scaling_mode="none",
       server_learning_rate=cfg.stage2.server_lr, simulation_diagnostics=diagnostics)
 
 
-def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
+def stage2_spec(cfg, *, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
                 expected_local_steps: float = 1.0, diagnostics: bool = True,
                 num_shards: int | None = None) -> lp.ProcessSpec:
   """The stage-2 process of `cfg.method` (its `pina_tff.method_table` entry).
@@ -113,7 +112,8 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
   s2, method = cfg.stage2, method_table.get(cfg.method)
   ldp = method.local_noise
   local_spec = local.LocalSpec(
-      num_clusters=num_model_clusters(cfg), local_epochs=s2.local_epochs,
+      num_clusters=method_table.num_models(cfg.method, cfg.num_clusters),
+      local_epochs=s2.local_epochs,
       batch_size=s2.batch_size, learning_rate=s2.client_lr, clip_norm=s2.clip,
       choose_cluster=method.clustered, true_cluster=method.true_clusters,
       fedprox_mu=s2.fedprox_mu if method.proximal else 0.0,
@@ -125,7 +125,8 @@ def stage2_spec(cfg, z2: float, shard_size: int, n_max: int, num_true_clusters: 
       kind="sum" if ldp else _aggregator_kind(s2.aggregator, z2),
       noise_multiplier=0.0 if ldp else z2,
       clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
-      num_shards=num_shards or _num_shards(s2.cohort, shard_size), ddp_bits=s2.ddp_bits)
+      num_shards=num_shards or _shards_for_expected_cohort(s2.cohort, shard_size),
+      ddp_bits=s2.ddp_bits)
   scaling = s2.scaling if method.pina_scaling else "none"
   return lp.ProcessSpec(
       local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,

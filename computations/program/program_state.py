@@ -21,9 +21,8 @@ import numpy as np
 import tensorflow_federated as tff
 
 from computations.program import run_dir as run_dir_lib
+from pina_tff import stages
 from pina_tff.runtime import atomic
-
-PHASE_STAGE0, PHASE_STAGE1, PHASE_STAGE2, PHASE_DONE = 0, 1, 2, 3
 #: Checkpoint versions of a later phase sort after every version of an earlier one.
 PHASE_VERSION_STRIDE = 10_000
 
@@ -50,11 +49,22 @@ def state_template(param_shapes, num_clusters: int, update_size: int
       final_accuracy=np.float64(np.nan), final_clustering_accuracy=np.float64(np.nan))
 
 
+def state_manager(root_dir: str) -> tff.program.FileProgramStateManager:
+  """The run directory's program-state manager (``<root_dir>/checkpoints``, the two
+  latest versions kept); built by the program, handed to the logic."""
+  return tff.program.FileProgramStateManager(
+      os.path.join(root_dir, run_dir_lib.CHECKPOINTS), keep_total=2)
+
+
 class ProgramState:
-  """The program state of one run directory, loaded (or fresh) and saved by phase.
+  """The program state of one run, loaded (or fresh) and saved by phase.
+
+  The phase is the stage the run resumes in (`pina_tff.stages`: STAGE0, STAGE1,
+  STAGE2 or DONE). The values are written only through `record_*` and `save*`:
+  `record_round` is the one update per round.
 
   Args:
-    root_dir: the run directory (checkpoints under ``<root_dir>/checkpoints``).
+    manager: a `tff.program.ProgramStateManager` (`state_manager(root_dir)`).
     template: `state_template(...)` of this run.
     stage0_rounds: T0 (rounds done counts stage-0 rounds before stage-2 ones).
     log: progress messages.
@@ -64,10 +74,9 @@ class ProgramState:
     resumed: whether a checkpoint was loaded.
   """
 
-  def __init__(self, root_dir: str, template, stage0_rounds: int,
-               log: Callable[[str], None]):
-    self._manager = tff.program.FileProgramStateManager(
-        os.path.join(root_dir, run_dir_lib.CHECKPOINTS), keep_total=2)
+  def __init__(self, manager: tff.program.ProgramStateManager, template,
+               stage0_rounds: int, log: Callable[[str], None]):
+    self._manager = manager
     saved, _ = run_dir_lib.load_latest_readable(self._manager, template, log)
     self.values = saved if saved is not None else template
     self.resumed = saved is not None
@@ -88,14 +97,33 @@ class ProgramState:
 
   def rounds_done(self) -> int:
     """Rounds of stages 0 and 2 done so far."""
-    if self.phase == PHASE_STAGE0:
+    if self.phase == stages.STAGE0:
       return self.round
-    if self.phase == PHASE_STAGE1:
+    if self.phase == stages.STAGE1:
       return self._t0
     return self._t0 + self.round
 
   def _version(self) -> int:
     return self.rounds_done() + PHASE_VERSION_STRIDE * self.phase
+
+  def record(self, **entries) -> None:
+    """Sets program-state entries (keys of `state_template`) outside rounds: the
+    warmed-up head's start, stage 1's models and diagnostics, a final evaluation."""
+    unknown = set(entries) - set(self.values)
+    if unknown:
+      raise KeyError(f"not in the program state: {sorted(unknown)}")
+    self.values.update(entries)
+
+  def record_round(self, phase: int, rnd: int, entries, accuracy: float,
+                   clustering: float) -> None:
+    """The program state's one update per round: round ``rnd`` of ``phase`` done,
+    with the round's model ``entries`` (`RoundStage.keep`) and, for an evaluated
+    stage-2 round, the final accuracies so far."""
+    self.record(**entries)
+    self.values["round"] = np.int32(rnd)
+    if phase == stages.STAGE2 and not np.isnan(accuracy):
+      self.values["final_accuracy"] = np.float64(accuracy)
+      self.values["final_clustering_accuracy"] = np.float64(clustering)
 
   def save(self, phase: int, rnd: int) -> None:
     """Saves the state as at round ``rnd`` of ``phase``."""

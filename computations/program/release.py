@@ -91,9 +91,10 @@ def prune_steps(summary_dir: str, first_step: int) -> None:
     os.replace(tmp, path)
 
 
-class TensorBoardRelease:
+class TensorBoardRelease(tff.program.ReleaseManager):
   """Scalar rows to TensorBoard, one value per (tag, step) across resumes (see the
-  module docstring).
+  module docstring); a `tff.program.ReleaseManager` of flat {tag: value} rows (string
+  values, e.g. the method, are not scalars and are left out).
 
   Args:
     summary_dir: the run's TensorBoard directory.
@@ -103,15 +104,16 @@ class TensorBoardRelease:
     self._dir = summary_dir
     self._writer: Optional[tf.summary.SummaryWriter] = None
 
-  def release(self, values: Mapping[str, float], step: int) -> None:
-    """Writes ``values`` (tag -> scalar) at ``step``; the first call of an instance
-    first removes the steps >= ``step`` left by earlier invocations."""
+  async def release(self, value: Mapping[str, object], key: int) -> None:
+    """Writes the scalars of ``value`` (tag -> scalar) at step ``key``; the first call
+    of an instance first removes the steps >= ``key`` left by earlier invocations."""
     if self._writer is None:
-      prune_steps(self._dir, step)
+      prune_steps(self._dir, key)
       self._writer = tf.summary.create_file_writer(self._dir)
     with self._writer.as_default():
-      for tag, value in values.items():
-        tf.summary.scalar(tag, value, step=step)
+      for tag, v in value.items():
+        if not isinstance(v, str):
+          tf.summary.scalar(tag, v, step=key)
     self._writer.flush()
 
   def close(self) -> None:
@@ -120,22 +122,30 @@ class TensorBoardRelease:
       self._writer = None
 
 
+def release_managers(root_dir: str) -> tuple:
+  """The run directory's release managers: (`metrics.csv` through TFF's
+  `CSVFileReleaseManager` keyed by run-wide round, TensorBoard); built by the
+  program, grouped (`tff.program.GroupingReleaseManager`) and handed to the logic."""
+  return (tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
+                                            key_fieldname="key"),
+          TensorBoardRelease(os.path.join(root_dir, "tensorboard")))
+
+
 class MetricsRelease:
-  """Releases each round's `RoundResult` to `metrics.csv` and TensorBoard.
+  """Releases each round's `RoundResult` as one row, keyed by run-wide round.
 
   Args:
-    root_dir: the run directory.
+    manager: a `tff.program.ReleaseManager` of rows (the program's grouping of
+      `release_managers`; the program closes what it built).
     method: the method key (a column of every row).
     num_clusters: models trained in stage 2 (per-cluster columns).
     stage0_rounds: T0 (stage-2 keys follow the stage-0 ones).
     wall_s: () -> seconds of run time so far.
   """
 
-  def __init__(self, root_dir: str, method: str, num_clusters: int, stage0_rounds: int,
-               wall_s: Callable[[], float]):
-    self._csv = tff.program.CSVFileReleaseManager(os.path.join(root_dir, "metrics.csv"),
-                                                  key_fieldname="key")
-    self._tb = TensorBoardRelease(os.path.join(root_dir, "tensorboard"))
+  def __init__(self, manager: tff.program.ReleaseManager, *, method: str,
+               num_clusters: int, stage0_rounds: int, wall_s: Callable[[], float]):
+    self._manager = manager
     self._method, self._clusters, self._t0 = method, num_clusters, stage0_rounds
     self._wall_s = wall_s
 
@@ -156,11 +166,4 @@ class MetricsRelease:
   def __call__(self, r: RoundResult) -> None:
     row = self.row(r)
     key = r.rnd if r.stage == 0 else self._t0 + r.rnd
-    asyncio.run(self._csv.release(row, key=key))
-    self._tb.release(
-        collections.OrderedDict((k, v) for k, v in row.items() if k != "method"),
-        step=key)
-
-  def close(self) -> None:
-    """Closes the TensorBoard writer (every release is already flushed)."""
-    self._tb.close()
+    asyncio.run(self._manager.release(row, key=key))

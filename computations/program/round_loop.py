@@ -10,9 +10,13 @@ are passed in:
   `RoundHooks`    what happens between rounds: stop check, metric release,
                   checkpoint, progress.
 
-Per round: stop check -> cohort -> client values -> noise seed -> started (the
-execution log, before the server computes anything) -> `process.next` -> keep ->
-evaluate -> ε -> release -> checkpoint -> progress.
+Per round: stop check -> cohort -> client values -> prepare state (e.g. the
+aggregator's noise seed) -> started (the execution log, before the server computes
+anything) -> `process.next` -> keep -> evaluate -> ε -> release -> after round (the
+program state's one update of the round, checkpoint, progress).
+
+The loop imports nothing from `computations`: every TFF-specific step is a piece of
+the stage.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from computations.learning import aggregators as agg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +66,11 @@ class RoundStage:
     process: the `tff.learning.templates.LearningProcess` run each round.
     cohort: round -> the cohort's client indices.
     client_seeds: (round, ids) -> each client's stateless seed.
-    noise_seed: round -> the aggregator's noise seed; None when the aggregator has no
-      seed in its state.
-    keep: (round, process state) -> cluster parameters {k: [C, ...]}; stores the
-      round's model in the program state.
+    prepare_state: (round, process state) -> the state the round starts from (e.g.
+      with that round's aggregator noise seed: `computations.program.seeds`); None:
+      the state as it is.
+    keep: (round, process state) -> (cluster parameters {k: [C, ...]} to evaluate,
+      {program-state key: value} of the round's model, handed to `after_round`).
     evaluate: (round, parameters) -> (test accuracy, clustering accuracy).
     epsilon: round -> ε spent after it.
     measurements: process metrics -> (loss, counts or None, finalizer diagnostics or
@@ -77,8 +81,8 @@ class RoundStage:
   process: Any
   cohort: Callable[[int], Sequence[int]]
   client_seeds: Callable[[int, Sequence[int]], list]
-  noise_seed: Optional[Callable[[int], np.ndarray]]
-  keep: Callable[[int, Any], dict]
+  prepare_state: Optional[Callable[[int, Any], Any]]
+  keep: Callable[[int, Any], tuple]
   evaluate: Callable[[int, dict], tuple]
   epsilon: Callable[[int], float]
   measurements: Callable[[Any], tuple]
@@ -91,15 +95,16 @@ class RoundHooks:
   Attributes:
     stop: () -> None to go on, or the result to return (checkpoint already saved).
     release: RoundResult -> None (metrics managers).
-    after_round: RoundResult -> None (round counters, final accuracy, progress,
-      checkpoint), called after `release`.
+    after_round: (RoundResult, {program-state key: value} from `RoundStage.keep`)
+      -> None (the program state's update of the round, progress, checkpoint),
+      called after `release`.
     started: round -> None, called right before `process.next` (records, durably,
       that the server is about to compute the round: a round computed again after a
       kill is counted in ε); None: nothing.
   """
   stop: Callable[[], Optional[dict]]
   release: Callable[[RoundResult], None]
-  after_round: Callable[[RoundResult], None]
+  after_round: Callable[[RoundResult, Mapping[str, Any]], None]
   started: Optional[Callable[[int], None]] = None
 
 
@@ -123,19 +128,19 @@ def run_rounds(stage: RoundStage, state, first_round: int, data, hooks: RoundHoo
       return state, stop
     ids = stage.cohort(rnd)
     values = data.round_data(stage.stage, rnd, ids, stage.client_seeds(rnd, ids))
-    if stage.noise_seed is not None:
-      state = agg.with_noise_seed(state, stage.noise_seed(rnd))
+    if stage.prepare_state is not None:
+      state = stage.prepare_state(rnd, state)
     if hooks.started is not None:
       hooks.started(rnd)
     out = stage.process.next(state, values)
     state = out.state
-    params = stage.keep(rnd, state)
+    params, entries = stage.keep(rnd, state)
     acc, clus = stage.evaluate(rnd, params)
     eps = stage.epsilon(rnd)
     loss, counts, diag, nonfinite = stage.measurements(out.metrics)
     result = RoundResult(stage.stage, rnd, acc, clus, loss, eps, counts, diag, nonfinite)
     hooks.release(result)
-    hooks.after_round(result)
+    hooks.after_round(result, entries)
   return state, None
 
 
@@ -157,6 +162,7 @@ class Progress:
     if mode == "auto":
       mode = "bar" if sys.stderr.isatty() else "log"
     self.mode, self.total, self.done, self.label = mode, total, done, label
+    self.done_at_start = done  # rounds of earlier invocations (not in `elapsed`)
     self.start = time.monotonic()
     self.bar = None
     if mode == "bar":
@@ -173,7 +179,7 @@ class Progress:
     elif self.mode == "log":
       elapsed = time.monotonic() - self.start
       left = self.total - self.done
-      eta = elapsed / max(1, self.done) * left
+      eta = elapsed / max(1, self.done - self.done_at_start) * left
       print(f"[{self.label}] stage {stage} round {rnd} ({self.done}/{self.total}) "
             f"acc={acc:.4f} {extra} eta={eta:.0f}s", file=sys.stderr, flush=True)
 

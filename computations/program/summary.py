@@ -147,15 +147,17 @@ def client_precision(cfg, spec2) -> dict:
   return out
 
 
-def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
-            ) -> collections.OrderedDict:
+def summary(plan, report, st) -> collections.OrderedDict:
   """summary.json of a finished run.
 
   Args:
-    cfg, report, spec2, layout, shapes, diagnostics: as in `privacy_fields`.
-    pop: the `pina_tff.simulation.population.Population`.
-    st: the final program state (`computations.program.program_state`).
+    plan: the run's `computations.program.plan.Plan` (config, population, stage-2
+      spec, shard layouts, diagnostics).
+    report: the run's `PrivacyReport` as the server saw it (repeats counted).
+    st: the final program state values (`computations.program.program_state`).
   """
+  cfg, pop, spec2 = plan.cfg, plan.pop, plan.spec2
+  layout, shapes, diagnostics = plan.layout_summary(), plan.shapes, plan.diagnostics
   method = method_table.get(cfg.method)
   num_models = method_table.num_models(cfg.method, cfg.num_clusters)
   return collections.OrderedDict(
@@ -165,7 +167,7 @@ def summary(cfg, report, spec2, pop, st, layout, shapes, diagnostics: bool
       noise_multipliers={"z0": report.z0, "z1": report.z1, "z2": report.z2},
       local_epsilon1=(finite_or_str(report.local_epsilon1)
                       if report.local_epsilon1 is not None else None),
-      rounds={"stage0": cfg.stage0.rounds if cfg.stage0.enabled else 0,
+      rounds={"stage0": cfg.stage0_rounds,
               "stage2": cfg.stage2.rounds},
       num_clusters=cfg.num_clusters, population=pop.size, cohort=cfg.stage2.cohort,
       shard_size=layout["stage2"][0], aggregator=spec2.aggregator.kind,

@@ -703,7 +703,7 @@ def plan_from_config(cfg, cohort_key: Optional[int] = None) -> AccountingPlan:
   """
   s0, s2 = cfg.stage0, cfg.stage2
   method = method_table.get(cfg.method)
-  t0 = s0.rounds if s0.enabled else 0
+  t0 = cfg.stage0_rounds
   return AccountingPlan(
       population=cfg.population,
       stage0_rounds=t0, stage0_cohort=s0.cohort if t0 > 0 else 0,
@@ -712,14 +712,16 @@ def plan_from_config(cfg, cohort_key: Optional[int] = None) -> AccountingPlan:
       stage2_local_dp=method.local_noise,
       sampling=cfg.privacy.sampling,
       seed=int(cfg.seed if cohort_key is None else cohort_key),
-      stage1_clients=min(cfg.stage1.num_sketch_clients, cfg.population))
+      stage1_clients=cfg.stage1_clients)
 
 
 def calibrate_from_config(cfg, cohort_key: Optional[int] = None,
                           **kwargs) -> PrivacyReport:
   """:func:`calibrate_noise_multipliers` for a RunConfig (defaults resolved by
-  ``pina_tff.config.resolve``); ``cohort_key`` as in :func:`plan_from_config`."""
-  cfg = config_lib.resolve(cfg)
+  ``pina_tff.config.resolve`` unless already resolved); ``cohort_key`` as in
+  :func:`plan_from_config`."""
+  if not config_lib.is_resolved(cfg):
+    cfg = config_lib.resolve(cfg)
   p = cfg.privacy
   return calibrate_noise_multipliers(
       p.epsilon, p.delta, plan_from_config(cfg, cohort_key), p.budget_split,

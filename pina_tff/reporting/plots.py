@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from pina_tff import errors  # noqa: E402
 from pina_tff import method_table  # noqa: E402
+from pina_tff import stages  # noqa: E402
 from pina_tff.reporting import results as res  # noqa: E402
 
 DPI = 100
@@ -66,7 +67,7 @@ def _markevery(n: int):
 
 def _series(record: res.RunRecord, column: str, prepend_init: bool = False):
   """(rounds, values in %) of a stage-2 column; None if nothing finite."""
-  rows = record.stage_rows(res.STAGE_TRAIN)
+  rows = record.stage_rows(stages.STAGE2)
   if column not in rows:
     return None
   x = rows["round"].astype(float)
@@ -212,7 +213,7 @@ def plot_normality(run_record: res.RunRecord, out_png: str) -> str:
 
   Raises DataError when the run has no finite stage-2 `w_<c>` value (e.g. a baseline).
   """
-  rows = run_record.stage_rows(res.STAGE_TRAIN)
+  rows = run_record.stage_rows(stages.STAGE2)
   clusters = sorted(int(k[2:]) for k in rows if k.startswith("w_") and k[2:].isdigit())
   if not any(np.isfinite(rows[f"w_{c}"].astype(float)).any() for c in clusters):
     raise errors.DataError(
@@ -245,7 +246,7 @@ def plot_normality(run_record: res.RunRecord, out_png: str) -> str:
 
 
 def _has_stage2(record: res.RunRecord, column: str) -> bool:
-  rows = record.stage_rows(res.STAGE_TRAIN)
+  rows = record.stage_rows(stages.STAGE2)
   return column in rows and bool(np.isfinite(rows[column].astype(float)).any())
 
 

@@ -29,6 +29,7 @@ from pina_tff import config
 from pina_tff import errors
 from pina_tff.runtime import atomic
 from pina_tff import method_table
+from pina_tff import stages
 
 METHOD_ORDER = method_table.METHOD_KEYS
 METHOD_NAMES = {k: m.name for k, m in method_table.METHODS.items()}
@@ -38,10 +39,10 @@ DATASET_NAMES = {
     "digits": "Digits",
 }
 MISSING = "\u2014"  # em dash for an absent cell
-STAGE_WARMUP = 0
-STAGE_TRAIN = 2
-# The baselines among which pina-grid picks the one that gets extra seeds.
-BASELINES = ("fedavg", "fedprox", "fednova", "ifca", "ifca_ldp")
+#: The baselines among which pina-grid picks the one that gets extra seeds: every
+#: method that is neither PINA (or its ablation PINA+RI: the methods with PINA's
+#: scaling) nor a ceiling, in the method table's order.
+BASELINES = method_table.keys_where(pina_scaling=False, true_clusters=False)
 CLUSTERED_METHODS = method_table.keys_where(clustered=True)
 #: Ceilings (true clusters known): shown above the methods, never the column's best.
 CEILING_METHODS = method_table.keys_where(true_clusters=True)
@@ -165,7 +166,7 @@ class RunRecord:
     """A summary value as float; NaN when absent, null or not a number."""
     return _to_float(self.summary.get(key))
 
-  def stage_rows(self, stage: int = STAGE_TRAIN) -> dict:
+  def stage_rows(self, stage: int = stages.STAGE2) -> dict:
     """metrics restricted to one stage, sorted by round (empty dict if no rows)."""
     if "stage" not in self.metrics or not len(self.metrics["stage"]):
       return {}

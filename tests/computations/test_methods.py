@@ -11,6 +11,7 @@ import pytest
 
 from computations.learning import methods
 from pina_tff import config as config_lib
+from pina_tff import method_table
 from pina_tff.training import models as tm
 
 COHORT, COHORT0, SHARD = 30, 12, 4   # 30 clients in ceil(30/4) = 8 shards
@@ -33,7 +34,7 @@ def _cfg(method, aggregator="ddp", scaling="normality"):
 
 
 def _spec2(method, z2=Z2, **kw):
-  return methods.stage2_spec(_cfg(method, **kw), z2, SHARD, n_max=11,
+  return methods.stage2_spec(_cfg(method, **kw), z2=z2, shard_size=SHARD, n_max=11,
                              num_true_clusters=2, expected_local_steps=STEPS)
 
 
@@ -94,7 +95,7 @@ TABLE = {
 def test_stage2_method_table(method):
   clusters, choose, scaling, mu, by_steps, mult = TABLE[method]
   spec = _spec2(method)
-  assert methods.num_model_clusters(_cfg(method)) == clusters
+  assert method_table.num_models(method, _cfg(method).num_clusters) == clusters
   assert spec.local.num_clusters == clusters
   assert spec.local.choose_cluster == choose
   assert spec.scaling_mode == scaling
@@ -119,7 +120,7 @@ def test_normality_rule_reads_the_noise_std_of_the_aggregate(aggregator, z2, wan
       base.stage2, aggregator=aggregator, normality_rule="restore", restore_max_gain=3.0),
       privacy=dataclasses.replace(base.privacy, epsilon=math.inf if z2 == 0 else 8.0))
   config_lib.validate(cfg)
-  rule = methods.stage2_spec(cfg, z2, SHARD, 11, 2).normality_rule
+  rule = methods.stage2_spec(cfg, z2=z2, shard_size=SHARD, n_max=11, num_true_clusters=2).normality_rule
   assert (rule.name, rule.max_gain) == ("restore", 3.0)
   assert rule.noise_std == pytest.approx(want, rel=1e-12)
 
@@ -135,11 +136,12 @@ def test_pina_uses_the_configured_scaling_mode(scaling):
 @pytest.mark.parametrize("aggregator", ["ddp", "central"])
 def test_stage0_gets_z0_clip0_and_cohort0(method, aggregator):
   cfg = _cfg(method, aggregator=aggregator)
-  spec = methods.stage0_spec(cfg, Z0, SHARD, n_max=11, batch_size=8)
+  spec = methods.stage0_spec(cfg, z0=Z0, shard_size=SHARD, n_max=11)
   assert spec.local.num_clusters == 1 and not spec.local.choose_cluster
   assert spec.local.train_keys == tm.HEAD_KEYS == spec.local.send_keys
   assert spec.local.clip_norm == CLIP0 and spec.aggregator.clip_norm == CLIP0
   assert spec.local.learning_rate == 0.05 and spec.local.local_epochs == 2
+  assert spec.local.batch_size == cfg.stage2.batch_size  # borrowed from stage 2
   assert spec.local.ldp_noise_stddev == 0.0
   assert spec.local.fedprox_mu == 0.0 and not spec.local.normalize_by_steps
   # Every method warms the head up through the configured (central-noise) aggregator.
@@ -155,7 +157,7 @@ def test_stage0_gets_z0_clip0_and_cohort0(method, aggregator):
 def test_cohort_below_one_shard_has_one_shard():
   cfg = _cfg("fedavg")
   cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, cohort=3))
-  spec = methods.stage2_spec(cfg, Z2, SHARD, 11, 1)
+  spec = methods.stage2_spec(cfg, z2=Z2, shard_size=SHARD, n_max=11, num_true_clusters=1)
   assert spec.aggregator.num_shards == 1 and spec.aggregator.expected_clients == 3
 
 

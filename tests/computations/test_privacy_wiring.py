@@ -128,8 +128,8 @@ def test_ifca_ldp_gets_no_amplification_by_sampling(reports):
 @pytest.mark.parametrize("method", ALL)
 def test_stage_specs_carry_the_reported_noise(reports, method):
   r, cfg = reports[method], _cfg(method)
-  spec0 = methods.stage0_spec(cfg, r.z0, 10, 5, 16)
-  spec2 = methods.stage2_spec(cfg, r.z2, 10, 5, 1)
+  spec0 = methods.stage0_spec(cfg, z0=r.z0, shard_size=10, n_max=5)
+  spec2 = methods.stage2_spec(cfg, z2=r.z2, shard_size=10, n_max=5, num_true_clusters=1)
   # Noise std per coordinate = z * (the clip the accountant's Gaussian assumes).
   assert spec0.aggregator.central_stddev == pytest.approx(r.z0 * CLIP0)
   assert spec0.local.clip_norm == CLIP0
@@ -179,7 +179,7 @@ def test_epsilon_inf_means_no_noise_anywhere():
       "privacy": config_lib.PrivacyConfig(epsilon=math.inf)}))
   r = accounting.calibrate_from_config(cfg)
   assert (r.z0, r.z1, r.z2) == (0.0, 0.0, 0.0) and math.isinf(r.epsilon_achieved)
-  assert methods.stage2_spec(cfg, r.z2, 10, 5, 1).aggregator.kind == "secure_sum"
+  assert methods.stage2_spec(cfg, z2=r.z2, shard_size=10, n_max=5, num_true_clusters=1).aggregator.kind == "secure_sum"
 
 
 if __name__ == "__main__":

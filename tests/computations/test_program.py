@@ -43,6 +43,10 @@ from pina_tff.training import local
 from tests.privacy.references import worst_row_eps
 from pina_tff.training import models as tm
 from pina_tff.training import shards
+from computations.program import initial_models
+from computations.program import plan as plan_lib
+from pina_tff import stages
+from computations.program import seeds
 
 T0, T2, WARM, STOP = 2, 3, 3, 2 + 2   # interrupted after stage-2 round 2
 MOMENTUM, SERVER_LR, CLIP2, CLIP0, CLIP1 = 0.5, 0.8, 0.4, 0.7, 0.6
@@ -111,7 +115,7 @@ def interrupted(digits_clients_dir, tff_ctx, tmp_path_factory):
   rows = _rows(root)
   pop = population_lib.load_population(digits_clients_dir, 1, 0)
   state = _load_state(root, pop, _cfg())
-  assert (int(state["phase"]), int(state["round"])) == (program.PHASE_STAGE2, STOP - T0)
+  assert (int(state["phase"]), int(state["round"])) == (stages.STAGE2, STOP - T0)
   summary = program.run_simulation(_cfg(), digits_clients_dir, str(root), _opts(),
                                    log=lambda m: None)
   return root, rows, state, summary, pop
@@ -205,9 +209,9 @@ def test_last_round_equals_an_independent_recomputation(uninterrupted, interrupt
   velocity = np.asarray(before["velocity"], np.float64)
   assert np.abs(velocity).max() > 0
   ids = sampling.cohort(cfg.seed, 2, rnd, pop.size, COHORT, cfg.privacy.sampling)
-  seeds = program._client_seeds(cfg.seed, 2, rnd, ids)
+  keys = seeds.client_keys(cfg.seed, 2, rnd, ids)
   shard = shards.pack_shard([pop.train[i] for i in ids], pop.model.feature_keys,
-                            pop.n_max_train, client_seeds=seeds)
+                            pop.n_max_train, client_seeds=keys)
   spec = local.LocalSpec(num_clusters=C, local_epochs=1, batch_size=16,
                          learning_rate=0.3, clip_norm=CLIP2, choose_cluster=True,
                          num_true_clusters=pop.num_true_clusters)
@@ -266,7 +270,7 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
   summary = program.run_simulation(cfg, digits_clients_dir, str(tmp_path / "dp"),
                                    _opts(), log=lambda m: None)
   z = summary["noise_multipliers"]
-  report = program.calibrate(config_lib.validate(cfg))
+  report = plan_lib.calibrate(config_lib.validate(cfg))
   assert z == {"z0": report.z0, "z1": report.z1, "z2": report.z2}
   assert len({z["z0"], z["z1"], z["z2"]}) == 3 and min(z.values()) > 0
   spec0, spec2 = built
@@ -299,20 +303,20 @@ def test_client_seeds_are_128_bit_keys_distinct_per_stage_round_and_client():
   keys = set()
   for stage in (0, 1, 2):
     for rnd in range(1, 30):
-      seeds = program._client_seeds(5, stage, rnd, [3, 4])  # pylint: disable=protected-access
-      assert seeds.dtype == np.int64 and seeds.shape == (2, 2)
-      keys.update(tuple(r) for r in seeds.tolist())
+      got = seeds.client_keys(5, stage, rnd, [3, 4])
+      assert got.dtype == np.int64 and got.shape == (2, 2)
+      keys.update(tuple(r) for r in got.tolist())
   assert len(keys) == 3 * 29 * 2
   code = int.from_bytes(hashlib.sha256(b"client_key").digest()[:4], "little")
   words = np.random.SeedSequence(5, spawn_key=(code, 2, 7, 10)).generate_state(4, np.uint32)
   want = [int(words[0]) | int(words[1]) << 32, int(words[2]) | int(words[3]) << 32]
-  got = program._client_seeds(5, 2, 7, [9])  # pylint: disable=protected-access
+  got = seeds.client_keys(5, 2, 7, [9])
   assert got.view(np.uint64).tolist() == [want]
 
 
 def test_random_init_offsets_have_norm_close_to_the_stage1_clip():
   """PINA+RI's random cluster offsets: N(0, (S1/sqrt(P1))^2 I) rows, norm ~ S1 (0.6)."""
-  offsets = program._random_offsets(_cfg(), 4096, 3)  # pylint: disable=protected-access
+  offsets = initial_models.random_offsets(_cfg(), 4096, 3)
   norms = np.linalg.norm(offsets, axis=1)
   np.testing.assert_allclose(norms, CLIP1, rtol=0.05)
   assert abs(float(offsets.mean())) < 5 * CLIP1 / 4096
@@ -325,12 +329,12 @@ def test_a_cohort_as_large_as_the_population_is_accepted(digits_clients_dir):
   whole = dataclasses.replace(
       cfg, stage0=dataclasses.replace(cfg.stage0, cohort=24),
       stage2=dataclasses.replace(cfg.stage2, cohort=24))
-  assert program._config_for_population(whole, digits_clients_dir).stage2.cohort == 24  # pylint: disable=protected-access
+  assert plan_lib.config_for_population(whole, digits_clients_dir).stage2.cohort == 24
   for stage in ("stage0", "stage2"):
     over = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage),
                                                                    cohort=25)})
     with pytest.raises(ConfigError, match=f"{stage}.cohort: expected at most the population of 24 clients"):
-      program._config_for_population(over, digits_clients_dir)  # pylint: disable=protected-access
+      plan_lib.config_for_population(over, digits_clients_dir)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from computations.program import release
 from computations.program import round_loop as loop
@@ -28,8 +29,8 @@ def _stage(calls, offset):
       stage=2, total_rounds=TOTAL, process=_Process(calls),
       cohort=lambda rnd: [rnd, rnd + 1],
       client_seeds=lambda rnd, ids: [(rnd, i) for i in ids],
-      noise_seed=None,
-      keep=lambda rnd, state: {"w": state},
+      prepare_state=None,
+      keep=lambda rnd, state: ({"w": state}, {}),
       evaluate=lambda rnd, params: (rnd + offset, 0.5),
       epsilon=lambda rnd: 0.25 * rnd,
       measurements=lambda metrics: (metrics["loss"], None, None, float("nan")))
@@ -39,13 +40,16 @@ def _invoke(root, first_round, offset, stop_after=None):
   """One invocation: its own MetricsRelease; stops before a round once ``stop_after``
   rounds ran (no checkpoint of those rounds: the next invocation repeats them)."""
   calls, done = [], []
-  metrics = release.MetricsRelease(str(root), "pina", 1, T0, lambda: 0.0)
+  csv_manager, tensorboard = release.release_managers(str(root))
+  metrics = release.MetricsRelease(
+      tff.program.GroupingReleaseManager([csv_manager, tensorboard]), method="pina",
+      num_clusters=1, stage0_rounds=T0, wall_s=lambda: 0.0)
   hooks = loop.RoundHooks(
       stop=lambda: ({"interrupted": True}
                     if stop_after is not None and len(done) >= stop_after else None),
-      release=metrics, after_round=lambda r: done.append(r.rnd))
+      release=metrics, after_round=lambda r, entries: done.append(r.rnd))
   _, stop = loop.run_rounds(_stage(calls, offset), 0, first_round, _Source(calls), hooks)
-  metrics.close()
+  tensorboard.close()
   return stop, done
 
 

@@ -30,6 +30,7 @@ from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import shards
 from tests.computations import _fl_helpers as h
+from pina_tff.errors import ConfigError
 
 DIM, K, C = 5, 3, 2
 SIZES = [5, 7, 3, 6, 4, 8, 2, 5, 1, 6]
@@ -160,7 +161,7 @@ def test_layout_is_made_once_per_population_object():
 
 
 def test_unknown_transport_is_an_error(digits_clients_dir, tmp_path):
-  with pytest.raises(program.ConfigError, match="shard_transport must be"):
+  with pytest.raises(ConfigError, match="shard_transport must be"):
     program.run_simulation(_cfg(), digits_clients_dir, str(tmp_path),
                            program.ProgramOptions(progress="none", shard_transport="x"),
                            log=lambda m: None)

@@ -24,8 +24,9 @@ def _stage(calls, total=3):
       stage=2, total_rounds=total, process=_Process(calls),
       cohort=lambda rnd: [rnd, rnd + 1],
       client_seeds=lambda rnd, ids: [(rnd, i) for i in ids],
-      noise_seed=None,
-      keep=lambda rnd, state: calls.append(("keep", rnd, state)) or {"w": state},
+      prepare_state=None,
+      keep=lambda rnd, state: calls.append(("keep", rnd, state)) or ({"w": state},
+                                                                     {"model": state}),
       evaluate=lambda rnd, params: (params["w"] / 100.0, 0.5),
       epsilon=lambda rnd: 0.25 * rnd,
       measurements=lambda metrics: (metrics["loss"], None, None, float("nan")))
@@ -37,8 +38,8 @@ def _hooks(calls, stop_before=None):
     return {"interrupted": True} if stop_before is not None and len(done) >= stop_before \
         else None
   return loop.RoundHooks(stop=stop, release=lambda r: calls.append(("release", r)),
-                         after_round=lambda r: done.append(r.rnd) or
-                         calls.append(("after", r.rnd))), done
+                         after_round=lambda r, entries: done.append(r.rnd) or
+                         calls.append(("after", r.rnd, entries))), done
 
 
 def test_each_round_runs_its_steps_in_order_and_releases_what_it_computed():
@@ -55,6 +56,9 @@ def test_each_round_runs_its_steps_in_order_and_releases_what_it_computed():
   assert [r.rnd for r in released] == [1, 2, 3]
   assert released[0].accuracy == pytest.approx(23 / 100) and released[0].clustering == 0.5
   assert released[1].epsilon == 0.5 and released[1].loss == 45.0
+  # after_round gets the program-state entries `keep` made of the round's state.
+  assert [c[2] for c in calls if c[0] == "after"] == [{"model": 23}, {"model": 68},
+                                                      {"model": 135}]
 
 
 def test_started_is_recorded_before_the_server_computes_and_logs_repeats(tmp_path):
@@ -93,16 +97,19 @@ def test_resume_starts_at_the_given_round_and_stop_returns_before_a_round():
   assert [c[2] for c in calls if c[0] == "data"] == [2]
 
 
-def test_noise_seed_is_set_before_next(monkeypatch):
+def test_prepare_state_runs_before_next_and_its_state_is_the_one_computed():
+  """The stage's state step (e.g. the noise seed) sees each round's incoming state,
+  and `next` gets what it returns."""
   calls = []
   seen = []
-  monkeypatch.setattr(loop.agg, "with_noise_seed",
-                      lambda state, seed: seen.append((state, seed)) or state)
   stage = _stage(calls, total=2)
-  stage = loop.RoundStage(**{**stage.__dict__, "noise_seed": lambda rnd: 7 * rnd})
+  stage = dataclasses.replace(
+      stage, prepare_state=lambda rnd, state: seen.append((rnd, state)) or state + 1000)
   hooks, _ = _hooks(calls)
-  loop.run_rounds(stage, 0, 1, _Source(calls), hooks)
-  assert seen == [(0, 7), (23, 14)]
+  state, _ = loop.run_rounds(stage, 0, 1, _Source(calls), hooks)
+  assert seen == [(1, 0), (2, 1023)]
+  assert [c[1] for c in calls if c[0] == "next"] == [1000, 2023]
+  assert state == 2023 + 22 + 23
 
 
 def test_due_marks_every_nth_and_the_last_round():
@@ -165,12 +172,18 @@ def test_progress_modes(capsys, mode, lines):
     assert err[1].startswith("[run] stage 2 round 3 (3/3) acc=0.6250")
 
 
-def test_progress_eta_is_the_mean_round_time_times_rounds_left(capsys, monkeypatch):
-  clock = iter([1000.0, 1012.0])  # start, then 12 s later
+def test_progress_eta_after_a_resume_uses_this_invocations_rounds_only(capsys,
+                                                                        monkeypatch):
+  """The elapsed time counts this invocation only, so the mean round time must too:
+  4 rounds done before the resume, 1 round in 12 s now, 5 left -> 60 s (counting the
+  earlier rounds gave 12 s, 5x too low)."""
+  clock = iter([1000.0, 1012.0, 1036.0])  # start, then 12 s and 36 s later
   monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
   progress = loop.Progress("log", total=10, done=4, label="run")
-  progress.update(2, 5, 0.5)  # 5 of 10 done in 12 s (4 of them before the resume)
-  assert capsys.readouterr().err.rstrip().endswith("eta=12s")  # 12 s / 5 done * 5 left
+  progress.update(2, 5, 0.5)
+  assert capsys.readouterr().err.rstrip().endswith("eta=60s")  # 12 s / 1 round * 5 left
+  progress.update(2, 6, 0.5)
+  assert capsys.readouterr().err.rstrip().endswith("eta=72s")  # 36 s / 2 rounds * 4
 
 
 if __name__ == "__main__":

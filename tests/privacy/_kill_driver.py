@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from computations.program import plan as plan_lib
 
 
 def main(clients, root, config_path, kill, observed):
@@ -24,10 +25,10 @@ def main(clients, root, config_path, kill, observed):
   from pina_tff import config as config_lib  # pylint: disable=g-import-not-at-top
 
   out = open(observed, "a", buffering=1, encoding="utf-8")  # pylint: disable=consider-using-with
-  real_source = program._round_data_source  # pylint: disable=protected-access
+  real_source = plan_lib.round_data_source
 
-  def source(plan, sketch_shard_size):
-    src = real_source(plan, sketch_shard_size)
+  def source(plan):
+    src = real_source(plan)
     real_round_data = src.round_data
 
     def round_data(stage, rnd, ids, seeds):
@@ -36,7 +37,7 @@ def main(clients, root, config_path, kill, observed):
       return real_round_data(stage, rnd, ids, seeds)
     src.round_data = round_data
     return src
-  program._round_data_source = source  # pylint: disable=protected-access
+  plan_lib.round_data_source = source
 
   if kill.startswith("stage2:"):
     kill_round = int(kill.split(":")[1])

@@ -14,6 +14,7 @@ from computations.program import program
 from pina_tff import config as config_lib
 from pina_tff.privacy import accounting
 from pina_tff.simulation import sampling
+from computations.program import seeds
 
 NUM_CLIENTS = 24  # tests/conftest.py: DIGITS_CLIENTS
 SEED = 0  # tests/conftest.py: the shared population's cache is built for seed 0
@@ -109,14 +110,14 @@ def test_diagnostics_off_releases_nothing_outside_epsilon(clients_dir, tff_ctx, 
 def test_noise_seeds_simulation_vs_secure():
   sim = config_lib.validate(_cfg())
   sec = config_lib.validate(_cfg(noise_mode="secure"))
-  assert np.array_equal(program._noise_seed(sim, 2, 5), program._noise_seed(sim, 2, 5))
-  assert not np.array_equal(program._noise_seed(sim, 2, 5), program._noise_seed(sim, 2, 6))
-  assert not np.array_equal(program._noise_seed(sec, 2, 5), program._noise_seed(sec, 2, 5))
+  assert np.array_equal(seeds.noise_seed(sim, 2, 5), seeds.noise_seed(sim, 2, 5))
+  assert not np.array_equal(seeds.noise_seed(sim, 2, 5), seeds.noise_seed(sim, 2, 6))
+  assert not np.array_equal(seeds.noise_seed(sec, 2, 5), seeds.noise_seed(sec, 2, 5))
   ids = [0, 1, 2]
-  sim_keys = program._client_seeds(3, 1, 0, ids)
-  assert np.array_equal(sim_keys, program._client_seeds(3, 1, 0, ids))
-  a = program._client_seeds(3, 1, 0, ids, "secure")
-  b = program._client_seeds(3, 1, 0, ids, "secure")
+  sim_keys = seeds.client_keys(3, 1, 0, ids)
+  assert np.array_equal(sim_keys, seeds.client_keys(3, 1, 0, ids))
+  a = seeds.client_keys(3, 1, 0, ids, "secure")
+  b = seeds.client_keys(3, 1, 0, ids, "secure")
   assert not np.array_equal(a, b) and not np.array_equal(a, sim_keys)
   assert agg.derived_seed(3, 2, 5).dtype == np.int64
 

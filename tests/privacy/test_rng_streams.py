@@ -16,6 +16,7 @@ from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.simulation import sampling
 from pina_tff.training import local
+from computations.program import seeds
 
 
 def _bits(keys: np.ndarray) -> np.ndarray:
@@ -33,7 +34,7 @@ def test_secure_client_keys_draw_16_bytes_of_os_entropy_per_client(monkeypatch):
 
   monkeypatch.setattr(rng_streams.os, "urandom", spy)
   ids = list(range(500))
-  keys = program._client_seeds(0, 2, 1, ids, "secure")  # pylint: disable=protected-access
+  keys = seeds.client_keys(0, 2, 1, ids, "secure")
   assert sum(drawn) >= 16 * len(ids)
   assert keys.dtype == np.int64 and keys.shape == (len(ids), 2)
   # Every one of the 128 bit positions varies over 500 keys (the former key, a 31-bit
@@ -42,7 +43,7 @@ def test_secure_client_keys_draw_16_bytes_of_os_entropy_per_client(monkeypatch):
   assert bits.any(axis=0).all() and (~bits).any(axis=0).all()
   assert len({tuple(k) for k in keys.tolist()}) == len(ids)
   # Fresh every call, and independent of the run seed.
-  again = program._client_seeds(0, 2, 1, ids, "secure")  # pylint: disable=protected-access
+  again = seeds.client_keys(0, 2, 1, ids, "secure")
   assert not np.any(np.all(keys == again, axis=1))
 
 
@@ -53,22 +54,22 @@ def test_secure_central_noise_seed_is_128_bits_of_os_entropy(monkeypatch):
   cfg = config_lib.validate(config_lib.RunConfig(
       privacy=config_lib.PrivacyConfig(noise_mode="secure"),
       stage2=config_lib.Stage2Config(aggregator="central")))
-  seeds = np.stack([program._noise_seed(cfg, 2, r) for r in range(200)])  # pylint: disable=protected-access
-  assert drawn == [16] * 200 and seeds.dtype == np.int64
-  bits = _bits(seeds)
+  drawn_seeds = np.stack([seeds.noise_seed(cfg, 2, r) for r in range(200)])
+  assert drawn == [16] * 200 and drawn_seeds.dtype == np.int64
+  bits = _bits(drawn_seeds)
   assert bits.any(axis=0).all() and (~bits).any(axis=0).all()
 
 
 def test_simulation_keys_repeat_and_match_a_hand_built_seed_sequence():
   ids = [0, 7, 123]
-  a = program._client_seeds(11, 2, 4, ids)  # pylint: disable=protected-access
-  assert np.array_equal(a, program._client_seeds(11, 2, 4, ids))  # pylint: disable=protected-access
+  a = seeds.client_keys(11, 2, 4, ids)
+  assert np.array_equal(a, seeds.client_keys(11, 2, 4, ids))
   code = int.from_bytes(hashlib.sha256(b"client_key").digest()[:4], "little")
   for row, i in zip(a.view(np.uint64), ids):
     w = np.random.SeedSequence(11, spawn_key=(code, 2, 4, i + 1)).generate_state(4, np.uint32)
     assert row.tolist() == [int(w[0]) | int(w[1]) << 32, int(w[2]) | int(w[3]) << 32]
   # Every simulation key uses the full width too (derived, 128 bits).
-  bits = _bits(program._client_seeds(11, 2, 4, list(range(500))))  # pylint: disable=protected-access
+  bits = _bits(seeds.client_keys(11, 2, 4, list(range(500))))
   assert bits.any(axis=0).all() and (~bits).any(axis=0).all()
 
 
@@ -95,7 +96,7 @@ def test_in_graph_streams_of_all_clients_never_coincide():
   ((base, i) + [0, 11] == (base, i + 4) + [0, 7]); derived sub-keys do not."""
   ids = list(range(40))
   for mode in ("simulation", "secure"):
-    keys = tf.constant(program._client_seeds(0, 1, 0, ids, mode))  # pylint: disable=protected-access
+    keys = tf.constant(seeds.client_keys(0, 1, 0, ids, mode))
     draws = []
     for stream in (rng_streams.LDP_NOISE, rng_streams.SKETCH_NOISE,
                    rng_streams.EPOCH_SHUFFLE, rng_streams.EPOCH_SHUFFLE + 1):

@@ -135,7 +135,7 @@ def test_every_method_clips_each_client_to_its_clip(method, clip):
   """One client per shard: the slot's norm is min(||Δ'||, clip) exactly (Δ' = what the
   method sends before clipping), with the method's LocalSpec from `methods` (z2 = 0)."""
   cfg = _cfg(method, clip)
-  spec = dataclasses.replace(methods.stage2_spec(cfg, 0.0, 1, 6, 1).local, **HEAD,
+  spec = dataclasses.replace(methods.stage2_spec(cfg, z2=0.0, shard_size=1, n_max=6, num_true_clusters=1).local, **HEAD,
                              shuffle=False)
   unclipped = dataclasses.replace(spec, clip_norm=math.inf)
   params = _params(spec.num_clusters, scale=0.2)

@@ -225,16 +225,16 @@ def test_config_and_flag_carry_the_precision(digits_clients_dir):
   cfg = config_lib.resolve(config_lib.from_dict(json.loads(out.stdout)))
   assert cfg.stage2.precision == "bfloat16"
   assert config_lib.from_dict(config_lib.to_dict(cfg)).stage2.precision == "bfloat16"
-  spec2 = methods.stage2_spec(cfg, 1.0, shard_size=4, n_max=5, num_true_clusters=2)
+  spec2 = methods.stage2_spec(cfg, z2=1.0, shard_size=4, n_max=5, num_true_clusters=2)
   assert spec2.local.compute_dtype == "bfloat16"
   recorded = summary.client_precision(cfg, spec2)
   assert recorded["requested"] == "bfloat16" and recorded["compute_dtype"] == "bfloat16"
   auto = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, precision="auto"))
-  spec_auto = methods.stage2_spec(auto, 1.0, shard_size=4, n_max=5, num_true_clusters=2)
+  spec_auto = methods.stage2_spec(auto, z2=1.0, shard_size=4, n_max=5, num_true_clusters=2)
   assert spec_auto.local.compute_dtype == precision.resolve("auto").compute_dtype
   f32 = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2,
                                                             precision="float32"))
-  assert methods.stage2_spec(f32, 1.0, shard_size=4, n_max=5,
+  assert methods.stage2_spec(f32, z2=1.0, shard_size=4, n_max=5,
                              num_true_clusters=2).local.compute_dtype == "float32"
 
 

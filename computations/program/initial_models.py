@@ -1,0 +1,133 @@
+"""Stage 1 at the server: the C cluster models stage 2 starts from.
+
+PINA: sketches of M1 clients (local DP: clipped, top-k, Gaussian noise on the client)
+and server k-means over them; the centroids are the clusters' LoRA offsets. PINA+RI,
+IFCA and the oracle: random offsets (no privacy cost). Single-model baselines: one
+shared start. Which one is the method table's `init`.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from computations.learning import learning_process as lp
+from computations.learning import stage1 as stage1_lib
+from computations.program import seeds
+from pina_tff import method_table
+from pina_tff import rng_streams
+from pina_tff import stages
+from pina_tff.clustering import kmeans_init as kmeans_lib
+from pina_tff.clustering import metrics as cluster_metrics
+from pina_tff.models import reduced_tail as rt
+from pina_tff.simulation import sampling as sampling_lib
+from pina_tff.training import local
+from pina_tff.training import models as tm
+
+
+def initial_models(plan, data, executions, head: dict, log: Callable[[str], None]):
+  """The stage-2 start of ``plan``'s method.
+
+  Args:
+    plan: the run's `computations.program.plan.Plan`.
+    data: the run's round data source (stage 1 reads its clients through it).
+    executions: the run's `ExecutionLog` (the sketch pass is recorded before it runs).
+    head: {'head_kernel', 'head_bias'}: the (warmed-up) head every model starts with.
+    log: progress messages.
+
+  Returns:
+    ({parameter: float32 [C, ...]} in the model's order, k-means clustering accuracy,
+    mean matched centroid cosine); both diagnostics NaN where stage 1 does not run or
+    without diagnostics.
+  """
+  p = plan
+  base = rt.init_trainable(p.pop.model.config, p.cfg.seed, head["head_kernel"],
+                           head["head_bias"])
+  init = {k: np.repeat(v[None], p.num_models, axis=0) for k, v in base.items()}
+  offsets, acc, cosine = None, math.nan, math.nan
+  method = method_table.get(p.cfg.method)
+  if method.init == method_table.INIT_STAGE1:
+    offsets, acc, cosine = sketch_centroids(p, data, executions, base, log)
+  elif method.init == method_table.INIT_RANDOM:
+    offsets = random_offsets(p.cfg, p.pop.model.config.lora_size, p.num_models)
+  if offsets is not None:
+    delta = tm.unflatten(tf.constant(offsets, tf.float32), p.shapes, tm.LORA_KEYS,
+                         lead_shape=(p.num_models,))
+    for k in tm.LORA_KEYS:
+      init[k] = init[k] + delta[k].numpy()
+  weights = collections.OrderedDict((k, init[k].astype(np.float32)) for k in p.shapes)
+  return weights, acc, cosine
+
+
+def random_offsets(cfg, lora_size: int, num_models: int) -> np.ndarray:
+  """Random LoRA offsets of the clusters: N(0, (S1/√P1)² I) rows, norm ≈ S1
+  [project choice], from the run seed's RANDOM_INIT stream."""
+  rng = rng_streams.generator(cfg.seed, rng_streams.RANDOM_INIT)
+  scale = cfg.stage1.clip / math.sqrt(lora_size)
+  return rng.normal(0, scale, (num_models, lora_size))
+
+
+def _sketch_spec(cfg) -> local.LocalSpec:
+  s1 = cfg.stage1
+  return local.LocalSpec(num_clusters=1, local_epochs=s1.local_epochs,
+                         batch_size=cfg.stage2.batch_size, learning_rate=s1.lr,
+                         train_keys=tm.LORA_KEYS + (tm.HEAD_KEYS if s1.train_head
+                                                    else ()),
+                         send_keys=tm.LORA_KEYS)
+
+
+def _sketcher(plan, data, base, ids):
+  """noise multiplier -> the sketch computation's results over clients ``ids``. One set
+  of client keys for every pass: the diagnostic pass must sketch the same local
+  training (in secure mode each call would draw fresh keys)."""
+  cfg, pop, s1 = plan.cfg, plan.pop, plan.cfg.stage1
+  keys = seeds.client_keys(cfg.seed, stages.STAGE1, 0, ids, cfg.privacy.noise_mode)
+  weights = lp.model_weights({k: v[None] for k, v in base.items()})
+
+  def sketch_results(noise_multiplier: float):
+    comp = stage1_lib.build_sketch_computation(
+        pop.model, _sketch_spec(cfg), s1.top_k, s1.clip, noise_multiplier,
+        plan.layout1.shard_size, pop.n_max_train, reader=data.reader,
+        noise_on_kept_only=s1.noise_positions == "released")
+    return comp(weights, data.round_data(stages.STAGE1, 0, ids, keys))
+  return sketch_results
+
+
+def sketch_centroids(plan, data, executions, base, log: Callable[[str], None]):
+  """Sketches over M1 clients + server k-means. Returns (centroids, k-means accuracy,
+  mean matched centroid cosine; both NaN without diagnostics)."""
+  cfg, pop, s1, z1 = plan.cfg, plan.pop, plan.cfg.stage1, plan.report.z1
+  ids = sampling_lib.sketch_cohort(plan.cohort_key, pop.size, cfg.stage1_clients)
+  sketch_results = _sketcher(plan, data, base, ids)
+  noise_on = ("kept entries only: positions released outside epsilon"
+              if s1.noise_positions == "released" else "every coordinate")
+  log(f"stage 1: {cfg.stage1_clients} clients send sketches (top-k={s1.top_k}, "
+      f"clip={s1.clip}, z1={z1:.3f}, noise on {noise_on})")
+  executions.start(stages.KEYS[stages.STAGE1], 1)
+  results = sketch_results(z1)
+  sketches = stage1_lib.collect_sketches(results)
+  if plan.diagnostics:
+    log(f"stage 1: nonfinite_zeroed={stage1_lib.count_nonfinite(results)} "
+        "sketch(es) had an inf/NaN entry and were sent as zeros + noise "
+        "(simulation diagnostic)")
+  centroids, labels = kmeans_lib.kmeans_init(
+      sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
+      post_process_k=s1.top_k if s1.post_process else None,
+      spectral_dims=s1.spectral_dims)
+  if s1.centroid_norm_bound is not None:
+    centroids = kmeans_lib.bound_centroid_norms(centroids, s1.centroid_norm_bound)
+  if not plan.diagnostics:
+    return centroids, math.nan, math.nan
+  acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
+  # Simulation-only diagnostic: the same clients' noise-free sketches (never sent).
+  clean = sketches if z1 == 0 else stage1_lib.collect_sketches(sketch_results(0.0))
+  cosines = cluster_metrics.centroid_cosines(centroids, clean, pop.true_clusters[ids])
+  cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else math.nan
+  log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}; "
+      f"cosine of the centroids to the true clusters' noise-free mean sketches: "
+      f"{np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
+  return centroids, acc, cosine
