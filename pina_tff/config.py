@@ -221,12 +221,37 @@ def _choice(where: str, value: str, valid) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
   """Checks ``cfg`` and returns it unchanged (unset δ is checked as its default).
 
+  The checks run in a fixed order, so the error raised is always the first problem
+  of that order: choices, sizes, ε, δ, budget split, rounds and cohorts, clipping
+  bounds, sketch, training hyper-parameters, noise sources, then upper bounds.
+
   Raises:
     ConfigError: the first problem found, naming the field.
   """
   if not isinstance(cfg, RunConfig):
     raise ConfigError(f"expected a RunConfig, found {type(cfg).__name__}.")
-  p, s0, s1, s2 = cfg.privacy, cfg.stage0, cfg.stage1, cfg.stage2
+  _check_stage_choices(cfg)
+  _check_stage_bounds(cfg)
+  _check_privacy_choices(cfg.privacy)
+  _check_sizes(cfg)
+  _check_epsilon(cfg.privacy.epsilon)
+  delta = _check_delta(cfg)
+  _check_local_delta(cfg, delta)
+  _check_budget_split(cfg.privacy.budget_split)
+  _check_rounds(cfg)
+  _check_cohorts(cfg)
+  _check_clips(cfg)
+  _check_sketch(cfg)
+  _check_training(cfg)
+  _check_noise_sources(cfg)
+  _check_ranges(cfg)
+  return cfg
+
+
+def _check_stage_choices(cfg: RunConfig) -> None:
+  """Names chosen from fixed lists (method, stage-2 options, eval split, stage-1 noise
+  positions); 'released' noise positions are refused in secure mode."""
+  s1, s2 = cfg.stage1, cfg.stage2
   _choice("method", cfg.method, METHODS)
   _choice("stage2.aggregator", s2.aggregator, AGGREGATORS)
   _choice("stage2.scaling", s2.scaling, SCALINGS)
@@ -234,11 +259,16 @@ def validate(cfg: RunConfig) -> RunConfig:
   _choice("stage2.precision", s2.precision, PRECISIONS)
   _choice("eval_split", cfg.eval_split, EVAL_SPLITS)
   _choice("stage1.noise_positions", s1.noise_positions, NOISE_POSITIONS)
-  if s1.noise_positions == "released" and p.noise_mode == "secure":
+  if s1.noise_positions == "released" and cfg.privacy.noise_mode == "secure":
     raise ConfigError("stage1.noise_positions: 'released' sends the positions of the "
                       "kept sketch entries outside the local-DP guarantee; it is a "
                       "labelled ablation and is refused with privacy.noise_mode="
                       "'secure'.")
+
+
+def _check_stage_bounds(cfg: RunConfig) -> None:
+  """Stage-1 centroid norm bound and spectral dims, stage-2 restore gain G."""
+  s1, s2 = cfg.stage1, cfg.stage2
   if s1.centroid_norm_bound is not None and not (
       s1.centroid_norm_bound > 0 and math.isfinite(s1.centroid_norm_bound)):
     raise _err("stage1.centroid_norm_bound", "a finite bound > 0 or null",
@@ -247,22 +277,38 @@ def validate(cfg: RunConfig) -> RunConfig:
     raise _err("stage1.spectral_dims", "an integer >= 0", s1.spectral_dims)
   if not 1 <= s2.restore_max_gain <= 1e3:
     raise _err("stage2.restore_max_gain", "a value in [1, 1000]", s2.restore_max_gain)
+
+
+def _check_privacy_choices(p: PrivacyConfig) -> None:
+  """Accountant, threat model, sampling scheme and noise mode."""
   _choice("privacy.accountant", p.accountant, ACCOUNTANTS)
   _choice("privacy.threat_model", p.threat_model, THREAT_MODELS)
   _choice("privacy.sampling", p.sampling, SAMPLINGS)
   _choice("privacy.noise_mode", p.noise_mode, NOISE_MODES)
+
+
+def _check_sizes(cfg: RunConfig) -> None:
+  """Population, number of clusters C and model width d are >= 1."""
   if cfg.population < 1:
     raise _err("population", "an integer >= 1", cfg.population)
   if cfg.num_clusters < 1:
     raise _err("num_clusters (C)", "an integer >= 1", cfg.num_clusters)
   if cfg.model_width < 1:
     raise _err("model_width", "an integer >= 1", cfg.model_width)
-  # privacy
-  eps = p.epsilon
+
+
+def _check_epsilon(eps: Any) -> None:
+  """The total ε is a number > 0 (inf = no DP)."""
   if not isinstance(eps, (int, float)) or isinstance(eps, bool) or math.isnan(eps):
     raise _err("privacy.epsilon", "a number > 0 or inf", eps)
   if eps <= 0:
     raise _err("privacy.epsilon", "a value > 0 (inf = no DP)", eps)
+
+
+def _check_delta(cfg: RunConfig) -> float:
+  """The total δ (its default where unset) in (0, 1) and at most 1/P (or a warning
+  when allowed), and δ1 in (0, 1) when set; returns the total δ."""
+  p = cfg.privacy
   delta = p.delta
   if delta is None:
     delta = default_delta(cfg.population)
@@ -277,31 +323,48 @@ def validate(cfg: RunConfig) -> RunConfig:
     warnings.warn(msg)
   if p.local_delta is not None and not 0.0 < p.local_delta < 1.0:
     raise _err("privacy.local_delta", "a value in (0, 1)", p.local_delta)
-  # The local ε1 of the M1 sketches: a δ1 ≥ 1/M1 allows publishing one sketch in the
-  # clear (docs/privacy.md, "δ").
-  m1 = max(1, min(s1.num_sketch_clients, cfg.population))
-  local_delta = delta if p.local_delta is None else p.local_delta
+  return delta
+
+
+def _check_local_delta(cfg: RunConfig, delta: float) -> None:
+  """δ1 of the local ε1 of the M1 sketches is below 1/M1 (a δ1 ≥ 1/M1 allows
+  publishing one sketch in the clear; docs/privacy.md, "δ")."""
+  m1 = max(1, cfg.stage1_clients)
+  local_delta = delta if cfg.privacy.local_delta is None else cfg.privacy.local_delta
   if method_table.get(cfg.method).uses_stage1 and not local_delta < 1.0 / m1:
     raise ConfigError(
         f"privacy.local_delta: expected less than 1/num_sketch_clients = 1/{m1} "
         f"(the local guarantee of the sketches), found {local_delta}.")
-  split = p.budget_split
-  if split is not None:
-    unknown = sorted(set(split) - set(BUDGET_STAGES))
-    if unknown:
-      raise ConfigError(f"privacy.budget_split: unknown stage(s) {unknown}; valid "
-                        f"keys: {', '.join(BUDGET_STAGES)}.")
-    bad = {k: v for k, v in split.items() if not v >= 0}
-    if bad:
-      raise _err("privacy.budget_split", "non-negative shares", bad)
-    if sum(split.values()) <= 0:
-      raise _err("privacy.budget_split", "shares with a positive sum", split)
-  # rounds
+
+
+def _check_budget_split(split: Optional[Dict[str, float]]) -> None:
+  """Known stages, non-negative ε shares with a positive sum (None: the default)."""
+  if split is None:
+    return
+  unknown = sorted(set(split) - set(BUDGET_STAGES))
+  if unknown:
+    raise ConfigError(f"privacy.budget_split: unknown stage(s) {unknown}; valid "
+                      f"keys: {', '.join(BUDGET_STAGES)}.")
+  bad = {k: v for k, v in split.items() if not v >= 0}
+  if bad:
+    raise _err("privacy.budget_split", "non-negative shares", bad)
+  if sum(split.values()) <= 0:
+    raise _err("privacy.budget_split", "shares with a positive sum", split)
+
+
+def _check_rounds(cfg: RunConfig) -> None:
+  """Round counts (stage 0, stage 2, warm rounds) are >= 0."""
+  s0, s2 = cfg.stage0, cfg.stage2
   for where, value in (("stage0.rounds", s0.rounds), ("stage2.rounds", s2.rounds),
                        ("stage2.warm_rounds", s2.warm_rounds)):
     if value < 0:
       raise _err(where, "an integer >= 0", value)
-  # cohorts (a stage that does not run is not checked against the population)
+
+
+def _check_cohorts(cfg: RunConfig) -> None:
+  """Cohort sizes are >= 1 and, for a stage that runs, at most the population; pina
+  needs at least C sketches."""
+  s0, s1, s2 = cfg.stage0, cfg.stage1, cfg.stage2
   stage0_runs = s0.enabled and s0.rounds > 0
   stage1_runs = method_table.get(cfg.method).uses_stage1
   for where, value, runs in (("stage0.cohort", s0.cohort, stage0_runs),
@@ -313,15 +376,23 @@ def validate(cfg: RunConfig) -> RunConfig:
     if runs and value > cfg.population:
       raise ConfigError(f"{where}: expected at most the population "
                         f"({cfg.population}), found {value}.")
-  if cfg.method == "pina" and s1.num_sketch_clients < cfg.num_clusters:
+  if stage1_runs and s1.num_sketch_clients < cfg.num_clusters:
     raise ConfigError(f"stage1.num_sketch_clients: expected at least num_clusters "
                       f"({cfg.num_clusters}) sketches, found {s1.num_sketch_clients}.")
-  # clipping bounds
-  for where, value in (("stage0.clip", s0.clip), ("stage1.clip (S1)", s1.clip),
-                       ("stage2.clip (S2)", s2.clip)):
+
+
+def _check_clips(cfg: RunConfig) -> None:
+  """Clipping bounds (L2 norms of the per-client updates) are finite and > 0."""
+  for where, value in (("stage0.clip", cfg.stage0.clip),
+                       ("stage1.clip (S1)", cfg.stage1.clip),
+                       ("stage2.clip (S2)", cfg.stage2.clip)):
     if not (value > 0 and math.isfinite(value)):
       raise _err(where, "a finite clipping bound > 0", value)
-  # sketch
+
+
+def _check_sketch(cfg: RunConfig) -> None:
+  """LoRA rank r >= 1, 1 <= top_k <= P1/2, k-means restarts >= 1."""
+  s1 = cfg.stage1
   if s1.lora_rank < 1:
     raise _err("stage1.lora_rank", "an integer >= 1", s1.lora_rank)
   half = cfg.sketch_size // 2
@@ -331,7 +402,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         f"2*model_width*lora_rank = {cfg.sketch_size}), found {s1.top_k}.")
   if s1.kmeans_restarts < 1:
     raise _err("stage1.kmeans_restarts", "an integer >= 1", s1.kmeans_restarts)
-  # training hyper-parameters
+
+
+def _check_training(cfg: RunConfig) -> None:
+  """Epochs and batch size >= 1, learning rates > 0, momentum in [0, 1), FedProx μ
+  >= 0, and the distributed-DP bit width in DDP_BITS."""
+  s0, s1, s2 = cfg.stage0, cfg.stage1, cfg.stage2
   for where, value in (("stage0.local_epochs", s0.local_epochs),
                        ("stage1.local_epochs", s1.local_epochs),
                        ("stage2.local_epochs", s2.local_epochs),
@@ -351,6 +427,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     raise _err("stage2.ddp_bits", f"an integer in [{DDP_BITS[0]}, {DDP_BITS[1]}] "
                "(TFF accepts at most 22; below 16 the Gaussian accounting of the "
                "distributed discrete Gaussian does not hold)", s2.ddp_bits)
+
+
+def _check_noise_sources(cfg: RunConfig) -> None:
+  """A finite ε needs an aggregator whose noise holds it: not 'ddp' in secure mode
+  (TFF's unseeded generators) and not the noise-free 'secure_sum' (except ifca_ldp
+  without stage 0)."""
+  p, s0, s2 = cfg.privacy, cfg.stage0, cfg.stage2
+  eps = p.epsilon
   if p.noise_mode == "secure" and s2.aggregator == "ddp" and math.isfinite(eps):
     raise ConfigError(
         "privacy.noise_mode: 'secure' cannot use stage2.aggregator='ddp': TFF 0.87's "
@@ -364,8 +448,6 @@ def validate(cfg: RunConfig) -> RunConfig:
       raise ConfigError(
           f"stage2.aggregator: 'secure_sum' adds no noise, so privacy.epsilon={eps} "
           "cannot hold; use 'ddp' or 'central', or privacy.epsilon=inf.")
-  _check_ranges(cfg)
-  return cfg
 
 
 #: Upper bounds of numeric fields [project choice]: beyond them a run fails deep in

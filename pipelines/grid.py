@@ -35,6 +35,7 @@ prepare from Debian's IDX files (`scripts/ensure_fmnist.sh`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -318,6 +319,206 @@ class GridInterrupted(Exception):
   """A run of the grid stopped on a signal (after its checkpoint)."""
 
 
+@dataclasses.dataclass
+class _GridPlan:
+  """The cells of one grid invocation, resolved from the preset and the arguments.
+
+  seeds: pass-1 seeds (seeds[0] is the base seed). extra_seeds, extra_epsilons,
+  extra_methods: pass 2 (the PINA methods, plus the best baseline when has_baseline:
+  a baseline is among the methods)."""
+  preset: dict
+  methods: list
+  epsilons: list
+  seeds: list
+  extra_seeds: list
+  extra_epsilons: list
+  extra_methods: list
+  has_baseline: bool
+
+  @property
+  def base_seed(self) -> int:
+    return self.seeds[0]
+
+  def total(self) -> int:
+    """Cells of the whole grid, every pass-2 cell counted (a dataset and ε without a
+    best baseline has fewer)."""
+    per_dataset = len(self.seeds) * len(self.epsilons) * len(self.methods) + len(
+        self.extra_seeds) * len(self.extra_epsilons) * (len(self.extra_methods)
+                                                        + int(self.has_baseline))
+    return per_dataset * len(self.preset["datasets"])
+
+
+def _grid_plan(preset: str, methods, epsilons, seed: int, seeds,
+               extra_seeds: bool) -> _GridPlan:
+  """The `_GridPlan` of `run_grid`'s arguments (defaults from the preset).
+
+  Raises:
+    ConfigError: an unknown preset, method or variant, or a repeated seed."""
+  if preset not in PRESETS:
+    raise config_lib.ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+  p = PRESETS[preset]
+  methods = methods or ALL_METHODS
+  for m in methods:
+    split_method(m)
+  epsilons = epsilons if epsilons is not None else p["epsilons"]
+  seeds = [int(s) for s in (seeds if seeds else [seed])]
+  if len(set(seeds)) != len(seeds):
+    raise config_lib.ConfigError(f"--seeds must not repeat a seed, found {seeds}")
+  extra = p.get("extra_seeds") if extra_seeds else None
+  return _GridPlan(
+      preset=p, methods=methods, epsilons=epsilons, seeds=seeds,
+      extra_seeds=[s for s in (extra or {}).get("seeds", []) if s not in seeds],
+      extra_epsilons=[e for e in (extra or {}).get("epsilons", []) if e in epsilons],
+      extra_methods=[m for m in PINA_METHODS if m in methods],
+      has_baseline=any(m in results_lib.BASELINES for m in methods))
+
+
+def _new_record(output_dir: str, preset: str, plan: _GridPlan, command, eval_split: str,
+                overrides) -> _GridRecord:
+  """This invocation's grid.json entry (start time, command line, git commit, plan)."""
+  return _GridRecord(output_dir, {
+      "start": _utc_now(), "end": None, "wall_s": 0.0,
+      "command": command or (f"run_grid(preset={preset!r}, output_dir={output_dir!r}, "
+                             f"seeds={plan.seeds})"),
+      "git_commit": git_commit(), "preset": preset, "seeds": plan.seeds,
+      "methods": list(plan.methods), "epsilons": [results_lib.epsilon_token(e)
+                                                  for e in plan.epsilons],
+      "extra_seeds": {"seeds": plan.extra_seeds,
+                      "epsilons": [results_lib.epsilon_token(e)
+                                   for e in plan.extra_epsilons]},
+      "eval_split": eval_split,
+      "overrides": {".".join(k): v for k, v in (overrides or {}).items()},
+      "chosen_on": plan.preset.get("chosen_on", {}),
+      "best_baselines": {}, "population_load_s": {}, "runs": []})
+
+
+def _cell_config(plan: _GridPlan, dspec: dict, method: str, eps: float, seed: int,
+                 eval_split: str, overrides) -> config_lib.RunConfig:
+  """The validated config of one cell: the preset's config for the dataset's
+  population, the method and its variant, ε, the seed and the overrides."""
+  # population-relative fields ('all', 'up to N') for this dataset's population
+  cfg_dict = presets.for_population(plan.preset["config"], dspec["num_clients"])
+  base_method, variant = split_method(method)
+  cfg_dict.update(method=base_method, num_clusters=dspec["num_clusters"], seed=seed,
+                  eval_split=eval_split)
+  _merge(cfg_dict, variant_settings(variant, dspec["num_clients"], dspec["num_clusters"]))
+  cfg_dict.setdefault("privacy", {})["epsilon"] = eps
+  apply_overrides(cfg_dict, overrides or {})
+  return config_lib.validate(config_lib.from_dict(cfg_dict))
+
+
+class _GridRunner:
+  """Runs the cells of one grid invocation (one pina-simulate run each, finished ones
+  skipped) and records each in grid.json."""
+
+  def __init__(self, plan: _GridPlan, record: _GridRecord, output_dir: str,
+               progress: str, eval_split: str, overrides, log):
+    self.plan, self.record, self.output_dir = plan, record, output_dir
+    self.progress, self.eval_split, self.overrides, self.log = (
+        progress, eval_split, overrides, log)
+    self.total = plan.total()
+    self.i = 0
+    self.walls = []
+
+  def run_dataset(self, dataset: str, dspec: dict, data_dir: str) -> None:
+    """Pass 1 (every seed, ε and method), then pass 2 (extra seeds) on one dataset."""
+    clients_dir = ensure_dataset(dataset, dspec, data_dir, self.plan.base_seed, self.log)
+    pops = {}  # (clients_dir, lora_rank) -> Population, loaded at the first run
+    for s in self.plan.seeds:
+      for eps in self.plan.epsilons:
+        for method in self.plan.methods:
+          self.run_cell(dataset, dspec, clients_dir, pops, method, eps, s)
+    if self.plan.extra_seeds and self.plan.extra_epsilons:
+      self._extra_seed_pass(dataset, dspec, clients_dir, pops)
+
+  def _extra_seed_pass(self, dataset: str, dspec: dict, clients_dir: str, pops) -> None:
+    """The extra seeds for the PINA methods and each ε's best baseline (picked on the
+    base seed's finished runs, recorded in grid.json)."""
+    plan, base_seed = self.plan, self.plan.base_seed
+    base = [r for r in results_lib.collect_runs(os.path.join(self.output_dir, dataset))
+            if r.seed == base_seed]
+    picks = self.record.entry["best_baselines"].setdefault(dataset, {})
+    for eps in plan.extra_epsilons:
+      best = results_lib.best_baseline(
+          base, None, eps, seed=base_seed,
+          baselines=[m for m in results_lib.BASELINES if m in plan.methods])
+      picks[results_lib.epsilon_token(eps)] = best
+      self.log(f"best baseline at {dataset} eps={results_lib.epsilon_token(eps)} (seed "
+               f"{base_seed}): {best}")
+      if best is None and plan.has_baseline:
+        self.total -= len(plan.extra_seeds)
+      for s in plan.extra_seeds:
+        for method in plan.extra_methods + ([best] if best else []):
+          self.run_cell(dataset, dspec, clients_dir, pops, method, eps, s)
+
+  def run_cell(self, dataset, dspec, clients_dir, pops, method, eps, s) -> None:
+    """One (dataset, method, ε, seed) cell: skipped when finished, else simulated."""
+    self.i += 1
+    run_dir = run_dir_for(self.output_dir, dataset, method, eps, s)
+    entry = {"dataset": dataset, "method": method, "epsilon": results_lib.epsilon_token(eps),
+             "seed": s, "run_dir": os.path.relpath(run_dir, self.output_dir)}
+    done = finished_run(run_dir, s)
+    if done is not None:
+      self.log(f"[{self.i}/{self.total}] skip {done} (done)")
+      self.record.entry["runs"].append(dict(
+          entry, run_dir=os.path.relpath(done, self.output_dir), status="skipped",
+          wall_s=None))
+      self.record.write()
+      return
+    cfg = _cell_config(self.plan, dspec, method, eps, s, self.eval_split, self.overrides)
+    population = self._population(dataset, clients_dir, pops, cfg.stage1.lora_rank)
+    self.log(f"[{self.i}/{self.total}] run {dataset} {method} "
+             f"eps={results_lib.epsilon_token(eps)} seed={s} "
+             f"({_eta(self.walls, self.total - self.i + 1)})")
+    self._simulate(cfg, clients_dir, run_dir, population, entry)
+
+  def _population(self, dataset: str, clients_dir: str, pops, lora_rank: int):
+    """The dataset's population for ``lora_rank``, loaded once for the grid."""
+    from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
+    key = (clients_dir, lora_rank)
+    if key not in pops:
+      t = time.monotonic()
+      self.log(f"loading the {dataset} population once for the grid (backbone cache "
+               f"seed {self.plan.base_seed})")
+      pops[key] = population_lib.load_population(clients_dir, lora_rank,
+                                                 self.plan.base_seed, self.log)
+      self.record.entry["population_load_s"][dataset] = round(time.monotonic() - t, 3)
+    return pops[key]
+
+  def _simulate(self, cfg, clients_dir: str, run_dir: str, population, entry) -> None:
+    """Runs one cell's simulation and records its wall clock.
+
+    Raises:
+      GridInterrupted: the run stopped on SIGINT / SIGTERM (after its checkpoint)."""
+    from computations.program import program  # pylint: disable=g-import-not-at-top
+    t = time.monotonic()
+    done = program.run_simulation(cfg, clients_dir, run_dir,
+                                  program.ProgramOptions(progress=self.progress),
+                                  log=self.log, population=population)
+    if (done or {}).get("interrupted"):  # SIGINT / SIGTERM: checkpointed, stop the grid
+      self.record.write()
+      raise GridInterrupted(done.get("signal") or 1)
+    wall = time.monotonic() - t
+    self.walls.append(wall)
+    self.record.entry["runs"].append(dict(entry, status="ran", wall_s=round(wall, 3)))
+    self.record.write()
+
+
+def _write_outputs(output_dir: str, record: _GridRecord, log) -> list:
+  """Closes grid.json, writes results.md / results.csv and the plots; returns the
+  plot paths."""
+  from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
+  info = record.write(end=True)
+  records = results_lib.collect_runs(output_dir)
+  results_lib.write_results_table(records, os.path.join(output_dir, "results.md"),
+                                  os.path.join(output_dir, "results.csv"), grid_info=info)
+  pngs = plots.make_all_plots(records, os.path.join(output_dir, "plots"))
+  log(f"grid done in {record.entry['wall_s']:.0f} s ({len(records)} runs in the table; "
+      f"whole grid {info['wall_clock_s']:.0f} s over {len(info['invocations'])} "
+      f"invocation(s))")
+  return pngs
+
+
 def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons=None,
              seed: int = 0, progress: str = "log", log=None, seeds=None,
              extra_seeds: bool = True, command: str | None = None,
@@ -334,123 +535,16 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
   Returns the written plot paths.
   """
   from computations.runtime import context  # pylint: disable=g-import-not-at-top
-  from computations.program import program  # pylint: disable=g-import-not-at-top
-  from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
-  from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
   log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-  if preset not in PRESETS:
-    raise config_lib.ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-  p = PRESETS[preset]
-  methods = methods or ALL_METHODS
-  for m in methods:
-    split_method(m)
-  epsilons = epsilons if epsilons is not None else p["epsilons"]
-  seeds = [int(s) for s in (seeds if seeds else [seed])]
-  if len(set(seeds)) != len(seeds):
-    raise config_lib.ConfigError(f"--seeds must not repeat a seed, found {seeds}")
-  base_seed = seeds[0]
-  extra = p.get("extra_seeds") if extra_seeds else None
-  extra_s = [s for s in (extra or {}).get("seeds", []) if s not in seeds]
-  extra_eps = [e for e in (extra or {}).get("epsilons", []) if e in epsilons]
-  extra_methods = [m for m in PINA_METHODS if m in methods]
-  has_baseline = any(m in results_lib.BASELINES for m in methods)
-  per_dataset = len(seeds) * len(epsilons) * len(methods) + len(extra_s) * len(
-      extra_eps) * (len(extra_methods) + int(has_baseline))
-  total = per_dataset * len(p["datasets"])
+  plan = _grid_plan(preset, methods, epsilons, seed, seeds, extra_seeds)
   data_dir = data_dir or os.path.join(output_dir, "data")
-  record = _GridRecord(output_dir, {
-      "start": _utc_now(), "end": None, "wall_s": 0.0,
-      "command": command or (f"run_grid(preset={preset!r}, output_dir={output_dir!r}, "
-                             f"seeds={seeds})"),
-      "git_commit": git_commit(), "preset": preset, "seeds": seeds,
-      "methods": list(methods), "epsilons": [results_lib.epsilon_token(e)
-                                             for e in epsilons],
-      "extra_seeds": {"seeds": extra_s, "epsilons": [results_lib.epsilon_token(e)
-                                                     for e in extra_eps]},
-      "eval_split": eval_split,
-      "overrides": {".".join(k): v for k, v in (overrides or {}).items()},
-      "chosen_on": p.get("chosen_on", {}),
-      "best_baselines": {}, "population_load_s": {}, "runs": []})
+  record = _new_record(output_dir, preset, plan, command, eval_split, overrides)
   record.write()
-  state = {"i": 0, "walls": []}
-
-  def run_cell(dataset, dspec, clients_dir, pops, method, eps, s):
-    state["i"] += 1
-    run_dir = run_dir_for(output_dir, dataset, method, eps, s)
-    entry = {"dataset": dataset, "method": method, "epsilon": results_lib.epsilon_token(eps),
-             "seed": s, "run_dir": os.path.relpath(run_dir, output_dir)}
-    done = finished_run(run_dir, s)
-    if done is not None:
-      log(f"[{state['i']}/{total}] skip {done} (done)")
-      record.entry["runs"].append(dict(entry, run_dir=os.path.relpath(done, output_dir),
-                                       status="skipped", wall_s=None))
-      record.write()
-      return
-    # population-relative fields ('all', 'up to N') for this dataset's population
-    cfg_dict = presets.for_population(p["config"], dspec["num_clients"])
-    base_method, variant = split_method(method)
-    cfg_dict.update(method=base_method, num_clusters=dspec["num_clusters"], seed=s,
-                    eval_split=eval_split)
-    _merge(cfg_dict, variant_settings(variant, dspec["num_clients"], dspec["num_clusters"]))
-    cfg_dict.setdefault("privacy", {})["epsilon"] = eps
-    apply_overrides(cfg_dict, overrides or {})
-    cfg = config_lib.validate(config_lib.from_dict(cfg_dict))
-    key = (clients_dir, cfg.stage1.lora_rank)
-    if key not in pops:
-      t = time.monotonic()
-      log(f"loading the {dataset} population once for the grid (backbone cache seed "
-          f"{base_seed})")
-      pops[key] = population_lib.load_population(clients_dir, cfg.stage1.lora_rank,
-                                                 base_seed, log)
-      record.entry["population_load_s"][dataset] = round(time.monotonic() - t, 3)
-    log(f"[{state['i']}/{total}] run {dataset} {method} eps={results_lib.epsilon_token(eps)}"
-        f" seed={s} ({_eta(state['walls'], total - state['i'] + 1)})")
-    t = time.monotonic()
-    done = program.run_simulation(cfg, clients_dir, run_dir,
-                                  program.ProgramOptions(progress=progress), log=log,
-                                  population=pops[key])
-    if (done or {}).get("interrupted"):  # SIGINT / SIGTERM: checkpointed, stop the grid
-      record.write()
-      raise GridInterrupted(done.get("signal") or 1)
-    wall = time.monotonic() - t
-    state["walls"].append(wall)
-    record.entry["runs"].append(dict(entry, status="ran", wall_s=round(wall, 3)))
-    record.write()
-
+  runner = _GridRunner(plan, record, output_dir, progress, eval_split, overrides, log)
   with context.tff_context(device="cpu"):
-    for dataset, dspec in p["datasets"].items():
-      clients_dir = ensure_dataset(dataset, dspec, data_dir, base_seed, log)
-      pops = {}  # (clients_dir, lora_rank) -> Population, loaded at the first run
-      for s in seeds:
-        for eps in epsilons:
-          for method in methods:
-            run_cell(dataset, dspec, clients_dir, pops, method, eps, s)
-      if not extra_s or not extra_eps:
-        continue
-      base = [r for r in results_lib.collect_runs(os.path.join(output_dir, dataset))
-              if r.seed == base_seed]
-      picks = record.entry["best_baselines"].setdefault(dataset, {})
-      for eps in extra_eps:
-        best = results_lib.best_baseline(
-            base, None, eps, seed=base_seed,
-            baselines=[m for m in results_lib.BASELINES if m in methods])
-        picks[results_lib.epsilon_token(eps)] = best
-        log(f"best baseline at {dataset} eps={results_lib.epsilon_token(eps)} (seed "
-            f"{base_seed}): {best}")
-        if best is None and has_baseline:
-          total -= len(extra_s)
-        for s in extra_s:
-          for method in extra_methods + ([best] if best else []):
-            run_cell(dataset, dspec, clients_dir, pops, method, eps, s)
-  info = record.write(end=True)
-  records = results_lib.collect_runs(output_dir)
-  results_lib.write_results_table(records, os.path.join(output_dir, "results.md"),
-                                  os.path.join(output_dir, "results.csv"), grid_info=info)
-  pngs = plots.make_all_plots(records, os.path.join(output_dir, "plots"))
-  log(f"grid done in {record.entry['wall_s']:.0f} s ({len(records)} runs in the table; "
-      f"whole grid {info['wall_clock_s']:.0f} s over {len(info['invocations'])} "
-      f"invocation(s))")
-  return pngs
+    for dataset, dspec in plan.preset["datasets"].items():
+      runner.run_dataset(dataset, dspec, data_dir)
+  return _write_outputs(output_dir, record, log)
 
 
 def main(argv):

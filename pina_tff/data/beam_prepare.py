@@ -237,23 +237,39 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
     beam_args: extra Beam pipeline flags (runner etc.).
     source: already loaded arrays (tests); loaded from `cfg.dataset` when None.
   """
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
   cfg.validate()
   cfg.output_dir = os.path.abspath(cfg.output_dir)
   _check_output_dir(cfg)
   info = sources.dataset_info(cfg.dataset)
+  source = _load_source(cfg, source)
+  num_clusters = info.num_clusters if cfg.num_clusters is None else cfg.num_clusters
+  plans, rots = partition_lib.make_plan(source, cfg.num_clients, num_clusters, cfg.seed,
+                                        cfg.test_fraction)
+  num_shards = num_shards_for(len(plans), cfg.num_shards)
+  shard_names = [schema.shard_name(s, num_shards) for s in range(num_shards)]
+  client_elems, clients, shard_counts = _client_elements(plans, source, shard_names)
+  public_elems = _public_elements(source, cfg.dataset)
+  manifest = _clients_manifest(cfg, info, source, num_clusters, rots, clients,
+                               list(zip(shard_names, shard_counts)), bool(public_elems))
+  _write_and_publish(cfg.output_dir, manifest, client_elems, public_elems, beam_args)
+  return manifest
+
+
+def _load_source(cfg: PrepareConfig,
+                 source: Optional[sources.SourceData]) -> sources.SourceData:
+  """`source`, or the arrays of `cfg.dataset` loaded when None; images checked."""
   if source is None:
     source = sources.LOADERS[cfg.dataset](seed=cfg.seed, tfds_data_dir=cfg.tfds_data_dir,
                                           tff_cache_dir=cfg.tff_cache_dir,
                                           **cfg.loader_kwargs())
   sources.check_images(source.images, cfg.dataset)
-  num_clusters = info.num_clusters if cfg.num_clusters is None else cfg.num_clusters
-  plans, rots = partition_lib.make_plan(source, cfg.num_clients, num_clusters, cfg.seed,
-                                        cfg.test_fraction)
-  num_clients = len(plans)
-  num_shards = num_shards_for(num_clients, cfg.num_shards)
-  shard_names = [schema.shard_name(s, num_shards) for s in range(num_shards)]
+  return source
 
+
+def _client_elements(plans, source: sources.SourceData, shard_names: Sequence[str]):
+  """Per client: the pipeline element (its arrays and shard), the manifest entry, and
+  the record count of each shard (train + test examples)."""
+  num_clients, num_shards = len(plans), len(shard_names)
   client_elems, clients, shard_counts = [], [], [0] * num_shards
   for i, p in enumerate(plans):
     s = shard_of(i, num_clients, num_shards)
@@ -266,22 +282,32 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
                     "num_train": int(len(p.train_idx)), "num_test": int(len(p.test_idx)),
                     "shard": s})
     shard_counts[s] += len(p.train_idx) + len(p.test_idx)
-  public_elems = []
-  if source.public_images is not None and len(source.public_images):
-    sources.check_images(source.public_images, cfg.dataset, "public images")
-    public_elems.append({"path": "public.tfrecord", "images": source.public_images,
-                         "labels": source.public_labels})
+  return client_elems, clients, shard_counts
 
+
+def _public_elements(source: sources.SourceData, dataset: str) -> list:
+  """The public (upright, server-side) split as one pipeline element, or none."""
+  if source.public_images is None or not len(source.public_images):
+    return []
+  sources.check_images(source.public_images, dataset, "public images")
+  return [{"path": "public.tfrecord", "images": source.public_images,
+           "labels": source.public_labels}]
+
+
+def _clients_manifest(cfg: PrepareConfig, info, source: sources.SourceData,
+                      num_clusters: int, rots, clients, shards, has_public: bool
+                      ) -> Dict[str, Any]:
+  """The `pina-clients/1` manifest; `shards`: (file name, record count) pairs."""
   manifest = {
-      "format": schema.CLIENTS_FORMAT, "dataset": cfg.dataset, "num_clients": num_clients,
+      "format": schema.CLIENTS_FORMAT, "dataset": cfg.dataset, "num_clients": len(clients),
       "num_clusters": num_clusters, "rotations_deg": rots,
       "image_shape": list(info.image_shape), "num_classes": info.num_classes,
       "seed": cfg.seed, "test_fraction": cfg.test_fraction,
       "label_known_clusters": info.rotated,
-      "shards": [{"path": n, "num_records": c} for n, c in zip(shard_names, shard_counts)],
+      "shards": [{"path": n, "num_records": c} for n, c in shards],
       "clients": clients,
       "public": ({"path": "public.tfrecord", "num_records": int(len(source.public_labels))}
-                 if public_elems else None),
+                 if has_public else None),
   }
   if cfg.dataset == "digits":
     manifest["public_fraction"] = cfg.public_fraction
@@ -289,7 +315,7 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
     # The source fixes the test split: test_fraction was not used.
     manifest.pop("test_fraction")
     manifest["test_split"] = "source"
-  if public_elems:
+  if has_public:
     manifest["public_split"] = {
         "num_records": int(len(source.public_labels)),
         "upright": True, "held_by_clients": False,
@@ -298,10 +324,17 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
                       "seeded permutation ([seed, 1]) of all examples")}
   if source.origin:
     manifest["source"] = source.origin
+  return manifest
 
-  sweep.sweep_dead_tmp(os.path.dirname(cfg.output_dir),
-                      stem=os.path.basename(cfg.output_dir))  # left by killed runs
-  tmp = f"{cfg.output_dir}.tmp-{os.getpid()}"
+
+def _write_and_publish(output_dir: str, manifest: Dict[str, Any], client_elems,
+                       public_elems, beam_args: Optional[Sequence[str]]) -> None:
+  """Runs the pipeline into `<output_dir>.tmp-<pid>`, checks every shard exists, writes
+  the manifest and publishes; on any failure the tmp directory is removed."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  sweep.sweep_dead_tmp(os.path.dirname(output_dir),
+                      stem=os.path.basename(output_dir))  # left by killed runs
+  tmp = f"{output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
@@ -312,8 +345,7 @@ def prepare(cfg: PrepareConfig, beam_args: Optional[Sequence[str]] = None,
         raise DataError(f"{os.path.join(tmp, rel)}: the pipeline finished without writing "
                         "this shard (expected every shard to be written)")
     schema.write_manifest(tmp, manifest)
-    _publish(tmp, cfg.output_dir)
+    _publish(tmp, output_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return manifest

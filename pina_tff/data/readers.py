@@ -107,47 +107,72 @@ def load_clients(directory: str, expected_format: Optional[str] = schema.CLIENTS
   """Reads a prepared directory, validated against its manifest (see module docstring)."""
   manifest = schema.read_manifest(directory, expected_format)
   manifest_path = os.path.join(directory, schema.MANIFEST_NAME)
-  key, shape, dtype = _payload_spec(manifest)
+  spec = _payload_spec(manifest)
   clients = manifest["clients"]
   client_ids = [c["client_id"] for c in clients]
-  index = {c: i for i, c in enumerate(client_ids)}
-  num_clients = len(clients)
+  inputs, labels, keys = _read_shards(directory, manifest, manifest_path, spec)
+  train_slices, test_slices = _client_slices(manifest, manifest_path, keys)
+  public = _read_public(directory, manifest, manifest_path, spec)
+  return ClientDataset(directory, manifest, client_ids,
+                       np.array([c["cluster"] for c in clients], np.int64), inputs, labels,
+                       train_slices, test_slices, public)
 
+
+def _read_shards(directory: str, manifest: Dict[str, Any], manifest_path: str, spec):
+  """(inputs, labels, keys) of every client shard, sorted by (client, split, shard,
+  position); keys int64 [N, 3] = (client index, 1 for test, position in the shard)."""
+  index = {c["client_id"]: i for i, c in enumerate(manifest["clients"])}
   inputs, labels, order_keys = [], [], []
   for s_idx, shard in enumerate(manifest["shards"]):
-    path = os.path.join(directory, shard["path"])
-    rec = read_records(path, key, shape, dtype)
-    n = len(rec["label"])
-    if n != shard["num_records"]:
-      raise DataError(f"{path}: holds {n} records; expected {shard['num_records']} as "
-                      f"{manifest_path} lists")
-    ids = rec["client_id"]
-    cidx = np.fromiter((index.get(c.decode("utf-8"), -1) for c in ids), np.int64, count=n)
-    if n and cidx.min() < 0:
-      bad = ids[int(np.argmin(cidx))].decode("utf-8")
-      raise DataError(f"{path}: holds records of client {bad!r}, which {manifest_path} does "
-                      "not list")
-    expected_shard = np.array([clients[i]["shard"] for i in cidx], np.int64)
-    if n and np.any(expected_shard != s_idx):
-      i = int(cidx[np.flatnonzero(expected_shard != s_idx)[0]])
-      raise DataError(f"{path}: holds records of client {client_ids[i]!r}; expected them in "
-                      f"shard {clients[i]['shard']} as {manifest_path} lists")
-    is_test = rec["split"] == b"test"
-    if n and not np.all(is_test | (rec["split"] == b"train")):
-      raise DataError(f"{path}: a record has split not in {list(schema.SPLITS)}")
-    inputs.append(rec[key])
-    labels.append(rec["label"])
-    order_keys.append(np.stack([cidx, is_test.astype(np.int64),
-                                np.arange(n, dtype=np.int64)], 1))
+    x, y, k = _read_shard(directory, manifest, manifest_path, spec, index, s_idx, shard)
+    inputs.append(x)
+    labels.append(y)
+    order_keys.append(k)
   inputs = np.concatenate(inputs)
   labels = np.concatenate(labels)
   keys = np.concatenate(order_keys)
   shard_no = np.concatenate([np.full(len(k), i) for i, k in enumerate(order_keys)])
   order = np.lexsort((keys[:, 2], shard_no, keys[:, 1], keys[:, 0]))
-  inputs, labels, keys = inputs[order], labels[order], keys[order]
+  return inputs[order], labels[order], keys[order]
 
-  n_train = np.bincount(keys[keys[:, 1] == 0, 0], minlength=num_clients)
-  n_test = np.bincount(keys[keys[:, 1] == 1, 0], minlength=num_clients)
+
+def _read_shard(directory: str, manifest: Dict[str, Any], manifest_path: str, spec,
+                index: Dict[str, int], s_idx: int, shard: Dict[str, Any]):
+  """(inputs, labels, order keys) of shard ``s_idx``, checked against the manifest:
+  record count, known clients, each client in its listed shard, known splits."""
+  key, shape, dtype = spec
+  clients = manifest["clients"]
+  path = os.path.join(directory, shard["path"])
+  rec = read_records(path, key, shape, dtype)
+  n = len(rec["label"])
+  if n != shard["num_records"]:
+    raise DataError(f"{path}: holds {n} records; expected {shard['num_records']} as "
+                    f"{manifest_path} lists")
+  ids = rec["client_id"]
+  cidx = np.fromiter((index.get(c.decode("utf-8"), -1) for c in ids), np.int64, count=n)
+  if n and cidx.min() < 0:
+    bad = ids[int(np.argmin(cidx))].decode("utf-8")
+    raise DataError(f"{path}: holds records of client {bad!r}, which {manifest_path} does "
+                    "not list")
+  expected_shard = np.array([clients[i]["shard"] for i in cidx], np.int64)
+  if n and np.any(expected_shard != s_idx):
+    i = int(cidx[np.flatnonzero(expected_shard != s_idx)[0]])
+    raise DataError(f"{path}: holds records of client {clients[i]['client_id']!r}; "
+                    f"expected them in shard {clients[i]['shard']} as {manifest_path} "
+                    "lists")
+  is_test = rec["split"] == b"test"
+  if n and not np.all(is_test | (rec["split"] == b"train")):
+    raise DataError(f"{path}: a record has split not in {list(schema.SPLITS)}")
+  return rec[key], rec["label"], np.stack([cidx, is_test.astype(np.int64),
+                                           np.arange(n, dtype=np.int64)], 1)
+
+
+def _client_slices(manifest: Dict[str, Any], manifest_path: str, keys):
+  """Each client's train and test slices of the sorted records, checked against the
+  manifest's per-client counts (every listed client holds at least one record)."""
+  clients = manifest["clients"]
+  n_train = np.bincount(keys[keys[:, 1] == 0, 0], minlength=len(clients))
+  n_test = np.bincount(keys[keys[:, 1] == 1, 0], minlength=len(clients))
   train_slices, test_slices = [], []
   start = 0
   for i, c in enumerate(clients):
@@ -161,18 +186,20 @@ def load_clients(directory: str, expected_format: Optional[str] = schema.CLIENTS
     train_slices.append(slice(start, start + int(n_train[i])))
     test_slices.append(slice(start + int(n_train[i]), start + int(n_train[i] + n_test[i])))
     start += int(n_train[i] + n_test[i])
+  return train_slices, test_slices
 
-  public = None
-  if manifest.get("public"):
-    path = os.path.join(directory, manifest["public"]["path"])
-    rec = read_records(path, key, shape, dtype)
-    if len(rec["label"]) != manifest["public"]["num_records"]:
-      raise DataError(f"{path}: holds {len(rec['label'])} records; expected "
-                      f"{manifest['public']['num_records']} as {manifest_path} lists")
-    public = (rec[key], rec["label"])
-  return ClientDataset(directory, manifest, client_ids,
-                       np.array([c["cluster"] for c in clients], np.int64), inputs, labels,
-                       train_slices, test_slices, public)
+
+def _read_public(directory: str, manifest: Dict[str, Any], manifest_path: str, spec):
+  """(inputs, labels) of the public split, record count checked; None without one."""
+  if not manifest.get("public"):
+    return None
+  key, shape, dtype = spec
+  path = os.path.join(directory, manifest["public"]["path"])
+  rec = read_records(path, key, shape, dtype)
+  if len(rec["label"]) != manifest["public"]["num_records"]:
+    raise DataError(f"{path}: holds {len(rec['label'])} records; expected "
+                    f"{manifest['public']['num_records']} as {manifest_path} lists")
+  return rec[key], rec["label"]
 
 
 def load_embeddings(directory: str) -> ClientDataset:

@@ -148,14 +148,8 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
 
   `backbone` None picks the preset of the manifest's dataset (backbone_for_dataset).
   """
-  if dtype not in schema.EMBEDDING_DTYPES:
-    raise ConfigError(f"--dtype is {dtype!r}, expected one of {list(schema.EMBEDDING_DTYPES)}")
-  if batch_size <= 0:
-    raise ConfigError(f"--batch_size is {batch_size}, expected a positive integer")
   output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir) and not overwrite:
-    raise ConfigError(f"--output_dir {output_dir} already exists; expected a new path "
-                      f"(or pass --overwrite)")
+  _check_embed_flags(dtype, batch_size, output_dir, overwrite)
   manifest = schema.read_manifest(clients_dir, schema.CLIENTS_FORMAT)
   backbone = backbone or bb.backbone_for_dataset(manifest.get("dataset", ""))
   config = bb.get_config(backbone, num_classes=int(manifest["num_classes"]))
@@ -170,58 +164,102 @@ def embed(clients_dir: str, weights_file: str, output_dir: str,
   try:
     rel_paths = list(schema.data_files(manifest))
     pairs = [(os.path.join(clients_dir, p), os.path.join(tmp, p)) for p in rel_paths]
-    for _, dst in pairs:
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
     dofn = EmbedShardDoFn(config.to_json(), weights_file, manifest["image_shape"], dtype,
                          batch_size)
-    t0 = time.time()
-    try:
-      with beam.Pipeline(options=pipeline_options(beam_args)) as p:
-        _ = (p | "Files" >> beam.Create(pairs)
-               | "Reshuffle" >> beam.Reshuffle()
-               | "Embed" >> beam.ParDo(dofn))
-    except Exception as e:  # pylint: disable=broad-except  # Beam wraps worker errors
-      raise DataError(_worker_error(clients_dir, e)) from None
-    seconds = time.time() - t0
-    expected = {s["path"]: s["num_records"] for s in manifest["shards"]}
-    if manifest.get("public"):
-      expected[manifest["public"]["path"]] = manifest["public"]["num_records"]
-    for rel, (_, dst) in zip(rel_paths, pairs):
-      stats_file = dst + _STATS_SUFFIX
-      if not os.path.exists(stats_file):
-        raise DataError(f"embedding of {rel} did not complete (no {stats_file})")
-      with open(stats_file) as f:
-        got = json.load(f)["num_records"]
-      os.remove(stats_file)
-      if got != expected[rel]:
-        raise DataError(f"{os.path.join(clients_dir, rel)}: holds {got} records, manifest "
-                        f"says {expected[rel]}")
-    out = copy.deepcopy(manifest)
-    out.pop("image_shape")
-    out.update({
-        "format": schema.EMBEDDINGS_FORMAT,
-        "embedding_shape": list(config.embedding_shape),
-        "embedding_dtype": dtype,
-        "backbone": config.to_json(),
-        "weights_file": weights_file,
-        "weights_sha256": sha,
-        "source_dir": os.path.abspath(clients_dir),
-        "source_format": manifest["format"],
-        "source_image_shape": manifest["image_shape"],
-        "embed_seconds": seconds,
-    })
+    seconds = _run_embed_pipeline(dofn, pairs, clients_dir, beam_args)
+    _check_record_counts(manifest, rel_paths, pairs, clients_dir)
+    out = _embeddings_manifest(manifest, config, dtype, weights_file, sha, clients_dir,
+                               seconds)
     schema.write_manifest(tmp, out)
-    if os.path.exists(output_dir):
-      old = f"{output_dir}.old-{os.getpid()}"
-      os.rename(output_dir, old)
-      os.rename(tmp, output_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, output_dir)
+    _replace_dir(tmp, output_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def _check_embed_flags(dtype: str, batch_size: int, output_dir: str,
+                       overwrite: bool) -> None:
+  """Embedding dtype, a positive batch size, and a new `output_dir` (or --overwrite)."""
+  if dtype not in schema.EMBEDDING_DTYPES:
+    raise ConfigError(f"--dtype is {dtype!r}, expected one of {list(schema.EMBEDDING_DTYPES)}")
+  if batch_size <= 0:
+    raise ConfigError(f"--batch_size is {batch_size}, expected a positive integer")
+  if os.path.exists(output_dir) and not overwrite:
+    raise ConfigError(f"--output_dir {output_dir} already exists; expected a new path "
+                      f"(or pass --overwrite)")
+
+
+def _run_embed_pipeline(dofn: EmbedShardDoFn, pairs, clients_dir: str,
+                        beam_args: Optional[Sequence[str]]) -> float:
+  """Embeds every (input, output) file pair in one Beam job; returns its seconds.
+
+  Raises:
+    DataError: a worker failed (one line, `_worker_error`).
+  """
+  for _, dst in pairs:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+  t0 = time.time()
+  try:
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+      _ = (p | "Files" >> beam.Create(pairs)
+             | "Reshuffle" >> beam.Reshuffle()
+             | "Embed" >> beam.ParDo(dofn))
+  except Exception as e:  # pylint: disable=broad-except  # Beam wraps worker errors
+    raise DataError(_worker_error(clients_dir, e)) from None
+  return time.time() - t0
+
+
+def _check_record_counts(manifest: dict, rel_paths, pairs, clients_dir: str) -> None:
+  """Every output file holds as many records as the manifest says its input does
+  (read from, then removes, the workers' stats files)."""
+  expected = {s["path"]: s["num_records"] for s in manifest["shards"]}
+  if manifest.get("public"):
+    expected[manifest["public"]["path"]] = manifest["public"]["num_records"]
+  for rel, (_, dst) in zip(rel_paths, pairs):
+    stats_file = dst + _STATS_SUFFIX
+    if not os.path.exists(stats_file):
+      raise DataError(f"embedding of {rel} did not complete (no {stats_file})")
+    with open(stats_file) as f:
+      got = json.load(f)["num_records"]
+    os.remove(stats_file)
+    if got != expected[rel]:
+      raise DataError(f"{os.path.join(clients_dir, rel)}: holds {got} records, manifest "
+                      f"says {expected[rel]}")
+
+
+def _embeddings_manifest(manifest: dict, config: bb.BackboneConfig, dtype: str,
+                         weights_file: str, sha: str, clients_dir: str,
+                         seconds: float) -> dict:
+  """The `pina-embeddings/1` manifest: the clients' manifest with the embedding's
+  shape, dtype, backbone, weights and source in place of `image_shape`."""
+  out = copy.deepcopy(manifest)
+  out.pop("image_shape")
+  out.update({
+      "format": schema.EMBEDDINGS_FORMAT,
+      "embedding_shape": list(config.embedding_shape),
+      "embedding_dtype": dtype,
+      "backbone": config.to_json(),
+      "weights_file": weights_file,
+      "weights_sha256": sha,
+      "source_dir": os.path.abspath(clients_dir),
+      "source_format": manifest["format"],
+      "source_image_shape": manifest["image_shape"],
+      "embed_seconds": seconds,
+  })
+  return out
+
+
+def _replace_dir(tmp: str, output_dir: str) -> None:
+  """Renames `tmp` to `output_dir`; an existing `output_dir` is moved aside first and
+  removed after."""
+  if os.path.exists(output_dir):
+    old = f"{output_dir}.old-{os.getpid()}"
+    os.rename(output_dir, old)
+    os.rename(tmp, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, output_dir)
 
 
 def read_embeddings(embeddings_dir: str, path: Optional[str] = None) -> dict:

@@ -549,19 +549,40 @@ def calibrate_noise_multipliers(target_epsilon: float, delta: float,
                                 threat_model: str = "server") -> PrivacyReport:
   """Calibrates z0, z1, z2 so ``threat_model``'s ε uses the target (ε, δ).
 
-  See the module docstring. Inactive stages get z = 0 and ε = 0.
+  The run is then user-level (ε, δ)-DP against ``threat_model`` with the achieved ε
+  (≤ target; see the module docstring). Inactive stages get z = 0 and ε = 0.
 
   Args:
     target_epsilon: total ε of the run (> 0; inf = no DP).
     delta: total δ in (0, 1).
     plan: the :class:`AccountingPlan`.
     budget_split: share of ε per stage (default :data:`DEFAULT_BUDGET_SPLIT`).
-    accountant: 'rdp' (default) or 'pld'.
+    accountant: 'pld' (default, :data:`DEFAULT_ACCOUNTANT`) or 'rdp'.
     local_delta: δ of the reported local ε's (default ``delta``).
     fit_total: 'tighten' (default: achieved ∈ [(1 - tol)·ε, ε]) or 'check'.
     total_tolerance: relative tolerance of 'tighten'.
     threat_model: 'server' (default) or 'release': the ε the noise is calibrated to.
   """
+  _check_calibration_args(target_epsilon, delta, accountant, fit_total, threat_model)
+  local_delta = delta if local_delta is None else local_delta
+  plan = dataclasses.replace(plan, executions=())  # fixed before anything runs
+  split = resolve_budget_split(plan, budget_split)
+  max_participations = plan.max_participations()
+  if math.isinf(target_epsilon):
+    return _no_dp_report(plan, split, delta, accountant, threat_model, local_delta,
+                         max_participations)
+  tol = total_tolerance if fit_total == "tighten" else 1.0
+  report = _calibrated_report(target_epsilon, delta, plan, split, accountant,
+                              local_delta, tol, threat_model)
+  return dataclasses.replace(
+      report, budget_split=split,
+      stage_epsilon_targets={s: (split[s] * target_epsilon if s in split else 0.0)
+                             for s in STAGES})
+
+
+def _check_calibration_args(target_epsilon: float, delta: float, accountant: str,
+                            fit_total: str, threat_model: str) -> None:
+  """δ in (0, 1), a known threat model, ε > 0 (or inf), fit_total and accountant."""
   _check_delta(delta)
   _check_threat_model(threat_model)
   if not target_epsilon > 0:
@@ -569,59 +590,68 @@ def calibrate_noise_multipliers(target_epsilon: float, delta: float,
   if fit_total not in ("check", "tighten"):
     raise ConfigError(f"fit_total must be 'check' or 'tighten', found {fit_total!r}.")
   make_accountant(accountant)  # validates the name
-  local_delta = delta if local_delta is None else local_delta
-  plan = dataclasses.replace(plan, executions=())  # fixed before anything runs
-  split = resolve_budget_split(plan, budget_split)
+
+
+def _no_dp_report(plan: AccountingPlan, split: Dict[str, float], delta: float,
+                  accountant: str, threat_model: str, local_delta: float,
+                  max_participations: Tuple[int, int]) -> PrivacyReport:
+  """The report of ε = inf (no DP): every z is 0, every active stage's ε is inf."""
   active = list(split)
-  plan_dict = dataclasses.asdict(plan)
-  k0, k2 = plan.max_participations()
+  k0, k2 = max_participations
+  inf_or_0 = math.inf if active else 0.0
+  return PrivacyReport(
+      epsilon_target=math.inf, epsilon_achieved=inf_or_0, delta=delta,
+      accountant=accountant, threat_model=threat_model,
+      epsilons={m: inf_or_0 for m in THREAT_MODELS},
+      noise_multipliers={s: 0.0 for s in STAGES},
+      stage_epsilons={s: (math.inf if s in active else 0.0) for s in STAGES},
+      stage_epsilon_targets={s: (math.inf if s in active else 0.0) for s in STAGES},
+      budget_split=split,
+      local_epsilon1=math.inf if plan.stage1_enabled else None,
+      local_delta1=local_delta if plan.stage1_enabled else None,
+      local_epsilon2=(math.inf if plan.stage2_local_dp and plan.stage2_rounds > 0
+                      else None),
+      max_participations={"stage0": k0, "stage2": k2}, plan=dataclasses.asdict(plan),
+      epsilons_by_accountant={a: {m: inf_or_0 for m in THREAT_MODELS}
+                              for a in ACCOUNTANTS})
 
-  if math.isinf(target_epsilon):
-    inf_or_0 = math.inf if active else 0.0
-    return PrivacyReport(
-        epsilon_target=math.inf, epsilon_achieved=inf_or_0, delta=delta,
-        accountant=accountant, threat_model=threat_model,
-        epsilons={m: inf_or_0 for m in THREAT_MODELS},
-        noise_multipliers={s: 0.0 for s in STAGES},
-        stage_epsilons={s: (math.inf if s in active else 0.0) for s in STAGES},
-        stage_epsilon_targets={s: (math.inf if s in active else 0.0) for s in STAGES},
-        budget_split=split,
-        local_epsilon1=math.inf if plan.stage1_enabled else None,
-        local_delta1=local_delta if plan.stage1_enabled else None,
-        local_epsilon2=(math.inf if plan.stage2_local_dp and plan.stage2_rounds > 0
-                        else None),
-        max_participations={"stage0": k0, "stage2": k2}, plan=plan_dict,
-        epsilons_by_accountant={a: {m: inf_or_0 for m in THREAT_MODELS}
-                                for a in ACCOUNTANTS})
 
-  def calibrate_all(scale: float):
-    zs = {s: 0.0 for s in STAGES}
-    for s in active:
-      zs[s] = _calibrate_stage(lambda z, s=s: plan.stage_event(s, z, threat_model),
-                               scale * split[s] * target_epsilon, delta, "rdp_fast")
-    return zs, run_epsilon(plan, zs, delta, threat_model, "rdp_fast")
+def _calibrate_all(plan: AccountingPlan, split: Dict[str, float], target_epsilon: float,
+                   delta: float, threat_model: str):
+  """Each active stage's z for its share split[s]·ε alone (fast RDP search), and the
+  composed ε of those z (fast RDP): (zs, ε)."""
+  zs = {s: 0.0 for s in STAGES}
+  for s in split:
+    zs[s] = _calibrate_stage(lambda z, s=s: plan.stage_event(s, z, threat_model),
+                             split[s] * target_epsilon, delta, "rdp_fast")
+  return zs, run_epsilon(plan, zs, delta, threat_model, "rdp_fast")
 
-  tol = total_tolerance if fit_total == "tighten" else 1.0
+
+def _calibrated_report(target_epsilon: float, delta: float, plan: AccountingPlan,
+                       split: Dict[str, float], accountant: str, local_delta: float,
+                       tol: float, threat_model: str) -> PrivacyReport:
+  """The report of the z that make ``threat_model``'s composed ε (``accountant``) lie
+  in [(1 - tol)·ε, ε] (tol = 1: at most ε).
+
+  Raises:
+    ConfigError: dp_accounting's numerics gave out (e.g. ε = 1e-3).
+  """
   try:
-    zs, _ = calibrate_all(1.0)
+    zs, _ = _calibrate_all(plan, split, target_epsilon, delta, threat_model)
     # One common factor on every z fits the total: first with the fast (conservative)
     # accountant, then with the real one (a few evaluations from a close start).
     zs = _fit_common_factor(plan, zs, delta, threat_model, "rdp_fast", target_epsilon,
                             tol / 2)
     zs = _fit_common_factor(plan, zs, delta, threat_model, accountant, target_epsilon,
                             tol)
-    report = account(plan, zs, delta, threat_model, accountant, local_delta,
-                     epsilon_target=float(target_epsilon))
+    return account(plan, zs, delta, threat_model, accountant, local_delta,
+                   epsilon_target=float(target_epsilon))
   except (ValueError, ArithmeticError) as e:
     # dp_accounting's numerics give out for very small targets (e.g. ε = 1e-3: a
     # "negative Renyi divergence" from rounding at z in the thousands).
     raise ConfigError(
         f"privacy.epsilon: cannot calibrate noise for ε={target_epsilon:g} at "
         f"δ={delta:g} ({accountant} accountant: {e}); use a larger epsilon.") from e
-  return dataclasses.replace(
-      report, budget_split=split,
-      stage_epsilon_targets={s: (split[s] * target_epsilon if s in active else 0.0)
-                             for s in STAGES})
 
 
 def reaccount(report: PrivacyReport, plan: AccountingPlan,

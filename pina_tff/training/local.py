@@ -162,17 +162,9 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
   compute_dtype = tf.as_dtype(spec.compute_dtype)
   features = model.compute_features(features, compute_dtype)
   n = int(labels.shape[1])
-  # A client never holds more than n examples, so a batch larger than n trains exactly
-  # like a batch of n; capping it avoids computing padding rows.
-  batch = min(spec.batch_size, max(1, n))
-  batches_per_epoch = max(1, -(-n // batch))
-  n_pad = batches_per_epoch * batch
-  if n_pad != n:
-    pad = n_pad - n
-    features = {k: tf.pad(v, [[0, 0], [0, pad]] + [[0, 0]] * (v.shape.rank - 2))
-                for k, v in features.items()}
-    labels = tf.pad(labels, [[0, 0], [0, pad]])
-    mask = tf.pad(mask, [[0, 0], [0, pad]])
+  batch, batches_per_epoch = _batch_layout(n, spec.batch_size)
+  features, labels, mask = _pad_examples(features, labels, mask,
+                                         batches_per_epoch * batch - n)
   # One minibatch per epoch holds every example: its loss (a masked mean) does not
   # depend on the order, so no permutation is drawn (exactly the same steps, and no
   # per-client RNG loop over the shard).
@@ -183,16 +175,58 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
   frozen = {k: v for k, v in init_params.items() if k not in train_keys}
   total_steps = spec.local_epochs * batches_per_epoch
   s = tf.shape(labels)[0]
+  sgd_step = _sgd_step(model, spec, compute_dtype, init_params, frozen, train_keys, s)
 
   def body(t, params, steps):
     epoch, b = t // batches_per_epoch, t % batches_per_epoch
     if full_batch:
       fb, lb, mb = features, labels, mask
     else:
-      idx = tf.gather(perms, epoch)[:, b * batch:(b + 1) * batch]
-      fb = {k: tf.gather(v, idx, batch_dims=1) for k, v in features.items()}
-      lb = tf.gather(labels, idx, batch_dims=1)
-      mb = tf.gather(mask, idx, batch_dims=1)
+      fb, lb, mb = _minibatch(perms, epoch, b, batch, features, labels, mask)
+    new, has_data = sgd_step(params, fb, lb, mb)
+    return t + 1, new, steps + has_data
+
+  params0 = {k: tf.identity(init_params[k]) for k in train_keys}
+  _, final, steps = tf.while_loop(
+      lambda t, *_: t < total_steps, body,
+      (tf.constant(0), params0, tf.zeros([s], tf.float32)))
+  return dict(frozen, **final), steps
+
+
+def _batch_layout(n: int, batch_size: int):
+  """(examples per minibatch, minibatches per epoch) for N examples per client.
+
+  A client never holds more than N examples, so a batch larger than N trains exactly
+  like a batch of N; capping it avoids computing padding rows."""
+  batch = min(batch_size, max(1, n))
+  return batch, max(1, -(-n // batch))
+
+
+def _pad_examples(features, labels, mask, pad: int):
+  """Features, labels and mask with ``pad`` padding examples appended on axis 1."""
+  if pad == 0:
+    return features, labels, mask
+  features = {k: tf.pad(v, [[0, 0], [0, pad]] + [[0, 0]] * (v.shape.rank - 2))
+              for k, v in features.items()}
+  labels = tf.pad(labels, [[0, 0], [0, pad]])
+  mask = tf.pad(mask, [[0, 0], [0, pad]])
+  return features, labels, mask
+
+
+def _minibatch(perms, epoch, b, batch: int, features, labels, mask):
+  """Minibatch ``b`` of epoch ``epoch``: every client's examples in its own order."""
+  idx = tf.gather(perms, epoch)[:, b * batch:(b + 1) * batch]
+  fb = {k: tf.gather(v, idx, batch_dims=1) for k, v in features.items()}
+  lb = tf.gather(labels, idx, batch_dims=1)
+  mb = tf.gather(mask, idx, batch_dims=1)
+  return fb, lb, mb
+
+
+def _sgd_step(model, spec: LocalSpec, compute_dtype, init_params, frozen, train_keys, s):
+  """One SGD step of every client: ``step(params, fb, lb, mb)`` -> (new trained params,
+  float [S] 1.0 where the client's minibatch held a real example)."""
+
+  def step(params, fb, lb, mb):
     with tf.GradientTape() as tape:
       tape.watch(params)
       full = _compute_params(dict(frozen, **params), compute_dtype)
@@ -206,13 +240,9 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
       total = tf.reduce_sum(loss)
     grads = tape.gradient(total, params)
     new = {k: params[k] - spec.learning_rate * grads[k] for k in train_keys}
-    return t + 1, new, steps + has_data
+    return new, has_data
 
-  params0 = {k: tf.identity(init_params[k]) for k in train_keys}
-  _, final, steps = tf.while_loop(
-      lambda t, *_: t < total_steps, body,
-      (tf.constant(0), params0, tf.zeros([s], tf.float32)))
-  return dict(frozen, **final), steps
+  return step
 
 
 def zero_nonfinite_rows(vectors):
@@ -286,19 +316,9 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
   labels, mask = shard["label"], shard["mask"]
   client_mask = shard["client_mask"]
   seed = tf.cast(shard["seed"], tf.int64)
-  num_clusters = spec.num_clusters
   s = tf.shape(labels)[0]
-  if spec.true_cluster and num_clusters > 1:
-    choice = true_choice(shard["true_cluster"], num_clusters)
-    chosen_loss = None
-  elif spec.choose_cluster and num_clusters > 1:
-    losses = cluster_losses(model, cluster_params, features, labels, mask,
-                            compute_dtype)
-    choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
-    chosen_loss = tf.reduce_min(losses, axis=-1)
-  else:
-    choice = tf.zeros([s], tf.int32)
-    chosen_loss = None
+  choice, chosen_loss = _choose_clusters(model, spec, cluster_params, features, labels,
+                                         mask, shard["true_cluster"], s, compute_dtype)
   init = {k: tf.gather(v, choice) for k, v in cluster_params.items()}
   work_features = model.precompute(_compute_params(init, compute_dtype), features,
                                    spec.train_keys)
@@ -306,12 +326,47 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
     chosen_loss, _ = _per_client_ce(
         model.logits(_compute_params(init, compute_dtype), work_features), labels, mask)
   final, steps = local_train(model, spec, init, work_features, labels, mask, seed)
+  delta = _client_deltas(spec, init, final, steps)
+  delta, nonfinite = zero_nonfinite_rows(delta)
+  clipped, norms = clip_rows(delta, spec.clip_norm)
+  onehot, slots = _cluster_slots(spec, choice, client_mask, clipped, seed)
+  diagnostics = _shard_diagnostics(spec, shard["true_cluster"], onehot, chosen_loss,
+                                   mask, client_mask, norms, nonfinite, steps)
+  return tf.reduce_sum(slots, axis=0), diagnostics
+
+
+def _choose_clusters(model, spec: LocalSpec, cluster_params, features, labels, mask,
+                     true_cluster, s, compute_dtype):
+  """Each client's cluster c* (int32 [S]) and, when chosen by loss, its pre-training
+  loss under c* (float32 [S]; None otherwise): the oracle's true cluster, the argmin
+  of the training losses (IFCA), or 0 (one model). ``s``: S, the shard's clients."""
+  num_clusters = spec.num_clusters
+  if spec.true_cluster and num_clusters > 1:
+    return true_choice(true_cluster, num_clusters), None
+  if spec.choose_cluster and num_clusters > 1:
+    losses = cluster_losses(model, cluster_params, features, labels, mask,
+                            compute_dtype)
+    choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
+    return choice, tf.reduce_min(losses, axis=-1)
+  return tf.zeros([s], tf.int32), None
+
+
+def _client_deltas(spec: LocalSpec, init, final, steps):
+  """Flattened changes [S, P] of the sent parameters (FedNova: divided by the
+  client's local step count), before clipping."""
   delta = tm.flatten({k: final[k] - init[k] for k in spec.send_keys}, spec.send_keys,
                      lead_dims=1)
   if spec.normalize_by_steps:
     delta = delta / tf.maximum(steps, 1.0)[:, None]
-  delta, nonfinite = zero_nonfinite_rows(delta)
-  clipped, norms = clip_rows(delta, spec.clip_norm)
+  return delta
+
+
+def _cluster_slots(spec: LocalSpec, choice, client_mask, clipped, seed):
+  """(one_hot(c*) [S, C] of the real clients, slots [S, C, P]): each clipped update in
+  its cluster's slot; IFCA+LDP adds each client's local Gaussian noise (std
+  ``spec.ldp_noise_stddev``, absolute units) to all C·P coordinates, so the client's
+  whole message is locally DP."""
+  num_clusters = spec.num_clusters
   onehot = tf.one_hot(choice, num_clusters) * client_mask[:, None]
   slots = onehot[:, :, None] * clipped[:, None, :]
   if spec.ldp_noise_stddev > 0:
@@ -319,13 +374,18 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
                               rng_streams.LDP_NOISE,
                               spec.ldp_noise_stddev)
     slots = slots + noise * client_mask[:, None, None]
-  true = shard["true_cluster"]
+  return onehot, slots
+
+
+def _shard_diagnostics(spec: LocalSpec, true, onehot, chosen_loss, mask, client_mask,
+                       norms, nonfinite, steps):
+  """Simulation-only sums over the shard's real clients (see `shard_update`)."""
   known = tf.cast(true >= 0, tf.float32) * client_mask
   true_onehot = tf.one_hot(tf.maximum(true, 0), spec.num_true_clusters) * known[:, None]
   n_examples = tf.reduce_sum(mask, axis=-1)
   clip_hit = (tf.cast(norms > spec.clip_norm, tf.float32)
               if not math.isinf(spec.clip_norm) else tf.zeros_like(norms))
-  diagnostics = {
+  return {
       "cluster_counts": tf.reduce_sum(onehot, axis=0),
       "confusion": tf.einsum("sc,st->ct", onehot, true_onehot),
       "loss_sum": tf.reduce_sum(chosen_loss * client_mask),
@@ -335,7 +395,6 @@ def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor]
       "num_nonfinite": tf.reduce_sum(nonfinite * client_mask),
       "local_steps": tf.reduce_sum(steps * client_mask),
   }
-  return tf.reduce_sum(slots, axis=0), diagnostics
 
 
 def true_choice(true_cluster, num_clusters: int):
