@@ -104,8 +104,10 @@ def adapt_scaling_finalizer(weights_type, update_type, scaling_mode: str = "pina
       trainable=collections.OrderedDict(
           (k, tff.TensorType(np.float32, (1,) + s)) for k, s in shapes.items()),
       non_trainable=()))
-  ours = fin.build_scaling_finalizer(ours_type, shapes, keys, 1, scaling_mode,
-                                     warm_rounds, server_learning_rate, server_momentum)
+  ours = fin.build_scaling_finalizer(
+      ours_type, param_shapes=shapes, update_keys=keys, num_clusters=1,
+      scaling_mode=scaling_mode, warm_rounds=warm_rounds,
+      server_learning_rate=server_learning_rate, server_momentum=server_momentum)
   to_ours, to_vector, from_ours = _weight_maps(weights_type, update_type, ours_type, keys)
   state_type = ours.initialize.type_signature.result
 

@@ -88,7 +88,7 @@ def read_shard(dataset, reader=None):
   return reader.read(element) if reader is not None else element
 
 
-def build_shard_client_work(model, spec: local.LocalSpec, shard_size: int, n_max: int,
+def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_max: int,
                             simulation_diagnostics: bool = True,
                             feature_dtype=np.float32,
                             reader=None) -> tff.learning.templates.ClientWorkProcess:

@@ -23,7 +23,7 @@ from pina_tff.aggregation import scaling
 from pina_tff.training import models as tm
 
 
-def build_scaling_finalizer(weights_type, param_shapes, update_keys, num_clusters: int,
+def build_scaling_finalizer(weights_type, *, param_shapes, update_keys, num_clusters: int,
                             scaling_mode: str = "pina", warm_rounds: int = 0,
                             server_learning_rate: float = 1.0,
                             server_momentum: float = 0.0,

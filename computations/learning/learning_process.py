@@ -51,7 +51,7 @@ class ProcessSpec:
   simulation_diagnostics: bool = True
 
 
-def build_process(model, spec: ProcessSpec,
+def build_process(model, spec: ProcessSpec, *,
                   reader=None) -> tff.learning.templates.LearningProcess:
   """Composes the learning process of one stage (stage 0, or stage 2 of any method).
 
@@ -83,14 +83,16 @@ def build_process(model, spec: ProcessSpec,
         non_trainable=())
 
   distributor = tff.learning.templates.build_broadcast_process(weights_type)
-  work = cw.build_shard_client_work(model, spec.local, spec.shard_size, spec.n_max,
-                                    spec.simulation_diagnostics, reader=reader)
+  work = cw.build_shard_client_work(model, spec.local, shard_size=spec.shard_size,
+                                    n_max=spec.n_max,
+                                    simulation_diagnostics=spec.simulation_diagnostics,
+                                    reader=reader)
   update_type = work.next.type_signature.result.result.member.update
   weight_type = work.next.type_signature.result.result.member.update_weight
   aggregator = agg.build_cslot_aggregator(spec.aggregator).create(update_type, weight_type)
   finalizer = fin.build_scaling_finalizer(
-      weights_type, shapes, spec.local.send_keys, num_clusters,
-      scaling_mode=spec.scaling_mode, warm_rounds=spec.warm_rounds,
+      weights_type, param_shapes=shapes, update_keys=spec.local.send_keys,
+      num_clusters=num_clusters, scaling_mode=spec.scaling_mode, warm_rounds=spec.warm_rounds,
       server_learning_rate=spec.server_learning_rate,
       server_momentum=spec.server_momentum, update_multiplier=spec.update_multiplier,
       normality_rule=spec.normality_rule)

@@ -29,7 +29,7 @@ from pina_tff.training import local
 from pina_tff.training import models as tm
 
 
-def build_sketch_computation(model, spec: local.LocalSpec, top_k: int, clip: float,
+def build_sketch_computation(model, spec: local.LocalSpec, *, top_k: int, clip: float,
                              noise_multiplier: float, shard_size: int, n_max: int,
                              reader=None, noise_on_kept_only: bool = False):
   """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.

@@ -90,8 +90,9 @@ def _sketcher(plan, data, base, ids):
 
   def sketch_results(noise_multiplier: float):
     comp = stage1_lib.build_sketch_computation(
-        pop.model, _sketch_spec(cfg), s1.top_k, s1.clip, noise_multiplier,
-        plan.layout1.shard_size, pop.n_max_train, reader=data.reader,
+        pop.model, _sketch_spec(cfg), top_k=s1.top_k, clip=s1.clip,
+        noise_multiplier=noise_multiplier, shard_size=plan.layout1.shard_size,
+        n_max=pop.n_max_train, reader=data.reader,
         noise_on_kept_only=s1.noise_positions == "released")
     return comp(weights, data.round_data(stages.STAGE1, 0, ids, keys))
   return sketch_results

@@ -98,8 +98,8 @@ def test_finalizer_matches_numpy_reference(mode, rule):
             for k, s in MODEL.param_shapes().items()}
   velocity = (0.1 * rng.standard_normal((C, P))).astype(np.float32)
   proc = finalizers.build_scaling_finalizer(
-      cw.cluster_weights_type(MODEL, C), MODEL.param_shapes(), KEYS, C,
-      scaling_mode=mode, warm_rounds=WARM, server_learning_rate=LR,
+      cw.cluster_weights_type(MODEL, C), param_shapes=MODEL.param_shapes(),
+      update_keys=KEYS, num_clusters=C, scaling_mode=mode, warm_rounds=WARM, server_learning_rate=LR,
       server_momentum=MOMENTUM, update_multiplier=MULT,
       normality_rule=scaling.NormalityRule(rule, noise_std=SIGMA, max_gain=GMAX))
   state = collections.OrderedDict(round=np.int32(START_ROUND), velocity=velocity)
@@ -146,8 +146,9 @@ def test_parameters_outside_update_keys_are_kept():
   params = {k: rng.standard_normal((1,) + s).astype(np.float32)
             for k, s in MODEL.param_shapes().items()}
   proc = finalizers.build_scaling_finalizer(
-      cw.cluster_weights_type(MODEL, 1), MODEL.param_shapes(), ("head_bias",), 1,
-      scaling_mode="none", server_learning_rate=LR)
+      cw.cluster_weights_type(MODEL, 1), param_shapes=MODEL.param_shapes(),
+      update_keys=("head_bias",), num_clusters=1, scaling_mode="none",
+      server_learning_rate=LR)
   u = np.array([[0.5, -1.0, 2.0]], np.float32)
   out = proc.next(proc.initialize(), lp.model_weights(params), u)
   np.testing.assert_array_equal(out.result.trainable["head_kernel"],

@@ -55,7 +55,8 @@ def sketches():
   with context.tff_context():
     for name, clip, z, kept in (("raw", 1e6, 0.0, False), ("clipped", CLIP, 0.0, False),
                                 ("noisy", CLIP, Z1, False), ("literal", CLIP, Z1, True)):
-      comp = stage1.build_sketch_computation(model, spec, TOP_K, clip, z, SHARD, N,
+      comp = stage1.build_sketch_computation(model, spec, top_k=TOP_K, clip=clip,
+                                             noise_multiplier=z, shard_size=SHARD, n_max=N,
                                              noise_on_kept_only=kept)
       out[name] = stage1.collect_sketches(comp(weights, data)).astype(np.float64)
   return out
@@ -117,9 +118,11 @@ def test_top_k_up_to_half_the_sketch_is_accepted():
   _, _, model = _model(np.random.default_rng(0))
   spec = local.LocalSpec(train_keys=tm.LORA_KEYS + tm.HEAD_KEYS, send_keys=tm.LORA_KEYS)
   with context.tff_context():
-    stage1.build_sketch_computation(model, spec, WIDTH, CLIP, Z1, 1, N)
+    stage1.build_sketch_computation(model, spec, top_k=WIDTH, clip=CLIP,
+                                    noise_multiplier=Z1, shard_size=1, n_max=N)
     with pytest.raises(ConfigError, match="top_k"):
-      stage1.build_sketch_computation(model, spec, WIDTH + 1, CLIP, Z1, 1, N)
+      stage1.build_sketch_computation(model, spec, top_k=WIDTH + 1, clip=CLIP,
+                                      noise_multiplier=Z1, shard_size=1, n_max=N)
 
 
 if __name__ == "__main__":
