@@ -15,14 +15,16 @@ setup(
                                     "pipelines", "pipelines.*", "benchmarks", "benchmarks.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=[],
+    # Each script calls pipelines.startup.prepare() (quiet start-up) before it imports
+    # its entry module (pipelines/entry.py).
     entry_points={
         "console_scripts": [
-            "pina-prepare=pipelines.prepare_data:run",
-            "pina-pretrain=pipelines.pretrain:run",
-            "pina-embed=pipelines.embed:run",
-            "pina-simulate=pipelines.simulate:run",
-            "pina-grid=pipelines.grid:run",
-            "pina-bench=benchmarks.bench:run",
+            "pina-prepare=pipelines.entry:prepare",
+            "pina-pretrain=pipelines.entry:pretrain",
+            "pina-embed=pipelines.entry:embed",
+            "pina-simulate=pipelines.entry:simulate",
+            "pina-grid=pipelines.entry:grid",
+            "pina-bench=pipelines.entry:bench",
         ],
     },
 )

@@ -53,19 +53,14 @@ import subprocess
 import sys
 import time
 
-from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
-
-from absl import flags  # pylint: disable=g-bad-import-order
+from absl import flags
 import numpy as np
 
-# Imported before app.run on purpose (see pina_tff/models/backbone.py): importing keras-cv
-# inside an absl main breaks tf.keras functional models afterwards.
-cli.import_keras_quietly()
-from pina_tff.models import backbone as bb  # noqa: E402  pylint: disable=g-import-not-at-top
-from pina_tff.errors import ConfigError  # noqa: E402
-from pina_tff.models import split
 from benchmarks import program_bench
 from benchmarks.program_bench import random_frozen  # noqa: F401  (re-exported)
+from pina_tff.errors import ConfigError
+from pipelines import cli
+from pipelines import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("clients", 1000, "head: simulated clients per round (N).")
@@ -818,6 +813,8 @@ def stage2_sweep() -> None:
 
 def embed_main() -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import backbone as bb  # pylint: disable=g-import-not-at-top
+  from pina_tff.models import split  # pylint: disable=g-import-not-at-top
   results = {}
   for name in FLAGS.backbones:
     config = bb.get_config(name)
@@ -848,6 +845,9 @@ def main(argv) -> None:
 
 
 def run() -> None:
+  """Entry point of `python -m benchmarks.bench`, the Bazel binary and pina-bench
+  (`pipelines.entry.bench`)."""
+  startup.prepare(keras=True)  # before TensorFlow, keras and absl's main
   cli.run(main, positional=True)
 
 

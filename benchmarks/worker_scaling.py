@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import bench
+from pipelines import startup
 
 flags.DEFINE_list("scaling_workers", "1,2", "Numbers of local services to time.")
 flags.DEFINE_bool("sim1", True, "Also time the default runtime on one service.")
@@ -60,4 +61,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  startup.prepare(keras=True)  # before TensorFlow, keras and absl's main
   sys.exit(app.run(main))

@@ -1,9 +1,8 @@
-"""What every console script shares: quiet start-up, strict flags, one `error:` line.
+"""What every console script shares: strict flags, `--verbose`, one `error:` line.
 
-Import this module FIRST in a console-script module (before TensorFlow / keras): unless
-`--verbose` is on the command line or PINA_TFF_VERBOSE=1 is set, it sets
-TF_CPP_MIN_LOG_LEVEL=3 (no cuDNN / oneDNN / TensorRT lines); `import_keras_quietly()`
-keeps keras-core's "Using TensorFlow backend" line off the terminal. `run(main)` then:
+Importing this module changes nothing in the process (it imports absl, not
+TensorFlow); the quiet start-up is `pipelines.startup.prepare()`, which each entry
+point calls first. `run(main)` then:
 
 * parses the flags strictly (an unknown flag or a bad value is one `error:` line, exit
   2); with `passthrough=True` the arguments after `--` are handed to `main` (Beam
@@ -13,12 +12,12 @@ keeps keras-core's "Using TensorFlow backend" line off the terminal. `run(main)`
   module is a generated stub, so the entry module's flags are adopted for it);
 * turns a `PinaError` raised by `main` into one `error:` line with exit code 2, and so
   an OSError of the environment (no space left, read-only file system, name too long,
-  permission denied), also when a library wraps it;
+  permission denied), also when a library wraps it (`_one_line_errors`: the one
+  `except` of user errors of every entry point);
 * rejects, for every numeric flag given on the command line, a non-finite float or an
   integer beyond 32 bits, before `main` runs (each script checks its own ranges);
-* in a console-script process, makes SIGINT / SIGTERM stop at once with one line from
-  the first import on (`pina_tff.runtime.signals`; the round loop later waits for the
-  end of the current round instead).
+* unless verbose (`pina_tff.runtime.verbosity`), keeps absl's and Python's log lines
+  below FATAL / CRITICAL off the terminal.
 """
 
 from __future__ import annotations
@@ -29,69 +28,17 @@ import os
 import re
 import sys
 
-VERBOSE_FLAG = "--verbose"
+from absl import app
+from absl import flags
+from absl import logging
 
+from pina_tff.errors import PinaError
+from pina_tff.runtime import verbosity
 
-def verbose_requested(argv=None) -> bool:
-  """True if --verbose is on the command line or PINA_TFF_VERBOSE is set (not '0')."""
-  argv = sys.argv if argv is None else argv
-  head = argv[:argv.index("--")] if "--" in argv else argv
-  if any(a in (VERBOSE_FLAG, VERBOSE_FLAG + "=true", VERBOSE_FLAG + "=1") for a in head):
-    return True
-  return os.environ.get("PINA_TFF_VERBOSE", "") not in ("", "0")
-
-
-def quiet_startup() -> None:
-  """Silences TensorFlow's C++ start-up logs (not if verbose). Before importing TF."""
-  if verbose_requested():
-    os.environ["PINA_TFF_VERBOSE"] = "1"
-    return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
-  py_logging.getLogger().setLevel(py_logging.ERROR)  # import-time library warnings
-
-
-def import_keras_quietly() -> None:
-  """Imports keras-core without its "Using TensorFlow backend" line on stdout (unless
-  verbose). Scripts that build keras models call it before anything imports keras-cv."""
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
-  if verbose_requested():
-    import keras_core  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    return
-  with contextlib.redirect_stdout(io.StringIO()):
-    import keras_core  # noqa: F401,F811  pylint: disable=g-import-not-at-top,unused-import
-
-
-def _is_console_script() -> bool:
-  """True in a process started as a pina-* script, `python -m pipelines.X` or a Bazel
-  binary of pipelines/ (not in a test or driver that imports this module)."""
-  main = sys.modules.get("__main__")
-  spec = getattr(main, "__spec__", None)
-  if spec is not None and spec.name.split(".")[0] in ("pipelines", "benchmarks"):
-    return True
-  prog = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-  package = os.path.dirname(prog)
-  return (os.path.basename(prog).startswith("pina-") or
-          (os.path.basename(package) in ("pipelines", "benchmarks") and
-           os.path.isdir(os.path.join(os.path.dirname(package), "pina_tff"))))
-
-
-if _is_console_script():
-  from pina_tff.runtime import signals as _signals  # pylint: disable=g-import-not-at-top
-  _signals.install_exit_now_handlers()
-
-quiet_startup()
-
-from absl import app  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import logging  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-from pina_tff.errors import PinaError  # noqa: E402  pylint: disable=g-import-not-at-top
-
-if VERBOSE_FLAG[2:] not in flags.FLAGS:
-  flags.DEFINE_bool(VERBOSE_FLAG[2:], False, "Show TensorFlow / keras / TFF start-up and "
-                    "runtime logs (also: env PINA_TFF_VERBOSE=1).")
+_VERBOSE = verbosity.FLAG[2:]
+if _VERBOSE not in flags.FLAGS:
+  flags.DEFINE_bool(_VERBOSE, False, "Show TensorFlow / keras / TFF start-up and "
+                    f"runtime logs (also: env {verbosity.ENV}=1).")
 
 
 def fail(message: str) -> None:
@@ -148,7 +95,7 @@ def _parser(passthrough: bool, positional: bool):
     if len(left) > 1 and not positional:
       hint = (" (pass Beam options after `--`)" if passthrough else "")
       fail(f"unexpected arguments {left[1:]}{hint}")
-    if not verbose_requested() and not flags.FLAGS["verbosity"].present:
+    if not verbosity.requested(argv) and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.FATAL)
       # Beam logs a worker's failure (with its traceback) before re-raising it; the
       # error reaches the user as one `error:` line instead.
@@ -159,16 +106,16 @@ def _parser(passthrough: bool, positional: bool):
 
 
 def _adopt_help(entry_module) -> None:
-  """Makes `--help` of a console script show the entry module's doc and flags."""
+  """Makes `--help` of a console script show the entry module's doc and flags, and
+  `--verbose`, however the script was started."""
   main = sys.modules.get("__main__")
-  if entry_module is None or entry_module is main:
-    return
-  if main is not None and not getattr(main, "__doc__", None):
-    main.__doc__ = entry_module.__doc__
   key = sys.argv[0]
-  for flag in flags.FLAGS.get_key_flags_for_module(entry_module.__name__):
-    flags.FLAGS.register_key_flag_for_module(key, flag)
-  flags.FLAGS.register_key_flag_for_module(key, flags.FLAGS[VERBOSE_FLAG[2:]])
+  if entry_module is not None and entry_module is not main:
+    if main is not None and not getattr(main, "__doc__", None):
+      main.__doc__ = entry_module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(entry_module.__name__):
+      flags.FLAGS.register_key_flag_for_module(key, flag)
+  flags.FLAGS.register_key_flag_for_module(key, flags.FLAGS[_VERBOSE])
 
 
 def run(main, passthrough: bool = False, positional: bool = False) -> None:

@@ -11,15 +11,11 @@ import json
 import os
 import sys
 
-from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
+from absl import flags
 
-from absl import flags  # noqa: E402  pylint: disable=g-bad-import-order
-
-from pina_tff.runtime import paths  # noqa: E402
-
-cli.import_keras_quietly()
-# Imports keras-cv before app.run (see pina_tff/models/backbone.py).
-from pina_tff.models import beam_embed  # noqa: E402  pylint: disable=g-import-not-at-top
+from pina_tff.runtime import paths
+from pipelines import cli
+from pipelines import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("clients_dir", None, "Prepared data directory (pina-prepare output).")
@@ -38,6 +34,7 @@ flags.mark_flags_as_required(["clients_dir", "output_dir"])
 
 def main(argv):
   paths.check_output_dir(FLAGS.output_dir, "--output_dir")
+  from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
   backbone = FLAGS.backbone or beam_embed.backbone_for_dir(FLAGS.clients_dir)
   weights = FLAGS.weights or os.path.join(FLAGS.clients_dir, "backbone",
                                           f"{backbone}.weights.h5")
@@ -51,6 +48,9 @@ def main(argv):
 
 
 def run():
+  """Entry point of `python -m pipelines.embed`, the Bazel binary and pina-embed
+  (`pipelines.entry.embed`)."""
+  startup.prepare(keras=True)  # before TensorFlow, keras and absl's main
   cli.run(main, passthrough=True)
 
 

@@ -45,19 +45,16 @@ import subprocess
 import sys
 import time
 
-from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
-
-from absl import flags  # pylint: disable=g-bad-import-order
+from absl import flags
 
 from pina_tff import config as config_lib
 from pina_tff import method_table
-from pina_tff.errors import PinaError
-from pina_tff.runtime import atomic
 from pina_tff.reporting import results as results_lib
+from pina_tff.runtime import atomic
 from pina_tff.runtime import signals
-cli.import_keras_quietly()
-from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
+from pipelines import cli
 from pipelines import presets
+from pipelines import startup
 
 FLAGS = flags.FLAGS
 
@@ -133,9 +130,10 @@ flags.DEFINE_list("seeds", None, "Seeds of pass 1, e.g. 0,1,2: every cell runs w
                   "each; the first is the base seed of the best-baseline pick.")
 flags.DEFINE_bool("extra_seeds", True, "Run the preset's extra seeds (pass 2) for "
                   "PINA, PINA+RI and the best baseline.")
-flags.DEFINE_enum("eval_split", "val", ["val", "test"],
-                  "Held-out split every run scores: 'val' (default, for choosing "
-                  "settings) or 'test' (only for the runs of a final table).")
+flags.DEFINE_enum("eval_split", config_lib.RunConfig.eval_split,
+                  list(config_lib.EVAL_SPLITS),
+                  "Held-out split every run scores: 'val' (for choosing settings) or "
+                  "'test' (only for the runs of a final table).")
 flags.DEFINE_multi_string("set", [], "Config override for every run, KEY.PATH=VALUE with "
                           "a JSON value, e.g. --set=stage2.normality_rule='\"restore\"' "
                           "or --set=stage2.restore_max_gain=2 (repeatable).")
@@ -571,9 +569,6 @@ def main(argv):
                       extra_seeds=FLAGS.extra_seeds,
                       command="pina-grid " + shlex.join(sys.argv[1:]),
                       eval_split=FLAGS.eval_split, overrides=parse_overrides(FLAGS.set))
-  except PinaError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   except GridInterrupted as e:
     signum = e.args[0]
     print(f"stopped by {signals.name(signum)} (checkpoint saved); run the same command "
@@ -587,6 +582,9 @@ def main(argv):
 
 
 def run():
+  """Entry point of `python -m pipelines.grid`, the Bazel binary and pina-grid
+  (`pipelines.entry.grid`)."""
+  startup.prepare(keras=True)  # before TensorFlow, keras and absl's main
   cli.run(main)
 
 

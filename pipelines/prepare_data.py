@@ -1,7 +1,7 @@
 """pina-prepare: write rotated / partitioned client data as sharded TFRecords + manifest.
 
   python -m pipelines.prepare_data --dataset=digits --output_dir=/tmp/digits_clients
-  python -m pipelines.prepare_data --dataset=fashion_mnist --num_clients=10000 \
+  python -m pipelines.prepare_data --dataset=fashion_mnist --num_clients=10000 \\
       --output_dir=/tmp/fmnist_clients [--source_dir=DIR_WITH_IDX_FILES]
   python -m pipelines.prepare_data --dataset=cifar10 --output_dir=/shared/cifar_clients \\
       -- --runner=FlinkRunner ...   # Beam PipelineOptions go after `--`
@@ -14,11 +14,11 @@ Bad input prints one `error: ...` line to stderr and exits with status 2.
 """
 import time
 
-from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
-
-from absl import flags  # pylint: disable=g-bad-import-order
+from absl import flags
 
 from pina_tff.runtime import paths
+from pipelines import cli
+from pipelines import startup
 
 _DATASET = flags.DEFINE_string(
     "dataset", "digits", "digits | cifar10 | fashion_mnist | femnist")
@@ -72,7 +72,9 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point (`pina-prepare`)."""
+  """Entry point of `python -m pipelines.prepare_data`, the Bazel binary and
+  pina-prepare (`pipelines.entry.prepare`)."""
+  startup.prepare()
   cli.run(main, passthrough=True)
 
 

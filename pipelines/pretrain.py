@@ -13,17 +13,13 @@ exits with status 2.
 """
 import json
 
-from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
+from absl import flags
 
-from absl import flags  # noqa: E402  pylint: disable=g-bad-import-order
-
-from pina_tff.config import MAX_LEARNING_RATE  # noqa: E402
-from pina_tff.errors import ConfigError  # noqa: E402
-from pina_tff.runtime import paths  # noqa: E402
-
-cli.import_keras_quietly()
-# Imports keras-cv before app.run (see pina_tff/models/backbone.py).
-from pina_tff.models import pretrain  # noqa: E402  pylint: disable=g-import-not-at-top
+from pina_tff.config import MAX_LEARNING_RATE
+from pina_tff.errors import ConfigError
+from pina_tff.runtime import paths
+from pipelines import cli
+from pipelines import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("clients_dir", None, "Prepared data directory (pina-prepare output).")
@@ -55,6 +51,7 @@ def main(argv):
                       f"found {FLAGS.learning_rate}")
   if FLAGS.output:
     paths.check_output_file(FLAGS.output, "--output")
+  from pina_tff.models import pretrain  # pylint: disable=g-import-not-at-top
   report = pretrain.run_pretrain(
       FLAGS.clients_dir, output=FLAGS.output, epochs=FLAGS.epochs, seed=FLAGS.seed,
       backbone=FLAGS.backbone, batch_size=FLAGS.batch_size,
@@ -67,6 +64,9 @@ def main(argv):
 
 
 def run():
+  """Entry point of `python -m pipelines.pretrain`, the Bazel binary and pina-pretrain
+  (`pipelines.entry.pretrain`)."""
+  startup.prepare(keras=True)  # before TensorFlow, keras and absl's main
   cli.run(main)
 
 

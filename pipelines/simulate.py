@@ -24,25 +24,38 @@ import copy
 import dataclasses
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from pipelines import cli  # first: quiet TensorFlow start-up  # isort: skip
-
-from absl import flags  # pylint: disable=g-bad-import-order
+from absl import flags
 
 from pina_tff import config as config_lib
 from pina_tff import method_table
-from pina_tff.errors import PinaError
+from pina_tff.runtime import paths
 from pina_tff.runtime import signals
+from pipelines import cli
+from pipelines import presets
+from pipelines import startup
+from pipelines.presets import parse_epsilon
 
-cli.import_keras_quietly()
-# keras-cv must be imported before absl's main runs (see pina_tff/models/backbone.py).
-from pina_tff.models import backbone as _backbone  # noqa: E402  pylint: disable=unused-import,g-import-not-at-top
-from pina_tff.runtime import paths  # noqa: E402
-from pina_tff.simulation import population as population_lib  # noqa: E402
-from pipelines import presets  # noqa: E402
-from pipelines.presets import parse_epsilon  # noqa: E402
+if TYPE_CHECKING:  # imported in main(), after the quiet start-up
+  from pina_tff.simulation import population as population_lib
 
 FLAGS = flags.FLAGS
+
+
+def _default(dotted: str) -> str:
+  """What config field `dotted` is when neither a flag nor --config sets it, as a
+  flag's help states it: its value in every dataset preset (RunConfig's default where
+  a preset does not set it), or "the preset's" where the presets differ."""
+  values = set()
+  for preset in presets.DATASET_PRESETS.values():
+    node = config_lib.to_dict(config_lib.from_dict(
+        presets.for_population(preset, preset["population"])))
+    for key in dotted.split("."):
+      node = node[key]
+    values.add(f"{node:g}" if isinstance(node, float) else str(node))
+  return values.pop() if len(values) == 1 else "the preset's"
+
 
 flags.DEFINE_string("clients_dir", None, "Output of pina-prepare or pina-embed.")
 flags.DEFINE_string("root_dir", None, "Run directory: checkpoints, metrics, summary.")
@@ -53,16 +66,21 @@ flags.DEFINE_string("config", None, "Optional JSON/YAML RunConfig laid over the 
                     "flags override both.")
 flags.DEFINE_bool("print_config", False, "Print the resolved settings as JSON and exit "
                   "without running (no --root_dir needed).")
-flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Method (default: pina).")
-flags.DEFINE_string("epsilon", None, "Total epsilon: a number or 'inf' (default 8).")
+flags.DEFINE_enum("method", None, list(config_lib.METHODS),
+                  f"Method (default {_default('method')}).")
+flags.DEFINE_string("epsilon", None, "Total epsilon: a number or 'inf' "
+                    f"(default {_default('privacy.epsilon')}).")
 flags.DEFINE_float("delta", None, "Total delta (default min(1e-5, 1/(10*population))).")
 flags.DEFINE_enum("threat_model", None, list(config_lib.THREAT_MODELS),
-                  "Epsilon the noise is calibrated to: 'server' (knows who took part; "
-                  "default) or 'release' (sees only the models). Both are reported.")
+                  "Epsilon the noise is calibrated to: 'server' (knows who took part) "
+                  "or 'release' (sees only the models); default "
+                  f"{_default('privacy.threat_model')}. Both are reported.")
 flags.DEFINE_enum("sampling", None, list(config_lib.SAMPLINGS),
-                  "Cohorts of stages 0 and 2: 'poisson' (default) or 'fixed'.")
+                  "Cohorts of stages 0 and 2: 'poisson' or 'fixed' (default "
+                  f"{_default('privacy.sampling')}).")
 flags.DEFINE_enum("noise_mode", None, list(config_lib.NOISE_MODES),
-                  "'simulation' (noise from --seed; default) or 'secure' (OS entropy).")
+                  "'simulation' (noise from --seed) or 'secure' (OS entropy); default "
+                  f"{_default('privacy.noise_mode')}.")
 flags.DEFINE_bool("diagnostics", True,
                   "Release the diagnostics epsilon does not cover (accuracies on client "
                   "data, cluster counts, training loss); --diagnostics=false: none.")
@@ -88,14 +106,16 @@ flags.DEFINE_enum("normality_rule", None, list(config_lib.NORMALITY_RULES),
                   "Formula of the normality phase (docs/results.md: how it was chosen).")
 flags.DEFINE_float("restore_max_gain", None, "Largest factor of a restore rule (>= 1).")
 flags.DEFINE_enum("eval_split", None, list(config_lib.EVAL_SPLITS),
-                  "Held-out examples scored: 'val' (default; choose settings on it) or "
-                  "'test' (only for the runs of a final table).")
+                  "Held-out examples scored: 'val' (choose settings on it) or 'test' "
+                  "(only for the runs of a final table); default "
+                  f"{_default('eval_split')}.")
 flags.DEFINE_enum("aggregator", None, list(config_lib.AGGREGATORS), "Stage-2 aggregator.")
 flags.DEFINE_float("fedprox_mu", None, "FedProx proximal weight.")
 flags.DEFINE_integer("ddp_bits", None, "Bit width of distributed DP's modular secure "
-                     "sum, in [16, 22] (default 20).")
+                     f"sum, in [16, 22] (default {_default('stage2.ddp_bits')}).")
 flags.DEFINE_enum("precision", None, list(config_lib.PRECISIONS),
-                  "Arithmetic of the stage-2 client work (default float32): bfloat16 "
+                  "Arithmetic of the stage-2 client work (default "
+                  f"{_default('stage2.precision')}): bfloat16 "
                   "forward/backward with float32 master weights, deltas, clipping and "
                   "noise; auto: bfloat16 where the CPU has avx512_bf16 or amx_bf16.")
 flags.DEFINE_enum("context", "cpu", ["cpu", "gpu", "auto"], "Where TFF runs client work.")
@@ -254,46 +274,44 @@ def _check_run_flags(flag_values) -> None:
 
 def main(argv):
   del argv  # cli.run rejects positional arguments
-  try:
-    if not FLAGS.clients_dir or not (FLAGS.root_dir or FLAGS.print_config):
-      raise config_lib.ConfigError("--clients_dir and --root_dir are required")
-    _check_run_flags(FLAGS)
-    facts = population_lib.data_facts(FLAGS.clients_dir)
-    cfg = build_config(FLAGS, facts)
-    if FLAGS.shard_size is not None and FLAGS.shard_size > facts.num_clients:
-      raise config_lib.ConfigError(
-          f"--shard_size: expected at most the population ({facts.num_clients}), found "
-          f"{FLAGS.shard_size}")
-    print(settings_line(cfg, preset_name(FLAGS, facts), FLAGS), file=sys.stderr,
-          flush=True)
-    if FLAGS.print_config:
-      print(json.dumps(config_lib.to_dict(config_lib.resolve(cfg, facts.num_clients)),
-                       indent=1, sort_keys=True))
-      return 0
-    paths.check_run_dir(FLAGS.root_dir, FLAGS.clients_dir)
-    population_lib.check_cache_buildable(FLAGS.clients_dir)
-    addresses = None
-    if FLAGS.worker_addresses:
-      from computations.runtime import workers  # pylint: disable=g-import-not-at-top
-      addresses = workers.parse_addresses(FLAGS.worker_addresses)
-      if FLAGS.workers != 1:
-        raise config_lib.ConfigError("give either --workers or --worker_addresses")
-    from computations.runtime import context  # pylint: disable=g-import-not-at-top
-    from computations.program import program  # pylint: disable=g-import-not-at-top
-    options = program.ProgramOptions(
-        shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
-        eval_every=FLAGS.eval_every, progress=FLAGS.progress,
-        simulation_diagnostics=FLAGS.diagnostics, restart=FLAGS.restart)
-    if addresses and not all(workers.is_loopback(a) for a in addresses):
-      # Services on other machines cannot read this machine's shard files.
-      options = dataclasses.replace(options, shard_transport="inline")
-    with signals.graceful_stop():
-      with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers,
-                               worker_addresses=addresses):
-        summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
-  except PinaError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # After the quiet start-up (run()); pylint: disable-next=g-import-not-at-top,redefined-outer-name
+  from pina_tff.simulation import population as population_lib
+  if not FLAGS.clients_dir or not (FLAGS.root_dir or FLAGS.print_config):
+    raise config_lib.ConfigError("--clients_dir and --root_dir are required")
+  _check_run_flags(FLAGS)
+  facts = population_lib.data_facts(FLAGS.clients_dir)
+  cfg = build_config(FLAGS, facts)
+  if FLAGS.shard_size is not None and FLAGS.shard_size > facts.num_clients:
+    raise config_lib.ConfigError(
+        f"--shard_size: expected at most the population ({facts.num_clients}), found "
+        f"{FLAGS.shard_size}")
+  print(settings_line(cfg, preset_name(FLAGS, facts), FLAGS), file=sys.stderr,
+        flush=True)
+  if FLAGS.print_config:
+    print(json.dumps(config_lib.to_dict(config_lib.resolve(cfg, facts.num_clients)),
+                     indent=1, sort_keys=True))
+    return 0
+  paths.check_run_dir(FLAGS.root_dir, FLAGS.clients_dir)
+  population_lib.check_cache_buildable(FLAGS.clients_dir)
+  addresses = None
+  if FLAGS.worker_addresses:
+    from computations.runtime import workers  # pylint: disable=g-import-not-at-top
+    addresses = workers.parse_addresses(FLAGS.worker_addresses)
+    if FLAGS.workers != 1:
+      raise config_lib.ConfigError("give either --workers or --worker_addresses")
+  from computations.runtime import context  # pylint: disable=g-import-not-at-top
+  from computations.program import program  # pylint: disable=g-import-not-at-top
+  options = program.ProgramOptions(
+      shard_size=FLAGS.shard_size, checkpoint_every=FLAGS.checkpoint_every,
+      eval_every=FLAGS.eval_every, progress=FLAGS.progress,
+      simulation_diagnostics=FLAGS.diagnostics, restart=FLAGS.restart)
+  if addresses and not all(workers.is_loopback(a) for a in addresses):
+    # Services on other machines cannot read this machine's shard files.
+    options = dataclasses.replace(options, shard_transport="inline")
+  with signals.graceful_stop():
+    with context.tff_context(device=FLAGS.context, num_workers=FLAGS.workers,
+                             worker_addresses=addresses):
+      summary = program.run_simulation(cfg, FLAGS.clients_dir, FLAGS.root_dir, options)
   if summary.get("interrupted"):
     signum = summary.get("signal")
     print(f"stopped by {signals.name(signum) if signum else 'request'} at stage "
@@ -310,6 +328,9 @@ def main(argv):
 
 
 def run():
+  """Entry point of `python -m pipelines.simulate`, the Bazel binary and pina-simulate
+  (`pipelines.entry.simulate`)."""
+  startup.prepare(keras=True)  # before TensorFlow, keras and absl's main
   cli.run(main)
 
 

@@ -55,6 +55,7 @@ from pina_tff import method_table
 from pina_tff.errors import DataError
 from pina_tff.privacy import accounting
 from pina_tff.runtime import atomic
+from pina_tff.runtime import verbosity
 from pina_tff.simulation import population as population_lib
 from pina_tff.training import models as tm
 
@@ -171,7 +172,7 @@ def _run_logic(plan, root_dir: str, log):
 
 def _quiet_logs() -> None:
   """Keeps TensorFlow's INFO chatter (checkpoint assets, autograph) off the terminal."""
-  if os.environ.get("PINA_TFF_VERBOSE", "") not in ("", "0"):
+  if verbosity.requested():
     return
   import logging  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top

@@ -43,6 +43,7 @@ import threading
 from typing import Iterator, Optional, Sequence
 
 from computations.runtime import workers as workers_lib
+from pina_tff.runtime import verbosity
 from pina_tff.errors import ConfigError
 
 DEVICES = ("cpu", "gpu", "auto")
@@ -163,7 +164,7 @@ def tff_context(*, device: str = "cpu", num_workers: int = 1,
     max_concurrent_computation_calls: per started service; nonpositive: no limit.
     num_subrounds: parts each round's clients are split into (mergeable context
       only); default: one per service.
-    verbose: show the started services' logs. Default: env PINA_TFF_VERBOSE=1.
+    verbose: show the started services' logs. Default: `pina_tff.runtime.verbosity.requested()` (env PINA_TFF_VERBOSE).
     runtime: 'simulation' (secure sums computed in the clear; default) or 'worker'
       (TFF's native compiler: no secure-sum intrinsics).
 
@@ -176,7 +177,7 @@ def tff_context(*, device: str = "cpu", num_workers: int = 1,
   """
   _validate(device, num_workers, worker_addresses, default_num_clients, runtime)
   if verbose is None:
-    verbose = os.environ.get("PINA_TFF_VERBOSE", "") not in ("", "0")
+    verbose = verbosity.requested()
   device = _resolve_device(device)
   allow_deep_protos()
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top

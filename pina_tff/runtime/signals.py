@@ -14,7 +14,7 @@ worker_guard.py`), temporary files and shard directories are swept by the next s
 and the run resumes from its last checkpoint.
 
 `install_exit_now_handlers()` puts the stop-at-once handler in place for a whole
-console-script process from its first import (`pipelines/cli.py`).
+console-script process from its start (`pipelines.startup.prepare()`).
 """
 
 from __future__ import annotations

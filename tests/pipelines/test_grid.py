@@ -249,13 +249,15 @@ def test_ensure_dataset_prepares_the_source_dataset(monkeypatch, tmp_path):
   assert len(seen) == 1                              # already prepared
 
 
-def test_cli_bad_seeds_one_error_line(tmp_path, capsys):
+def test_cli_bad_seeds_is_a_config_error(tmp_path):
+  """main raises it; cli's one `except` of user errors makes it one `error:` line
+  (tests/pipelines/test_bad_input_table.py runs the console script)."""
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
   with flagsaver.flagsaver():
     grid.FLAGS(["pina-grid", "--seeds=0,x", f"--output_dir={tmp_path}"])
-    assert grid.main(["pina-grid"]) == 2
-  errs = capsys.readouterr().err.splitlines()
-  assert errs == ["error: --seeds must be integers separated by commas, found ['0', 'x']"]
+    with pytest.raises(config_lib.ConfigError) as e:
+      grid.main(["pina-grid"])
+  assert str(e.value) == "--seeds must be integers separated by commas, found ['0', 'x']"
 
 
 if __name__ == "__main__":

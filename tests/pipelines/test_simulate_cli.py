@@ -5,7 +5,11 @@ Every case runs pina-simulate's own `run()` (strict flag parsing, one-line error
 driver process (`_cli_driver.py`: one TensorFlow import for all cases); one case also
 goes through the real entry point (`python -m`, absl's app.run) to check the exit status
 and the absence of a traceback end to end.
+
+The defaults: flags and a --config file are laid over one base, the preset
+(`test_one_base_of_defaults`).
 """
+import json
 import subprocess
 import sys
 
@@ -83,6 +87,59 @@ def test_entry_point_exits_2_without_traceback(digits_clients_dir, tmp_path, nam
                         timeout=300)
   _check(name, proc.returncode, proc.stdout, proc.stderr)
   assert not (tmp_path / f"run_{name}" / "summary.json").exists()
+
+
+def check_one_base_of_defaults(tmp_dir):
+  """Run in its own process by `test_one_base_of_defaults` (pipelines.simulate and
+  pipelines.grid define flags of the same name, so no test process imports both):
+  with neither flags nor --config, build_config gives the data's preset; a field set
+  by a --config file is the same config as that field set by its flag; a default a
+  flag's help states is that preset value."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from pina_tff import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pipelines import presets  # pylint: disable=g-import-not-at-top
+  from pipelines import simulate  # pylint: disable=g-import-not-at-top
+  facts = types.SimpleNamespace(dataset="digits", num_clients=NUM_CLIENTS, model_width=64)
+  given = {f: None for _, f in simulate._FLAG_FIELDS}  # pylint: disable=protected-access
+  given.update(epsilon=None, preset=None, config=None)
+
+  def build(**over):
+    return simulate.build_config(types.SimpleNamespace(**{**given, **over}), facts)
+
+  base = build()
+  preset = presets.for_population(presets.DIGITS_DEFAULTS, NUM_CLIENTS)
+  assert base == config_lib.validate(config_lib.from_dict({**preset, "model_width": 64}))
+  path = os.path.join(tmp_dir, "rounds.json")
+  with open(path, "w") as f:
+    json.dump({"stage2": {"rounds": 7}, "privacy": {"epsilon": 2}}, f)
+  by_file = build(config=path)
+  by_flags = build(rounds=7, epsilon="2")
+  assert by_file == by_flags == dataclasses.replace(
+      base, stage2=dataclasses.replace(base.stage2, rounds=7),
+      privacy=dataclasses.replace(base.privacy, epsilon=2.0))
+  # pylint: disable-next=protected-access
+  fields = simulate._FLAG_FIELDS + ((("privacy", "epsilon"), "epsilon"),)
+  stated = 0
+  for path, flag in fields:
+    if "default" in flags.FLAGS[flag].help and flag != "delta":  # delta: a rule
+      value = base
+      for key in path:
+        value = getattr(value, key)
+      text = f"{value:g}" if isinstance(value, float) else str(value)
+      assert f"default {text}" in flags.FLAGS[flag].help, (flag, text)
+      stated += 1
+  assert stated >= 8, stated
+
+
+def test_one_base_of_defaults(tmp_path):
+  code = ("import sys\nfrom tests.pipelines import test_simulate_cli as t\n"
+          "t.check_one_base_of_defaults(sys.argv[1])\n")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=_ROOT,
+                        env=cli_driver.env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 if __name__ == "__main__":
