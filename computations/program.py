@@ -17,13 +17,14 @@ with the same command continues from its last checkpoint and, where the aggregat
 adds no noise (epsilon = inf), ends with exactly the metrics of an uninterrupted run.
 Noise (`cfg.privacy.noise_mode`): in 'simulation' mode the local-DP noise (stage-1
 sketches, IFCA+LDP) and the central-DP noise are functions of (seed, stage, round), so
-with `aggregator='central'` two runs with the same seed, and a resumed run, are
-identical at any ε. TFF's distributed-DP factory cannot be seeded (TFF 0.87: its
-stochastic rounding seeds itself from `tf.timestamp()` at every call, and the discrete
-Gaussian noise comes from unseeded tensorflow_probability samplers): with
-`aggregator='ddp'` and finite ε a repeated or resumed run is statistically, not
-bitwise, the same. In 'secure' mode every noise seed comes from `os.urandom` and is
-never written (shards stay in memory).
+with `aggregator='central'` or `'ddp'` two runs with the same seed, and a resumed
+run, are identical at any ε. Distributed DP runs as `computations.seeded_ddp` (TFF's
+mechanism with every draw keyed: each TFF client's rounding and noise from its
+shard's key, the rotation from the round's seed), not TFF's factory, whose rounding
+seeds itself from `tf.timestamp()` and whose noise is unseeded. Every slot of every
+shard has a key of its own (padding slots too: `_padding_seeds`). In 'secure' mode
+every key and seed comes from `os.urandom` and is never written (shards stay in
+memory).
 
 Privacy wiring (`docs/privacy.md`): cohorts of stages 0 and 2 follow
 `cfg.privacy.sampling` (`pina_tff.simulation.sampling`, Poisson by default), the mean
@@ -130,11 +131,23 @@ def _client_seeds(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simul
   return rng_streams.client_keys(seed, stage, rnd, ids)
 
 
-def _noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
-  """Central-DP noise seed of a round: from the run seed, or OS entropy (secure)."""
+def _padding_seeds(seed: int, stage: int, rnd: int, n: int,
+                   noise_mode: str = "simulation") -> np.ndarray:
+  """The 128-bit keys int64 [n, 2] of a round's n padding slots (an empty slot's key
+  keys its shard's distributed-DP share when it is the shard's first slot):
+  `rng_streams.padding_keys` of (seed, stage, round, slot), or os.urandom (secure)."""
+  if noise_mode == "secure":
+    return rng_streams.secure_keys(n)
+  return rng_streams.padding_keys(seed, stage, rnd, n)
+
+
+def _noise_seed(cfg, stage: int, rnd: int,
+                stream: str = rng_streams.CENTRAL_NOISE) -> np.ndarray:
+  """The aggregator seed of a round (central DP's noise seed; `rng_streams.DDP_ROTATION`:
+  seeded DDP's rotation seed): from the run seed, or OS entropy (secure)."""
   if cfg.privacy.noise_mode == "secure":
     return agg.random_seed()
-  return agg.derived_seed(cfg.seed, stage, rnd)
+  return agg.derived_seed(cfg.seed, stage, rnd, stream)
 
 
 def _num_shards(cfg, key: int, stage: int, rounds: int, population: int, cohort: int,
@@ -516,14 +529,20 @@ class _Run:
                    z: float) -> loop.RoundStage:
     """The pieces of stage 0 or stage 2 (they differ only in what is passed here)."""
     cfg = self.plan.cfg
+    mode = cfg.privacy.noise_mode
+    layout = self.plan.layout0 if stage == 0 else self.plan.layout2
+    slots = layout.num_shards * layout.shard_size
+    stream = (rng_streams.DDP_ROTATION if spec.aggregator.kind == "ddp"
+              else rng_streams.CENTRAL_NOISE)
     return loop.RoundStage(
         stage=stage, total_rounds=total, process=process,
         cohort=lambda rnd: sampling_lib.cohort(self.plan.cohort_key, stage, rnd,
                                                self.plan.pop.size,
                                                cohort, cfg.privacy.sampling),
-        client_seeds=lambda rnd, ids: _client_seeds(cfg.seed, stage, rnd, ids,
-                                                     cfg.privacy.noise_mode),
-        noise_seed=((lambda rnd: _noise_seed(cfg, stage, rnd))
+        client_seeds=lambda rnd, ids: _client_seeds(cfg.seed, stage, rnd, ids, mode),
+        padding_seeds=lambda rnd, n: _padding_seeds(cfg.seed, stage, rnd, slots - n,
+                                                    mode),
+        noise_seed=((lambda rnd: _noise_seed(cfg, stage, rnd, stream))
                     if agg.has_noise_seed(spec.aggregator) else None),
         keep=keep, evaluate=self._evaluate(total, clustering=stage == 2),
         epsilon=self._epsilon(f"stage{stage}", z),

@@ -340,13 +340,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     raise _err("stage2.ddp_bits", f"an integer in [{DDP_BITS[0]}, {DDP_BITS[1]}] "
                "(TFF accepts at most 22; below 16 the Gaussian accounting of the "
                "distributed discrete Gaussian does not hold)", s2.ddp_bits)
-  if p.noise_mode == "secure" and s2.aggregator == "ddp" and math.isfinite(eps):
-    raise ConfigError(
-        "privacy.noise_mode: 'secure' cannot use stage2.aggregator='ddp': TFF 0.87's "
-        "distributed-DP aggregator draws its noise from TensorFlow's unseeded "
-        "generators (one mt19937_64 per process seeded with 32 bits of OS entropy), "
-        "which a server can search (docs/privacy.md, \"Noise modes\"); use "
-        "stage2.aggregator='central' or privacy.noise_mode='simulation'.")
   if s2.aggregator == "secure_sum" and math.isfinite(eps):
     stage0_on = s0.enabled and s0.rounds > 0
     if cfg.method != "ifca_ldp" or stage0_on:
