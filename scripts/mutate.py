@@ -67,7 +67,11 @@ TESTS = {
     "computations/round_data.py": ["tests/computations/test_round_loop.py",
                                    "tests/computations/test_resident_data.py"],
     "computations/seeded_process.py": ["tests/computations/test_aggregators.py"],
-    "computations/mergeable_ddp.py": ["tests/computations/test_workers.py"],
+    "computations/mergeable_ddp.py": ["tests/computations/test_workers.py",
+                                      "tests/privacy/test_seeded_ddp.py"],
+    "computations/seeded_ddp.py": ["tests/privacy/test_seeded_ddp.py",
+                                   "tests/computations/test_type_signatures.py"],
+    "pina_tff/privacy/discrete_gaussian.py": ["tests/privacy/test_discrete_gaussian.py"],
     "computations/summary.py": ["tests/privacy/test_program_privacy.py",
                                 "tests/computations/test_program.py"],
     "computations/release.py": ["tests/computations/test_program.py"],
@@ -87,6 +91,8 @@ SAMPLE_FILES = [
     "pina_tff/method_table.py", "computations/round_loop.py", "computations/round_data.py",
     "computations/seeded_process.py", "computations/mergeable_ddp.py",
     "computations/summary.py", "computations/release.py",
+    # issue 19 item 5 (the seeded distributed DP)
+    "computations/seeded_ddp.py", "pina_tff/privacy/discrete_gaussian.py",
 ]
 
 # (id, description, file, old, new[, tests]) -- the bugs of issue 14's table.
