@@ -131,9 +131,10 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(value_type, seed_type)
     def add_noise(total, seed):
       flat = tf.nest.flatten(total)
+      # One 128-bit sub-key per tensor (stateless_fold_in would keep 64 bits).
+      keys = tf.random.experimental.stateless_split(seed, len(flat))
       noised = [v + tf.cast(stddev, v.dtype) * tf.random.stateless_normal(
-          tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, i),
-          dtype=v.dtype) for i, v in enumerate(flat)]
+          tf.shape(v), seed=keys[i], dtype=v.dtype) for i, v in enumerate(flat)]
       return tf.nest.pack_sequence_as(total, noised)
 
     def body(state, value):
