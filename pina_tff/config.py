@@ -430,21 +430,11 @@ def _check_training(cfg: RunConfig) -> None:
 
 
 def _check_noise_sources(cfg: RunConfig) -> None:
-  """A finite ε needs an aggregator whose noise holds it: not 'ddp' in secure mode
-  (TFF's unseeded generators) and not the noise-free 'secure_sum' (except ifca_ldp
-  without stage 0)."""
-  p, s0, s2 = cfg.privacy, cfg.stage0, cfg.stage2
-  eps = p.epsilon
-  if p.noise_mode == "secure" and s2.aggregator == "ddp" and math.isfinite(eps):
-    raise ConfigError(
-        "privacy.noise_mode: 'secure' cannot use stage2.aggregator='ddp': TFF 0.87's "
-        "distributed-DP aggregator draws its noise from TensorFlow's unseeded "
-        "generators (one mt19937_64 per process seeded with 32 bits of OS entropy), "
-        "which a server can search (docs/privacy.md, \"Noise modes\"); use "
-        "stage2.aggregator='central' or privacy.noise_mode='simulation'.")
-  if s2.aggregator == "secure_sum" and math.isfinite(eps):
-    stage0_on = s0.enabled and s0.rounds > 0
-    if cfg.method != "ifca_ldp" or stage0_on:
+  """A finite ε needs an aggregator whose noise holds it: not the noise-free
+  'secure_sum' (except ifca_ldp without stage 0, whose clients add their own noise)."""
+  eps = cfg.privacy.epsilon
+  if cfg.stage2.aggregator == "secure_sum" and math.isfinite(eps):
+    if cfg.method != "ifca_ldp" or cfg.stage0_rounds > 0:
       raise ConfigError(
           f"stage2.aggregator: 'secure_sum' adds no noise, so privacy.epsilon={eps} "
           "cannot hold; use 'ddp' or 'central', or privacy.epsilon=inf.")

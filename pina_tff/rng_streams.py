@@ -41,8 +41,14 @@ CLIENT_KEY = "client_key"
 CENTRAL_NOISE = "central_noise"
 #: Random LoRA init of the clusters (PINA+RI, IFCA, IFCA+LDP).
 RANDOM_INIT = "random_init"
+#: The seeded distributed DP's rotation seed of a round (`computations.learning.seeded_ddp`).
+DDP_ROTATION = "ddp_rotation"
+#: The int64[2] key of each padding slot of a round's shards (simulation mode): every
+#: slot, empty ones included, has a key of its own (`computations.learning.seeded_ddp`).
+PADDING_KEY = "padding_key"
 #: The secure-mode run's secret cohort key is drawn, not derived; named for the docs.
-HOST_STREAMS = (COHORT, CLIENT_KEY, CENTRAL_NOISE, RANDOM_INIT)
+HOST_STREAMS = (COHORT, CLIENT_KEY, CENTRAL_NOISE, RANDOM_INIT, DDP_ROTATION,
+                PADDING_KEY)
 
 #: NumPy stream of the public-split permutation of a prepared data set
 #: (data preparation, not a run: ``default_rng([seed, PUBLIC_SPLIT])``).
@@ -55,6 +61,13 @@ LDP_NOISE = 0
 SKETCH_NOISE = 1
 #: Index of epoch e's minibatch shuffle of a client: EPOCH_SHUFFLE + e.
 EPOCH_SHUFFLE = 2
+#: Epoch shuffles reserved: indices EPOCH_SHUFFLE .. EPOCH_SHUFFLE + MAX_EPOCH_STREAMS - 1
+#: (the config caps local epochs at `pina_tff.config.MAX_LOCAL_EPOCHS` <= this).
+MAX_EPOCH_STREAMS = 1_000
+#: Index of the seeded distributed DP's key of a TFF client (shard), taken from the key
+#: of its first slot: its stochastic rounding and discrete Gaussian noise
+#: (`computations.learning.seeded_ddp`). After the reserved shuffles, so none coincides.
+DDP_SHARE = EPOCH_SHUFFLE + MAX_EPOCH_STREAMS
 
 #: Bits of OS entropy in every secure-mode key.
 SECURE_KEY_BITS = 128
@@ -94,6 +107,14 @@ def client_keys(run_key: int, stage: int, rnd: int, ids: Sequence[int]) -> np.nd
   out = np.zeros((len(ids), 2), np.int64)
   for j, i in enumerate(ids):
     out[j] = tf_key(run_key, CLIENT_KEY, stage, rnd, int(i))
+  return out
+
+
+def padding_keys(run_key: int, stage: int, rnd: int, n: int) -> np.ndarray:
+  """int64 [n, 2]: simulation-mode keys of the n padding slots of a round (slot order)."""
+  out = np.zeros((int(n), 2), np.int64)
+  for j in range(int(n)):
+    out[j] = tf_key(run_key, PADDING_KEY, stage, rnd, j)
   return out
 
 

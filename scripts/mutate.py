@@ -67,7 +67,11 @@ TESTS = {
     "computations/data/round_data.py": ["tests/computations/test_round_loop.py",
                                    "tests/computations/test_resident_data.py"],
     "computations/learning/seeded_process.py": ["tests/computations/test_aggregators.py"],
-    "computations/learning/mergeable_ddp.py": ["tests/computations/test_workers.py"],
+    "computations/learning/mergeable_ddp.py": ["tests/computations/test_workers.py",
+                                      "tests/privacy/test_seeded_ddp.py"],
+    "computations/learning/seeded_ddp.py": ["tests/privacy/test_seeded_ddp.py",
+                                   "tests/computations/test_type_signatures.py"],
+    "pina_tff/privacy/discrete_gaussian.py": ["tests/privacy/test_discrete_gaussian.py"],
     "computations/program/summary.py": ["tests/privacy/test_program_privacy.py",
                                 "tests/computations/test_program.py"],
     "computations/program/release.py": ["tests/computations/test_program.py",
@@ -93,6 +97,8 @@ SAMPLE_FILES = [
     "pina_tff/method_table.py", "computations/program/round_loop.py", "computations/data/round_data.py",
     "computations/learning/seeded_process.py", "computations/learning/mergeable_ddp.py",
     "computations/program/summary.py", "computations/program/release.py",
+    # issue 19 item 5 (the seeded distributed DP)
+    "computations/learning/seeded_ddp.py", "pina_tff/privacy/discrete_gaussian.py",
 ]
 
 # (id, description, file, old, new[, tests]) -- the bugs of issue 14's table.

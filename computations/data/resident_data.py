@@ -100,16 +100,18 @@ class ResidentRoundData:
         seed=tf.constant(np.asarray(seeds, np.int64))))
 
   def round_data(self, ids: Sequence[int], seeds: Sequence, shard_size: int,
-                 num_shards: Optional[int] = None, *, stage: Optional[int] = None,
-                 rnd: Optional[int] = None) -> list:
+                 num_shards: Optional[int] = None, pad_seeds: Optional[Sequence] = None,
+                 *, stage: Optional[int] = None, rnd: Optional[int] = None) -> list:
     """The round's TFF client datasets: the cohort `ids` (population indices) cut into
     consecutive shards of `shard_size`, padded with empty shards to `num_shards`
-    (`resident.shard_rows`); `seeds[j]` is client `ids[j]`'s seed. `stage` and
-    `rnd` are accepted for the round-data-source interface and not used: everything a
-    round depends on is in `ids` and `seeds`."""
+    (`resident.shard_rows`); `seeds[j]` is client `ids[j]`'s seed, `pad_seeds` the
+    padding slots' keys in slot order. `stage` and `rnd` are accepted for the
+    round-data-source interface and not used: everything a round depends on is in
+    `ids` and the seeds."""
     del stage, rnd
     return [self.shard_dataset(rows, sd) for rows, sd in
-            resident.shard_rows(self.layout, ids, seeds, shard_size, num_shards)]
+            resident.shard_rows(self.layout, ids, seeds, shard_size, num_shards,
+                                pad_seeds)]
 
 
 def from_population(clients, feature_keys, n_max: int, directory: str,

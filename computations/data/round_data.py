@@ -26,6 +26,7 @@ from computations.learning import client_work as cw
 from computations.data import resident_data
 from pina_tff.errors import ConfigError
 from pina_tff.runtime import sweep
+from pina_tff.simulation import resident
 from pina_tff.training import shards as shards_lib
 
 TRANSPORTS = ("resident", "file", "inline")
@@ -43,10 +44,11 @@ class RoundDataSource(Protocol):
   reader: Optional[resident_data.ResidentReader]
 
   def round_data(self, stage: int, rnd: int, ids: Sequence[int],
-                 seeds: Sequence) -> list:
+                 seeds: Sequence, pad_seeds: Optional[Sequence] = None) -> list:
     """Args: stage (0, 1 or 2), round (1-based; 0 for stage 1), the cohort's client
-    indices and each client's stateless seed (same order). Returns the list of TFF
-    client values."""
+    indices and each client's stateless seed (same order), and the keys of the
+    padding slots in slot order (None: (0, 0)). Returns the list of TFF client
+    values."""
 
   def close(self) -> None:
     """Frees what the source holds (files, memory)."""
@@ -66,9 +68,10 @@ class StageLayout:
 
 
 def pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=None,
-               num_shards=None) -> list:
+               num_shards=None, pad_seeds=None) -> list:
   """The round's TFF client datasets: shards of the cohort (file-backed if file_dir),
-  padded with empty shards to ``num_shards``.
+  padded with empty shards to ``num_shards``; padding slots get ``pad_seeds`` in slot
+  order ((0, 0) if None).
 
   Raises:
     ValueError: the cohort needs more than ``num_shards`` shards.
@@ -80,11 +83,13 @@ def pack_round(clients, ids, feature_keys, n_max, shard_size, seeds, file_dir=No
       raise ValueError(f"a cohort of {len(ids)} needs {len(chunks)} shards > {num_shards}")
     chunks += [[] for _ in range(num_shards - len(chunks))]
   feature_shapes = {k: clients[0][k].shape[1:] for k in feature_keys}
+  slot_seeds = resident.slot_keys(seeds[:len(ids)], len(chunks) * shard_size, pad_seeds)
   for i, chunk in enumerate(chunks):
     members = [clients[ids[j]] for j in chunk]
     shard = shards_lib.pack_shard(members, feature_keys, n_max, num_slots=shard_size,
                                   client_seeds=[seeds[j] for j in chunk],
                                   feature_shapes=feature_shapes)
+    shard["seed"] = slot_seeds[i * shard_size:(i + 1) * shard_size].copy()
     datasets.append(cw.shard_to_file_dataset(shard, file_dir, f"shard{i:05d}")
                     if file_dir else cw.shard_to_dataset(shard))
   return datasets
@@ -119,11 +124,11 @@ class PackedRoundData:
     self._file_dir = (sweep.make_shard_dir()
                       if transport == "file" and not in_memory_only else None)
 
-  def round_data(self, stage: int, rnd: int, ids, seeds) -> list:
+  def round_data(self, stage: int, rnd: int, ids, seeds, pad_seeds=None) -> list:
     del rnd  # the packing is the same every round
     layout = self._layouts[stage]
     return pack_round(self._clients, ids, self._keys, self._n_max, layout.shard_size,
-                      seeds, self._file_dir, layout.num_shards)
+                      seeds, self._file_dir, layout.num_shards, pad_seeds)
 
   def close(self) -> None:
     if self._file_dir is not None:
@@ -146,10 +151,11 @@ class ResidentStages:
     self._layouts = dict(layouts)
     self.reader = source.reader
 
-  def round_data(self, stage: int, rnd: int, ids, seeds) -> list:
+  def round_data(self, stage: int, rnd: int, ids, seeds, pad_seeds=None) -> list:
     del rnd  # the cohort and seeds say everything
     layout = self._layouts[stage]
-    return self._source.round_data(ids, seeds, layout.shard_size, layout.num_shards)
+    return self._source.round_data(ids, seeds, layout.shard_size, layout.num_shards,
+                                   pad_seeds)
 
   def close(self) -> None:
     """Nothing per run: the layout stays for later runs on the same population (it is

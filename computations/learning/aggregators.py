@@ -18,7 +18,9 @@ this is exactly the standard per-client configuration.
 Distributed DP: `AggregatorSpec.noise_multiplier` is the *effective* Gaussian multiplier
 the accountant uses; TFF's rounding inflates the sensitivity to clip + gamma*sqrt(d), so
 the factory is given the nominal multiplier whose effective value after rounding meets
-it (`pina_tff.privacy.ddp`, computed once the update dimension d is known).
+it (`pina_tff.privacy.ddp`, computed once the update dimension d is known). With
+`AggregatorSpec.seeded_ddp` (what the program uses) the same mechanism runs with every
+draw keyed per client (`computations.learning.seeded_ddp`): the same seed repeats a run.
 """
 
 from __future__ import annotations
@@ -29,16 +31,13 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-# DistributedDpSumFactory is not exported under tff.aggregators in TFF 0.87, but it is
-# what tff.learning.ddp_secure_aggregator builds on.
-from tensorflow_federated.python.aggregators import distributed_dp
 
 from computations.runtime import context
 from computations.learning import mergeable_ddp
+from computations.learning import seeded_ddp
 from computations.learning import seeded_process
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
-from pina_tff.privacy import ddp as ddp_lib
 
 #: The configurable aggregators, plus 'sum' (IFCA+LDP's plain sum, chosen by the method).
 AGGREGATORS = config_lib.AGGREGATORS + ("sum",)
@@ -62,6 +61,9 @@ class AggregatorSpec:
     shard_size: S, simulated clients per TFF client.
     num_shards: TFF clients per round (ceil(M / S)).
     ddp_bits: SecAgg bit width of the distributed DP mechanism.
+    seeded_ddp: for 'ddp', `seeded_ddp.SeededDdpSumFactory` (every draw keyed; the
+      aggregation's weight must be each client's int64[2] key, as our client work
+      sends it) instead of TFF's factory (any weight, unseeded draws).
   """
   kind: str = "ddp"
   noise_multiplier: float = 0.0
@@ -70,6 +72,7 @@ class AggregatorSpec:
   shard_size: int = 1
   num_shards: int = 1
   ddp_bits: int = 20
+  seeded_ddp: bool = False
 
   def __post_init__(self):
     if self.kind not in AGGREGATORS:
@@ -84,48 +87,15 @@ class AggregatorSpec:
     return 0.0 if self.kind in ("sum", "secure_sum") else self.noise_multiplier * self.clip_norm
 
 
-def _value_dim(value_type) -> int:
-  """Number of scalars in a (structure of) tensor type(s)."""
-  if isinstance(value_type, tff.TensorType):
-    return int(np.prod(value_type.shape))
-  return sum(_value_dim(t) for t in value_type.children())
+#: TFF's distributed DP at our effective multiplier (`mergeable_ddp`; re-exported).
+EffectiveDdpSumFactory = mergeable_ddp.EffectiveDdpSumFactory
 
 
-class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
-  """TFF's DistributedDpSumFactory whose *effective* multiplier is `spec.noise_multiplier`.
-
-  At `create` (when the dimension d is known) the nominal multiplier z_nom is solved
-  from z_eff = z_nom * clip / (clip + gamma(z_nom) * sqrt(d_padded)), and the bit width
-  and discretization regime are checked (`pina_tff.privacy.ddp.check_ddp_regime`).
-  """
-
-  def __init__(self, spec: "AggregatorSpec"):
-    self._spec = spec
-    self.nominal_multiplier = None
-    self.ddp_parameters = None
-
-  def create(self, value_type):
-    spec = self._spec
-    params = ddp_lib.calibrate(spec.noise_multiplier, spec.clip_norm, spec.shard_size,
-                               spec.num_shards, _value_dim(value_type), spec.ddp_bits)
-    z_nom = params["z_nominal"]
-    self.nominal_multiplier = z_nom
-    self.ddp_parameters = params
-    return distributed_dp.DistributedDpSumFactory(
-        noise_multiplier=z_nom / spec.shard_size,
-        expected_clients_per_round=spec.num_shards,
-        bits=spec.ddp_bits,
-        l2_clip=spec.shard_size * spec.clip_norm,
-        modclip_prob=ddp_lib.DEFAULT_MODCLIP_PROB,
-        mechanism="distributed_dgauss",
-        rotation_type="hd",
-        auto_l2_clip=False).create(value_type)
-
-
-def derived_seed(run_seed: int, stage: int, rnd: int) -> np.ndarray:
-  """The noise seed int64[2] of round ``rnd`` of ``stage`` in simulation mode: the
-  `rng_streams.CENTRAL_NOISE` stream of the run seed (128 bits)."""
-  return rng_streams.tf_key(run_seed, rng_streams.CENTRAL_NOISE, stage, rnd)
+def derived_seed(run_seed: int, stage: int, rnd: int,
+                 stream: str = rng_streams.CENTRAL_NOISE) -> np.ndarray:
+  """The aggregator seed int64[2] of round ``rnd`` of ``stage`` in simulation mode:
+  ``stream`` of the run seed (128 bits; `rng_streams.DDP_ROTATION` for seeded DDP)."""
+  return rng_streams.tf_key(run_seed, stream, stage, rnd)
 
 
 class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
@@ -157,9 +127,10 @@ class SeededGaussianSumFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(value_type, seed_type)
     def add_noise(total, seed):
       flat = tf.nest.flatten(total)
+      # One 128-bit sub-key per tensor (stateless_fold_in would keep 64 bits).
+      keys = tf.random.experimental.stateless_split(seed, len(flat))
       noised = [v + tf.cast(stddev, v.dtype) * tf.random.stateless_normal(
-          tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, i),
-          dtype=v.dtype) for i, v in enumerate(flat)]
+          tf.shape(v), seed=keys[i], dtype=v.dtype) for i, v in enumerate(flat)]
       return tf.nest.pack_sequence_as(total, noised)
 
     def body(state, value):
@@ -202,8 +173,9 @@ class ClippedSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
 
 def has_noise_seed(spec: "AggregatorSpec") -> bool:
-  """Whether the aggregator's state is a noise seed (set per round by the program)."""
-  return spec.kind == "central"
+  """Whether the aggregator's state is a seed (set per round by the program): central
+  DP's noise seed, seeded DDP's rotation seed."""
+  return spec.kind == "central" or (spec.kind == "ddp" and spec.seeded_ddp)
 
 
 def with_noise_seed(state, seed):
@@ -218,12 +190,15 @@ def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggrega
     spec: the `AggregatorSpec` (each TFF client's value is bounded by S·S2).
 
   Returns:
-    'ddp': `EffectiveDdpSumFactory` where the runtime runs secure sums (one simulation
+    'ddp': with `spec.seeded_ddp` the (weighted: keyed) `seeded_ddp.SeededDdpSumFactory`;
+    else `EffectiveDdpSumFactory` where the runtime runs secure sums (one simulation
     service), else the same mechanism as `mergeable_ddp.MergeableDdpSumFactory`;
     'central': `SeededGaussianSumFactory`;
     'secure_sum': TFF's `SecureSumFactory` bounded at ±S·S2; 'sum': `SumFactory`.
   """
   shard_clip = spec.shard_size * spec.clip_norm
+  if spec.kind == "ddp" and spec.seeded_ddp:
+    return seeded_ddp.SeededDdpSumFactory(spec)
   if spec.kind == "ddp":
     # Secure sums run only unsplit in the simulation runtime; across several workers
     # (or on the native runtime) the same mechanism runs as plain modular sums.
@@ -243,7 +218,9 @@ def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggrega
 class FixedDenominatorMeanFactory(tff.aggregators.WeightedAggregationFactory):
   """Sum through `sum_factory`, then divide by a fixed public denominator M.
 
-  The weight argument required by `compose_learning_process` is accepted and ignored.
+  The weight argument required by `compose_learning_process` is ignored, except by a
+  weighted `sum_factory` (`seeded_ddp.SeededDdpSumFactory`: the weight is each
+  client's key, never a denominator).
   """
 
   def __init__(self, sum_factory: tff.aggregators.UnweightedAggregationFactory,
@@ -254,7 +231,9 @@ class FixedDenominatorMeanFactory(tff.aggregators.WeightedAggregationFactory):
     self._denominator = float(denominator)
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
-    inner = self._sum_factory.create(value_type)
+    keyed = isinstance(self._sum_factory, tff.aggregators.WeightedAggregationFactory)
+    inner = (self._sum_factory.create(value_type, weight_type) if keyed
+             else self._sum_factory.create(value_type))
     denominator = self._denominator
 
     @tff.federated_computation()
@@ -269,8 +248,8 @@ class FixedDenominatorMeanFactory(tff.aggregators.WeightedAggregationFactory):
                                tff.FederatedType(value_type, tff.CLIENTS),
                                tff.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, value, weight):
-      del weight  # DP needs a data-independent denominator.
-      out = inner.next(state, value)
+      # DP needs a data-independent denominator: the weight is never one.
+      out = inner.next(state, value, weight) if keyed else inner.next(state, value)
       return tff.templates.MeasuredProcessOutput(
           state=out.state, result=tff.federated_map(divide, out.result),
           measurements=out.measurements)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from pina_tff import rng_streams
 from pina_tff.training import local
 from pina_tff.training import shards as shards_lib
 
@@ -88,6 +89,11 @@ def read_shard(dataset, reader=None):
   return reader.read(element) if reader is not None else element
 
 
+def ddp_key(shard) -> tf.Tensor:
+  """The shard's int64[2] distributed-DP key (see `build_shard_client_work`)."""
+  return local.stream_key(shard["seed"][0], rng_streams.DDP_SHARE)
+
+
 def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_max: int,
                             simulation_diagnostics: bool = True,
                             feature_dtype=np.float32,
@@ -103,8 +109,12 @@ def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_
     feature_dtype: dtype of the shard features.
 
   Result: ClientResult(update=float32[C, P] (sum over the shard of C-slot clipped
-  updates), update_weight=float32 (simulated clients in the shard; aggregators here
-  ignore it)). Measurements: summed simulation diagnostics, or empty. With `reader`,
+  updates), update_weight=int64[2]: the shard's 128-bit key for the seeded distributed
+  DP (`computations.learning.seeded_ddp`: its rounding and noise), sub-stream
+  `rng_streams.DDP_SHARE` of the key of the shard's first slot (every slot has a key
+  of its own, padding included, when the round loop gives `padding_seeds`). The other
+  aggregators ignore the weight (the mean's denominator is the public M); the key
+  stays at the client. Measurements: summed simulation diagnostics, or empty. With `reader`,
   each TFF client's dataset holds what the reader turns into the shard (row numbers
   of a resident population) instead of the shard itself.
   """
@@ -116,7 +126,7 @@ def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_
     shard = read_shard(dataset, reader)
     update, diag = local.shard_update(model, spec, weights.trainable, shard)
     result = tff.learning.templates.ClientResult(update=update,
-                                                 update_weight=diag["num_clients"])
+                                                 update_weight=ddp_key(shard))
     return result, collections.OrderedDict(sorted(diag.items()))
 
   @tff.federated_computation()

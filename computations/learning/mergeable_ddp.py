@@ -1,6 +1,11 @@
-"""Distributed DP as plain modular sums: the same mechanism as TFF's DDP sum, mergeable.
+"""TFF's distributed DP at our effective multiplier, and the same mechanism mergeable.
 
-TFF's ``DistributedDpSumFactory`` (our ``aggregators.EffectiveDdpSumFactory``) chains
+``EffectiveDdpSumFactory`` is TFF's ``DistributedDpSumFactory`` given the nominal
+multiplier whose effective value after rounding is the accountant's (``aggregators``
+re-exports it). Its rounding and noise are unseeded; the program uses
+``computations.learning.seeded_ddp`` instead, which shares the rotation and decoding below.
+
+TFF's ``DistributedDpSumFactory`` chains
 several secure sums, which TFF's mergeable-computation context cannot split over
 several workers and the native runtime cannot run at all. This factory computes the
 same discretized, noised, modular sum with ONE plain ``federated_sum`` of int64
@@ -33,6 +38,9 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+# DistributedDpSumFactory is not exported under tff.aggregators in TFF 0.87, but it is
+# what tff.learning.ddp_secure_aggregator builds on.
+from tensorflow_federated.python.aggregators import distributed_dp
 from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
 
 from computations.learning import seeded_process
@@ -56,6 +64,7 @@ def fwht(x: tf.Tensor) -> tf.Tensor:
 
 
 def _signs(seed: tf.Tensor, d: int) -> tf.Tensor:
+  """The rotation's random signs (±1, float32[d]) of the stateless ``seed``."""
   bits = tf.random.stateless_uniform([d], seed=seed, minval=0, maxval=2, dtype=tf.int32)
   return tf.cast(2 * bits - 1, tf.float32)
 
@@ -67,13 +76,52 @@ def _fresh_seed() -> tf.Tensor:
   return tf.stack([clock, draw])
 
 
-def _leaves(value_type) -> list:
+def leaves(value_type) -> list:
+  """The tensor types of a (structure of) tensor type(s), flattened."""
   if isinstance(value_type, tff.TensorType):
     return [value_type]
   out = []
   for t in value_type.children():
-    out.extend(_leaves(t))
+    out.extend(leaves(t))
   return out
+
+
+def value_dim(value_type) -> int:
+  """Number of scalars in a (structure of) tensor type(s)."""
+  if isinstance(value_type, tff.TensorType):
+    return int(np.prod(value_type.shape))
+  return sum(value_dim(t) for t in value_type.children())
+
+
+class EffectiveDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """TFF's DistributedDpSumFactory whose *effective* multiplier is `spec.noise_multiplier`.
+
+  At `create` (when the dimension d is known) the nominal multiplier z_nom is solved
+  from z_eff = z_nom * clip / (clip + gamma(z_nom) * sqrt(d_padded)), and the bit width
+  and discretization regime are checked (`pina_tff.privacy.ddp.check_ddp_regime`).
+  """
+
+  def __init__(self, spec):
+    self._spec = spec
+    self.nominal_multiplier = None
+    self.ddp_parameters = None
+
+  def create(self, value_type):
+    spec = self._spec
+    params = ddp_lib.calibrate(spec.noise_multiplier, spec.clip_norm, spec.shard_size,
+                               spec.num_shards, value_dim(value_type), spec.ddp_bits)
+    z_nom = params["z_nominal"]
+    self.nominal_multiplier = z_nom
+    self.ddp_parameters = params
+    return distributed_dp.DistributedDpSumFactory(
+        noise_multiplier=z_nom / spec.shard_size,
+        expected_clients_per_round=spec.num_shards,
+        bits=spec.ddp_bits,
+        l2_clip=spec.shard_size * spec.clip_norm,
+        modclip_prob=ddp_lib.DEFAULT_MODCLIP_PROB,
+        mechanism="distributed_dgauss",
+        rotation_type="hd",
+        auto_l2_clip=False).create(value_type)
 
 
 class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
@@ -91,7 +139,7 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
     spec = self._spec
-    dim = sum(int(np.prod(t.shape)) for t in _leaves(value_type))
+    dim = sum(int(np.prod(t.shape)) for t in leaves(value_type))
     params = ddp_lib.calibrate(spec.noise_multiplier, spec.clip_norm, spec.shard_size,
                                spec.num_shards, dim, spec.ddp_bits)
     self.nominal_multiplier = params["z_nominal"]
@@ -104,6 +152,39 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
       return tff.federated_map(decode, (tff.federated_sum(encoded), state))
 
     return seeded_process.seeded_aggregation_process(value_type, body)
+
+
+def rotate_and_scale(value, seed, dim: int, d: int, clip: float, scale: float,
+                     traced: dict) -> tf.Tensor:
+  """Steps 1-4 up to the rounding: float32[d], the flattened, zero-padded value clipped
+  to L2 norm ``clip``, rotated with the signs of ``seed`` and scaled by ``scale``.
+  Records the value's Python structure in ``traced`` (for :func:`build_decode`)."""
+  traced["structure"] = value
+  flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1])
+                    for v in tf.nest.flatten(value)], axis=0)
+  x = tf.clip_by_norm(tf.pad(flat, [[0, d - dim]]), clip)
+  return fwht(x * _signs(seed, d)) * tf.constant(scale, tf.float32)
+
+
+def build_decode(dim: int, params: dict, modulus: int, traced: dict):
+  """decode(total int64[d], seed) -> the value's structure: the sum mod m in the
+  centered range [-m/2, m/2), divided by s, un-rotated, un-padded and reshaped (built
+  after the encoder that filled ``traced``)."""
+  d, scale = params["padded_dim"], params["scale"]
+
+  @tff.tensorflow.computation(tff.TensorType(np.int64, [d]), seeded_process.SEED_TYPE)
+  def decode(total, seed):
+    centered = tf.math.floormod(total, modulus)
+    centered = tf.where(centered >= modulus // 2, centered - modulus, centered)
+    x = tf.cast(centered, tf.float32) / tf.constant(scale, tf.float32)
+    x = fwht(x) * _signs(seed, d)
+    like = tf.nest.flatten(traced["structure"])
+    parts = tf.split(x[:dim], [int(np.prod(v.shape)) for v in like])
+    return tf.nest.pack_sequence_as(
+        traced["structure"],
+        [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, like)])
+
+  return decode
 
 
 def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
@@ -121,16 +202,11 @@ def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
     `value_type`'s structure (the mean is taken by the caller).
   """
   d, scale, noise_scale = params["padded_dim"], params["scale"], params["noise_scale_int"]
-  seed_type = seeded_process.SEED_TYPE
   traced = {}  # the value's Python structure, as `encode` sees it (for `decode`)
 
-  @tff.tensorflow.computation(value_type, seed_type)
+  @tff.tensorflow.computation(value_type, seeded_process.SEED_TYPE)
   def encode(value, seed):
-    traced["structure"] = value
-    flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1])
-                      for v in tf.nest.flatten(value)], axis=0)
-    x = tf.clip_by_norm(tf.pad(flat, [[0, d - dim]]), clip)
-    x = fwht(x * _signs(seed, d)) * tf.constant(scale, tf.float32)
+    x = rotate_and_scale(value, seed, dim, d, clip, scale, traced)
     floor = tf.floor(x)
     up = tf.random.stateless_uniform([d], seed=_fresh_seed()) < (x - floor)
     ints = tf.cast(floor, tf.int64) + tf.cast(up, tf.int64)
@@ -139,16 +215,4 @@ def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
           scale=tf.constant(noise_scale, tf.int32), shape=[d], dtype=tf.int32), tf.int64)
     return tf.math.floormod(ints, modulus)
 
-  @tff.tensorflow.computation(tff.TensorType(np.int64, [d]), seed_type)
-  def decode(total, seed):
-    centered = tf.math.floormod(total, modulus)
-    centered = tf.where(centered >= modulus // 2, centered - modulus, centered)
-    x = tf.cast(centered, tf.float32) / tf.constant(scale, tf.float32)
-    x = fwht(x) * _signs(seed, d)
-    like = tf.nest.flatten(traced["structure"])
-    parts = tf.split(x[:dim], [int(np.prod(v.shape)) for v in like])
-    return tf.nest.pack_sequence_as(
-        traced["structure"],
-        [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, like)])
-
-  return encode, decode
+  return encode, build_decode(dim, params, modulus, traced)

@@ -26,10 +26,9 @@ def _shards_for_expected_cohort(cohort: int, shard_size: int) -> int:
 def _aggregator_kind(kind: str, noise_multiplier: float) -> str:
   """Distributed DP without noise (epsilon = inf) is a secure sum.
 
-  [project choice] DDP's random rotation and randomized rounding draw seeds that are
-  not part of the program state, so at z = 0 they would only add seed-dependent
-  quantization error and make a resumed run differ from an uninterrupted one. With no
-  noise to add, the noiseless secure sum is used instead (deterministic).
+  [project choice] At z = 0 DDP's rotation and randomized rounding would only add
+  quantization error: with no noise to add, the noiseless secure sum is used instead
+  (exact, and deterministic).
   """
   return "secure_sum" if kind == "ddp" and noise_multiplier == 0 else kind
 
@@ -85,7 +84,7 @@ def stage0_spec(cfg, *, z0: float, shard_size: int, n_max: int,
                                     shard_size=shard_size,
                                     num_shards=num_shards or _shards_for_expected_cohort(s0.cohort,
                                                                          shard_size),
-                                    ddp_bits=cfg.stage2.ddp_bits),
+                                    ddp_bits=cfg.stage2.ddp_bits, seeded_ddp=True),
       shard_size=shard_size, n_max=n_max, scaling_mode="none",
       server_learning_rate=cfg.stage2.server_lr, simulation_diagnostics=diagnostics)
 
@@ -126,7 +125,7 @@ def stage2_spec(cfg, *, z2: float, shard_size: int, n_max: int, num_true_cluster
       noise_multiplier=0.0 if ldp else z2,
       clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
       num_shards=num_shards or _shards_for_expected_cohort(s2.cohort, shard_size),
-      ddp_bits=s2.ddp_bits)
+      ddp_bits=s2.ddp_bits, seeded_ddp=True)
   scaling = s2.scaling if method.pina_scaling else "none"
   return lp.ProcessSpec(
       local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,

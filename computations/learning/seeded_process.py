@@ -27,15 +27,17 @@ def random_seed() -> np.ndarray:
 
 
 def seeded_aggregation_process(value_type, body: Callable,
-                               initial_seed: Optional[np.ndarray] = None
-                               ) -> tff.templates.AggregationProcess:
+                               initial_seed: Optional[np.ndarray] = None,
+                               weight_type=None) -> tff.templates.AggregationProcess:
   """An AggregationProcess whose state is a seed@SERVER.
 
   Args:
     value_type: the TFF type of one client's value.
     initial_seed: int64[2], the state after `initialize` (None: `random_seed()`).
     body: `body(seed@SERVER, value@CLIENTS) -> result@SERVER`, called inside the
-      process's federated `next` (it may broadcast the seed to the clients).
+      process's federated `next` (it may broadcast the seed to the clients); with
+      `weight_type`, `body(seed, value, weight@CLIENTS)`.
+    weight_type: None (an unweighted process) or the type of each client's weight.
 
   Returns:
     The process; `next` returns `body`'s result, the advanced seed as state and no
@@ -56,11 +58,21 @@ def seeded_aggregation_process(value_type, body: Callable,
   def init_fn():
     return tff.federated_eval(init_seed, tff.SERVER)
 
-  @tff.federated_computation(tff.FederatedType(SEED_TYPE, tff.SERVER),
-                             tff.FederatedType(value_type, tff.CLIENTS))
-  def next_fn(state, value):
+  def output(state, result):
     return tff.templates.MeasuredProcessOutput(
-        state=tff.federated_map(advance, state), result=body(state, value),
+        state=tff.federated_map(advance, state), result=result,
         measurements=tff.federated_value((), tff.SERVER))
+
+  state_type = tff.FederatedType(SEED_TYPE, tff.SERVER)
+  values_type = tff.FederatedType(value_type, tff.CLIENTS)
+  if weight_type is None:
+    @tff.federated_computation(state_type, values_type)
+    def next_fn(state, value):
+      return output(state, body(state, value))
+  else:
+    @tff.federated_computation(state_type, values_type,
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):  # pylint: disable=function-redefined
+      return output(state, body(state, value, weight))
 
   return tff.templates.AggregationProcess(init_fn, next_fn)

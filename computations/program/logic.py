@@ -137,11 +137,15 @@ class RunLogic:
                    z: float) -> loop.RoundStage:
     """The pieces of stage 0 or stage 2 (they differ only in what is passed here)."""
     cfg, key, size = self.plan.cfg, self.plan.cohort_key, self.plan.pop.size
+    layout = self.plan.layout0 if stage == stages.STAGE0 else self.plan.layout2
+    slots = layout.num_shards * layout.shard_size
     return loop.RoundStage(
         stage=stage, total_rounds=total, process=process,
         cohort=lambda rnd: sampling_lib.cohort(key, stage, rnd, size, cohort,
                                                cfg.privacy.sampling),
         client_seeds=lambda rnd, ids: seeds.client_keys(cfg.seed, stage, rnd, ids,
+                                                        cfg.privacy.noise_mode),
+        padding_seeds=lambda rnd, n: seeds.padding_keys(cfg.seed, stage, rnd, slots - n,
                                                         cfg.privacy.noise_mode),
         prepare_state=seeds.seed_noise_step(cfg, stage, spec.aggregator),
         keep=keep, evaluate=self._evaluate(total, clustering=stage == stages.STAGE2),

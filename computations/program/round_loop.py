@@ -75,6 +75,9 @@ class RoundStage:
     epsilon: round -> ε spent after it.
     measurements: process metrics -> (loss, counts or None, finalizer diagnostics or
       None, clients zeroed for non-finite updates (nan without diagnostics)).
+    padding_seeds: (round, cohort size) -> the keys of the round's padding slots in
+      slot order (every slot of every shard then has a key of its own); None: the
+      data source's default (0, 0).
   """
   stage: int
   total_rounds: int
@@ -86,6 +89,7 @@ class RoundStage:
   evaluate: Callable[[int, dict], tuple]
   epsilon: Callable[[int], float]
   measurements: Callable[[Any], tuple]
+  padding_seeds: Optional[Callable[[int, int], np.ndarray]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +131,12 @@ def run_rounds(stage: RoundStage, state, first_round: int, data, hooks: RoundHoo
     if stop is not None:
       return state, stop
     ids = stage.cohort(rnd)
-    values = data.round_data(stage.stage, rnd, ids, stage.client_seeds(rnd, ids))
+    seeds = stage.client_seeds(rnd, ids)
+    if stage.padding_seeds is None:
+      values = data.round_data(stage.stage, rnd, ids, seeds)
+    else:
+      values = data.round_data(stage.stage, rnd, ids, seeds,
+                               pad_seeds=stage.padding_seeds(rnd, len(ids)))
     if stage.prepare_state is not None:
       state = stage.prepare_state(rnd, state)
     if hooks.started is not None:

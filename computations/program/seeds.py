@@ -31,12 +31,24 @@ def client_keys(seed: int, stage: int, rnd: int, ids, noise_mode: str = "simulat
   return rng_streams.client_keys(seed, stage, rnd, ids)
 
 
-def noise_seed(cfg, stage: int, rnd: int) -> np.ndarray:
-  """Central-DP noise seed int64[2] of a round: from the run seed, or OS entropy
-  (secure mode)."""
+def padding_keys(seed: int, stage: int, rnd: int, n: int,
+                 noise_mode: str = "simulation") -> np.ndarray:
+  """The 128-bit keys int64 [n, 2] of a round's n padding slots (an empty slot's key
+  keys its shard's distributed-DP share when it is the shard's first slot):
+  `rng_streams.padding_keys` of (seed, stage, round, slot), or os.urandom (secure)."""
+  if noise_mode == "secure":
+    return rng_streams.secure_keys(n)
+  return rng_streams.padding_keys(seed, stage, rnd, n)
+
+
+def noise_seed(cfg, stage: int, rnd: int,
+               stream: str = rng_streams.CENTRAL_NOISE) -> np.ndarray:
+  """The aggregator seed int64[2] of a round (central DP's noise seed;
+  `rng_streams.DDP_ROTATION`: seeded DDP's rotation seed): from the run seed, or OS
+  entropy (secure mode)."""
   if cfg.privacy.noise_mode == "secure":
     return rng_streams.secure_keys(1)[0]
-  return agg.derived_seed(cfg.seed, stage, rnd)
+  return agg.derived_seed(cfg.seed, stage, rnd, stream)
 
 
 def seed_noise_step(cfg, stage: int, aggregator_spec
@@ -46,4 +58,7 @@ def seed_noise_step(cfg, stage: int, aggregator_spec
   seed in its state (`aggregators.has_noise_seed`)."""
   if not agg.has_noise_seed(aggregator_spec):
     return None
-  return lambda rnd, state: agg.with_noise_seed(state, noise_seed(cfg, stage, rnd))
+  stream = (rng_streams.DDP_ROTATION if aggregator_spec.kind == "ddp"
+            else rng_streams.CENTRAL_NOISE)
+  return lambda rnd, state: agg.with_noise_seed(state,
+                                                noise_seed(cfg, stage, rnd, stream))

@@ -116,11 +116,9 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
       epsilons_by_accountant={
           a: {m: finite_or_str(v) for m, v in e.items()}
           for a, e in report.epsilons_by_accountant.items()},
-      # Bitwise-repeatable noise: simulation mode, and no finite-ε TFF distributed DP
-      # (whose rounding and discrete Gaussian noise cannot be seeded; docs/privacy.md).
-      noise_reproducible=(p.noise_mode == "simulation" and not any(
-          k == "ddp" and z > 0 for k, z in ((cfg.stage2.aggregator, report.z0),
-                                            (spec2.aggregator.kind, report.z2)))),
+      # Bitwise-repeatable noise: simulation mode (every draw is keyed by the run seed,
+      # distributed DP included: `computations.learning.seeded_ddp`; docs/privacy.md).
+      noise_reproducible=p.noise_mode == "simulation",
       local_epsilon1_sensitivity="2*S1 (any two inputs of one client)",
       local_epsilon_ifca_ldp=(finite_or_str(report.local_epsilon2)
                               if report.local_epsilon2 is not None else None),

@@ -168,14 +168,16 @@ def open_layout(directory: str) -> Layout:
 
 
 def shard_rows(layout_or_pad_row, ids: Sequence[int], seeds: Sequence, shard_size: int,
-               num_shards: Optional[int] = None) -> list:
+               num_shards: Optional[int] = None, pad_seeds: Optional[Sequence] = None
+               ) -> list:
   """The round's shards as (rows int32 [S], seeds int64 [S, 2]) pairs.
 
   The cohort is cut into consecutive shards of `shard_size` (as
   `pina_tff.training.shards.split_cohort`); each shard's free slots get the padding
-  row and seed (0, 0); with `num_shards`, empty shards (all padding) are appended up
-  to that many (a constant number of TFF clients per round; ValueError if the cohort
-  needs more). `seeds[j]` is the seed of `ids[j]`.
+  row and seed (0, 0), or the next of `pad_seeds` (padding slots in slot order);
+  with `num_shards`, empty shards (all padding) are appended up to that many (a
+  constant number of TFF clients per round; ValueError if the cohort needs more).
+  `seeds[j]` is the seed of `ids[j]`.
   """
   pad = (layout_or_pad_row.pad_row if isinstance(layout_or_pad_row, Layout)
          else int(layout_or_pad_row))
@@ -192,15 +194,27 @@ def shard_rows(layout_or_pad_row, ids: Sequence[int], seeds: Sequence, shard_siz
     if count > num_shards:
       raise ValueError(f"a cohort of {len(ids)} needs {count} shards > {num_shards}")
     count = num_shards
+  slot_seeds = slot_keys(seeds, count * shard_size, pad_seeds)
   out = []
   for j in range(count):
     part = slice(j * shard_size, (j + 1) * shard_size)
     rows = np.full((shard_size,), pad, np.int32)
-    sd = np.zeros((shard_size, 2), np.int64)
     chunk = ids[part]
     rows[:len(chunk)] = chunk
-    sd[:len(chunk)] = seeds[part]
-    out.append((rows, sd))
+    out.append((rows, slot_seeds[part].copy()))
+  return out
+
+
+def slot_keys(seeds: Sequence, num_slots: int, pad_seeds: Optional[Sequence] = None
+              ) -> np.ndarray:
+  """int64 [num_slots, 2]: the cohort's ``seeds`` in its slots, then ``pad_seeds`` in
+  the padding slots (slot order; missing ones are (0, 0))."""
+  out = np.zeros((int(num_slots), 2), np.int64)
+  seeds = np.asarray(seeds, np.int64).reshape(-1, 2)
+  out[:len(seeds)] = seeds
+  if pad_seeds is not None:
+    pad = np.asarray(pad_seeds, np.int64).reshape(-1, 2)[:num_slots - len(seeds)]
+    out[len(seeds):len(seeds) + len(pad)] = pad
   return out
 
 

@@ -74,6 +74,20 @@ def test_each_shard_is_bounded_at_shard_size_times_clip(kind, shard_size):
   np.testing.assert_allclose(result, expected / M, rtol=1e-4, atol=1e-4 * bound)
 
 
+def test_central_noise_is_the_seeds_128_bit_sub_key_stream():
+  """Reference computed with TF directly: on zero inputs the central-DP result is
+  z·clip/M · stateless_normal(seed = stateless_split(state seed, 1)[0]); the sub-key
+  keeps 128 bits (stateless_fold_in, used before, keeps 64)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  process = agg.build_cslot_aggregator(_spec("central")).create(
+      tff.TensorType(np.float32, (P,)), tff.TensorType(np.float32))
+  seed = agg.derived_seed(3, 2, 1)
+  out = process.next(seed, [np.zeros(P, np.float32)] * M, [np.float32(1)] * M)
+  key = tf.random.experimental.stateless_split(tf.constant(seed), 1)[0]
+  expected = TARGET_STD * tf.random.stateless_normal([P], seed=key).numpy()
+  np.testing.assert_allclose(out.result, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_central_noise_detects_a_wrong_denominator():
   # Control: the same check with half the clients' denominator would fail.
   (result,) = _aggregate(_spec("central"), [np.zeros(P)] * M)

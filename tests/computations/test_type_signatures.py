@@ -12,6 +12,7 @@ from tensorflow_federated.python.core.impl.compiler import building_blocks
 from computations.learning import aggregators as agg
 from computations.runtime import context
 from computations.learning import learning_process as lp
+from computations.learning import seeded_ddp
 from computations.learning import stage1
 from pina_tff.models import reduced_tail as rt
 from pina_tff.training import local
@@ -68,7 +69,7 @@ def _clients_to_server(comp):
   return out
 
 
-def _process(kind, diagnostics=False, shard_size=SHARD):
+def _process(kind, diagnostics=False, shard_size=SHARD, seeded=False):
   model = tm.LinearModel(5, 3)
   spec = lp.ProcessSpec(
       local=local.LocalSpec(num_clusters=C, choose_cluster=True, batch_size=2,
@@ -76,7 +77,7 @@ def _process(kind, diagnostics=False, shard_size=SHARD):
                             send_keys=tm.HEAD_KEYS),
       aggregator=agg.AggregatorSpec(kind=kind, noise_multiplier=1.0, clip_norm=1.0,
                                     expected_clients=M, shard_size=shard_size,
-                                    num_shards=-(-M // shard_size)),
+                                    num_shards=-(-M // shard_size), seeded_ddp=seeded),
       shard_size=shard_size, n_max=N_MAX, simulation_diagnostics=diagnostics)
   return lp.build_process(model, spec)
 
@@ -100,6 +101,38 @@ def test_ddp_next_reaches_server_only_through_secure_sums(ddp_process):
   assert not used & CLEAR
   # And no clear aggregation anywhere in the computation.
   assert not set(_intrinsics(ddp_process.next)) & CLEAR
+
+
+def test_seeded_ddp_reaches_server_only_through_the_secure_modular_sum():
+  """The program's distributed DP (computations.learning.seeded_ddp): the only CLIENTS->SERVER
+  movement is one federated_secure_modular_sum of the encoded int64 vector; the
+  client work's update weight (each shard's int64[2] key) never leaves the clients."""
+  process = _process("ddp", seeded=True)
+  assert _clients_to_server(process.next) == {"federated_secure_modular_sum"}
+  assert not set(_intrinsics(process.next)) & CLEAR
+  spec = agg.AggregatorSpec(kind="ddp", noise_multiplier=1.0, clip_norm=1.0,
+                            expected_clients=M, num_shards=M, seeded_ddp=True)
+  value_type = tff.TensorType(np.float32, (C, 5, 3))
+  aggregator = agg.build_cslot_aggregator(spec).create(value_type, seeded_ddp.KEY_TYPE)
+  sig = aggregator.next.type_signature
+  assert sig.parameter[2] == tff.FederatedType(seeded_ddp.KEY_TYPE, tff.CLIENTS)
+  assert sig.result.result == tff.FederatedType(value_type, tff.SERVER)
+  found = _intrinsics(aggregator.next)
+  assert _clients_to_server(aggregator.next) == {"federated_secure_modular_sum"}
+  summand = found["federated_secure_modular_sum"].parameter[0]
+  assert summand == tff.FederatedType(tff.TensorType(np.int64, (32,)), tff.CLIENTS)
+
+
+def test_seeded_ddp_without_secure_sums_uses_one_plain_int64_sum():
+  """Where secure sums cannot run (several services, native runtime) the same
+  encoded int64 vector goes through federated_sum: the check sees it."""
+  spec = agg.AggregatorSpec(kind="ddp", noise_multiplier=1.0, clip_norm=1.0,
+                            expected_clients=M, num_shards=M, seeded_ddp=True)
+  proc = seeded_ddp.SeededDdpSumFactory(spec, secure_sum=False).create(
+      tff.TensorType(np.float32, (30,)), seeded_ddp.KEY_TYPE)
+  assert _clients_to_server(proc.next) == {"federated_sum"}
+  summand = _intrinsics(proc.next)["federated_sum"].parameter
+  assert summand == tff.FederatedType(tff.TensorType(np.int64, (32,)), tff.CLIENTS)
 
 
 @pytest.mark.parametrize("kind", ["secure_sum"])

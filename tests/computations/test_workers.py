@@ -18,8 +18,10 @@ from computations.learning import aggregators as agg
 from computations.runtime import context
 from computations.learning import mergeable_ddp
 from computations.program import program
+from computations.learning import seeded_ddp
 from computations.runtime import workers
 from pina_tff import config as config_lib
+from pina_tff import rng_streams
 from pina_tff.errors import ConfigError
 from pina_tff.privacy import ddp as ddp_lib
 
@@ -194,6 +196,27 @@ def test_ddp_noise_variance_matches_the_calibration(addresses):
   tol = 5 * math.sqrt(2 / params["padded_dim"])
   for name, var in variances.items():
     assert abs(var / expected - 1) < tol, (name, var, expected)
+
+
+def test_seeded_ddp_over_two_services_equals_the_secure_sum_on_one(addresses):
+  """The program's seeded DDP: over two services (mergeable context: plain int64 sum,
+  merged, mod m at the server) it is the same function of the keys and the rotation
+  seed as on one service (federated_secure_modular_sum), bit for bit, noise on."""
+  spec = agg.AggregatorSpec(kind="ddp", noise_multiplier=1.5, clip_norm=CLIP,
+                            expected_clients=SHARDS * SHARD_SIZE, shard_size=SHARD_SIZE,
+                            num_shards=SHARDS, ddp_bits=20, seeded_ddp=True)
+  keys = list(rng_streams.client_keys(5, 2, 1, range(SHARDS)))
+  seed = agg.derived_seed(5, 2, 1, rng_streams.DDP_ROTATION)
+  results, secure = [], []
+  for kwargs in (dict(), dict(worker_addresses=addresses)):
+    with context.tff_context(**kwargs):
+      factory = agg.build_sum_factory(spec)
+      proc = factory.create(VALUE_TYPE, seeded_ddp.KEY_TYPE)
+      results.append(_flat(proc.next(seed, _values(), keys).result))
+      secure.append(factory.secure_sum)
+  assert secure == [True, False]
+  np.testing.assert_array_equal(results[0], results[1])
+  assert np.std(results[0] - sum(_flat(v) for v in _values())) > 0.5  # noise is on
 
 
 def test_fwht_is_orthonormal_and_its_own_inverse():

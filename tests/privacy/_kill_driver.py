@@ -31,10 +31,10 @@ def main(clients, root, config_path, kill, observed):
     src = real_source(plan)
     real_round_data = src.round_data
 
-    def round_data(stage, rnd, ids, seeds):
+    def round_data(stage, rnd, ids, seeds, **kwargs):
       out.write(json.dumps({"stage": int(stage), "round": int(rnd),
                             "ids": [int(i) for i in ids]}) + "\n")
-      return real_round_data(stage, rnd, ids, seeds)
+      return real_round_data(stage, rnd, ids, seeds, **kwargs)
     src.round_data = round_data
     return src
   plan_lib.round_data_source = source

@@ -2,7 +2,7 @@
 entropy per client, all 128 bits reach TensorFlow's generator, and every stream
 (cohort, client key, central noise, random init; in the graph: sketch noise, LDP noise,
 shuffles) is derived, never salted, so no two coincide. On the program's real code
-path (`computations.program.program._client_seeds`, `_noise_seed`, `pina_tff.training.local`,
+path (`computations.program.seeds`, `pina_tff.training.local`,
 `pina_tff.simulation.sampling`)."""
 import hashlib
 import os
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from computations.program import program
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
 from pina_tff.simulation import sampling
@@ -99,18 +98,27 @@ def test_in_graph_streams_of_all_clients_never_coincide():
     keys = tf.constant(seeds.client_keys(0, 1, 0, ids, mode))
     draws = []
     for stream in (rng_streams.LDP_NOISE, rng_streams.SKETCH_NOISE,
-                   rng_streams.EPOCH_SHUFFLE, rng_streams.EPOCH_SHUFFLE + 1):
+                   rng_streams.EPOCH_SHUFFLE, rng_streams.EPOCH_SHUFFLE + 1,
+                   rng_streams.DDP_SHARE):
       draws.append(local.per_client_normal(keys, [64], stream, 1.0).numpy())
-    rows = np.concatenate(draws)  # [4 * 40, 64]
+    rows = np.concatenate(draws)  # [5 * 40, 64]
     corr = np.corrcoef(rows)
     np.fill_diagonal(corr, 0.0)
-    # 160 independent N(0, I_64) rows: |corr| above 0.6 has probability ~1e-7 each.
+    # 200 independent N(0, I_64) rows: |corr| above 0.6 has probability ~1e-7 each.
     assert np.abs(corr).max() < 0.6, mode
     # Sub-key i is the i-th pair of the Philox stream of the client key (prefix-stable).
     k = keys[5]
     split = tf.random.experimental.stateless_split(k, 8).numpy()
     for i in range(8):
       np.testing.assert_array_equal(local.stream_key(k, i).numpy(), split[i])
+
+
+def test_the_ddp_key_is_after_every_epoch_shuffle():
+  """A client's DDP sub-key index lies past the shuffles of the most epochs the config
+  accepts, so no epoch's shuffle key is a shard's distributed-DP key."""
+  last_shuffle = rng_streams.EPOCH_SHUFFLE + config_lib.MAX_LOCAL_EPOCHS - 1
+  assert rng_streams.DDP_SHARE > last_shuffle
+  assert rng_streams.DDP_SHARE not in (rng_streams.LDP_NOISE, rng_streams.SKETCH_NOISE)
 
 
 def test_all_128_bits_of_a_key_reach_the_generator():

@@ -30,7 +30,7 @@ def layout(tmp_path_factory):
 
 
 def _packed_round(clients, ids, seeds, shard_size, num_shards):
-  """What computations.program.program._pack_round puts into each TFF client's shard."""
+  """What computations.data.round_data.pack_round puts into each TFF client's shard."""
   chunks = shards.split_cohort(list(range(len(ids))), shard_size)
   chunks += [[] for _ in range(num_shards - len(chunks))]
   shapes = {k: clients[0][k].shape[1:] for k in KEYS}
