@@ -27,8 +27,6 @@ import tempfile
 import time
 
 import numpy as np
-from computations.program import logic
-from computations.program import evaluation
 
 MODELS = {
     # name: (width, heads, mlp_dim, classes)
@@ -212,14 +210,16 @@ class _PartTimers:
 
   def __enter__(self):
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-    from computations.program import program  # pylint: disable=g-import-not-at-top
     from computations.data import round_data  # pylint: disable=g-import-not-at-top
+    from computations.program import evaluation  # pylint: disable=g-import-not-at-top
+    from computations.program import logic  # pylint: disable=g-import-not-at-top
+    from computations.program import release  # pylint: disable=g-import-not-at-top
     self._wrap(round_data.PackedRoundData, "round_data", "round_data")
     self._wrap(round_data.ResidentStages, "round_data", "round_data")
     self._wrap(evaluation.Evaluator, "__call__", "evaluate")
     self._wrap(logic.accounting, "epsilon_spent_after", "epsilon")
     self._wrap(tff.program.CSVFileReleaseManager, "release", "release", True)
-    self._wrap(tff.program.TensorBoardReleaseManager, "release", "release", True)
+    self._wrap(release.TensorBoardRelease, "release", "release", True)
     self._wrap(tff.program.FileProgramStateManager, "save", "checkpoint", True)
     from tensorflow_federated.python.core.impl.computation import computation_impl  # pylint: disable=g-import-not-at-top
     orig_call = computation_impl.ConcreteComputation.__call__

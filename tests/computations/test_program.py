@@ -260,9 +260,9 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
     built.append(spec)
     return real_build(model, spec, **kw)
 
-  def spy_sketch(model, spec, top_k, clip, noise_multiplier, *args, **kw):
-    sketches.append((clip, noise_multiplier))
-    return real_sketch(model, spec, top_k, clip, noise_multiplier, *args, **kw)
+  def spy_sketch(model, spec, **kw):
+    sketches.append((kw["clip"], kw["noise_multiplier"]))
+    return real_sketch(model, spec, **kw)
 
   monkeypatch.setattr(lp, "build_process", spy_build)
   monkeypatch.setattr(stage1_lib, "build_sketch_computation", spy_sketch)
