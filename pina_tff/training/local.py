@@ -411,23 +411,60 @@ def evaluate_shard(model, cluster_params, select, test, score_true: bool = False
 
   Returns sums: correct predictions, test examples, and the chosen clusters [S].
   """
-  select = {k: tf.convert_to_tensor(v) for k, v in select.items()}
-  test = {k: tf.convert_to_tensor(v) for k, v in test.items()}
-  cluster_params = {k: tf.convert_to_tensor(v, tf.float32)
-                    for k, v in cluster_params.items()}
+  select, test, cluster_params = _eval_tensors(select, test, cluster_params)
   num_clusters = int(cluster_params[model.param_keys[0]].shape[0])
-  feats_sel = {k: tf.cast(select[k], tf.float32) for k in model.feature_keys}
-  if num_clusters > 1:
-    losses = cluster_losses(model, cluster_params, feats_sel, select["label"],
-                            select["mask"])
-    choice = tf.argmin(losses, axis=-1, output_type=tf.int32)
-  else:
-    choice = tf.zeros([tf.shape(select["label"])[0]], tf.int32)
+  choice = _loss_choice(model, cluster_params, select)
   scored = (true_choice(select["true_cluster"], num_clusters)
             if score_true and num_clusters > 1 else choice)
+  correct = _client_correct(model, cluster_params, scored, test)
+  return tf.reduce_sum(correct), tf.reduce_sum(test["mask"]), choice
+
+
+def per_client_model_accuracy(model, cluster_params, select, test):
+  """Every client's held-out correct predictions under EVERY cluster model, with the
+  loss-based choice `evaluate_shard` makes (a simulation diagnostic).
+
+  Column c is scored exactly as `evaluate_shard` scores a client whose model is c, so
+  ``correct[s, choice[s]]`` summed is its correct count.
+
+  Returns:
+    (choice int32 [S]: argmin of the `select` losses (0 with one model);
+     correct float32 [S, C]: `test` examples model c classifies right;
+     count float32 [S]: `test` examples).
+  """
+  select, test, cluster_params = _eval_tensors(select, test, cluster_params)
+  num_clusters = int(cluster_params[model.param_keys[0]].shape[0])
+  choice = _loss_choice(model, cluster_params, select)
+  every = [_client_correct(model, cluster_params, tf.fill(tf.shape(choice), c), test)
+           for c in range(num_clusters)]
+  return choice, tf.stack(every, axis=-1), tf.reduce_sum(test["mask"], axis=-1)
+
+
+def _eval_tensors(select, test, cluster_params):
+  """`select`, `test` and the cluster parameters (float32) as tensors."""
+  return ({k: tf.convert_to_tensor(v) for k, v in select.items()},
+          {k: tf.convert_to_tensor(v) for k, v in test.items()},
+          {k: tf.convert_to_tensor(v, tf.float32) for k, v in cluster_params.items()})
+
+
+def _loss_choice(model, cluster_params, select):
+  """Each client's model with the lowest loss on its `select` data (int32 [S]; 0 with
+  one model)."""
+  num_clusters = int(cluster_params[model.param_keys[0]].shape[0])
+  if num_clusters == 1:
+    return tf.zeros([tf.shape(select["label"])[0]], tf.int32)
+  feats_sel = {k: tf.cast(select[k], tf.float32) for k in model.feature_keys}
+  losses = cluster_losses(model, cluster_params, feats_sel, select["label"],
+                          select["mask"])
+  return tf.argmin(losses, axis=-1, output_type=tf.int32)
+
+
+def _client_correct(model, cluster_params, scored, test):
+  """Correct predictions per client (float32 [S]) on its `test` data, client s scored
+  with model ``scored[s]``."""
   params = {k: tf.gather(v, scored) for k, v in cluster_params.items()}
   logits = model.logits(params, {k: tf.cast(test[k], tf.float32)
                                  for k in model.feature_keys})
   pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
-  correct = tf.reduce_sum(tf.cast(tf.equal(pred, test["label"]), tf.float32) * test["mask"])
-  return correct, tf.reduce_sum(test["mask"]), choice
+  return tf.reduce_sum(tf.cast(tf.equal(pred, test["label"]), tf.float32) * test["mask"],
+                       axis=-1)

@@ -134,6 +134,33 @@ def test_oracle_trains_the_true_cluster_and_is_scored_with_it():
   assert float(correct_true) == want and float(total) == sum(len(c["label"]) for c in clients)
 
 
+def test_per_client_model_accuracy_scores_every_client_with_every_model():
+  """Column c of the per-client table is `evaluate_shard`'s score of that one client
+  with model c (reference: one call per client and model, the true cluster set to c
+  and score_true); the choice is `evaluate_shard`'s."""
+  model = tm.LinearModel(5, 3)
+  clients = _linear_population(num_clients=9, seed=3)
+  held_out = _linear_population(num_clients=9, seed=4)
+  params = _params(model, 3, seed=5)
+  sel = shards.pack_shard(clients, model.feature_keys, n_max=7)
+  test = shards.pack_shard(held_out, model.feature_keys, n_max=7)
+  choice, correct, count = local.per_client_model_accuracy(model, params, sel, test)
+  _, _, want_choice = local.evaluate_shard(model, params, sel, test)
+  np.testing.assert_array_equal(choice.numpy(), want_choice.numpy())
+  assert correct.shape == (9, 3)
+  for i in range(9):
+    one_test = {k: v[i:i + 1] for k, v in test.items()}
+    for c in range(3):
+      one_sel = {k: v[i:i + 1] for k, v in sel.items()}
+      one_sel["true_cluster"] = np.array([c], np.int32)
+      want, total, _ = local.evaluate_shard(model, params, one_sel, one_test,
+                                            score_true=True)
+      assert float(correct[i, c]) == float(want)
+      assert float(count[i]) == float(total) == len(held_out[i]["label"])
+  chosen = correct.numpy()[np.arange(9), choice.numpy()].sum()
+  assert chosen == float(local.evaluate_shard(model, params, sel, test)[0])
+
+
 def _vit_tail(seed, num_clients, n=5):
   """(model, clients with n examples each, params [1, ...]) of a small ViT tail."""
   rng = np.random.default_rng(seed)
