@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from pina_tff.errors import ConfigError
+from pina_tff.privacy import norm_bound
 
 
 def validate_top_k(k: int, size: int) -> None:
@@ -60,13 +61,20 @@ def sparsify_top_k(v: tf.Tensor, k: int) -> tf.Tensor:
 
 
 def clip_l2(v: tf.Tensor, clip: float) -> tf.Tensor:
-  """Scales each vector (last axis) to L2 norm ≤ ``clip``; zero vectors stay zero."""
+  """Scales each vector (last axis) to L2 norm ≤ ``clip``; zero vectors stay zero.
+
+  The bound holds exactly for float32 vectors (`norm_bound.enforce_norm_bound`
+  corrects the ones the scaling leaves an ulp above ``clip``): the sketches'
+  sensitivity 2·S1 holds bit for bit."""
   v = tf.convert_to_tensor(v)
+  bound = float(clip)
   clip = tf.cast(clip, v.dtype)
   norm = tf.norm(v, axis=-1, keepdims=True)
   factor = tf.minimum(tf.ones_like(norm), tf.math.divide_no_nan(clip, norm))
   factor = tf.where(norm > 0, factor, tf.ones_like(norm))
-  return v * factor
+  if v.dtype != tf.float32:
+    return v * factor
+  return norm_bound.enforce_norm_bound(v * factor, bound)
 
 
 def add_gaussian_noise(v: tf.Tensor, stddev, seed) -> tf.Tensor:

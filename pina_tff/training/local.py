@@ -26,6 +26,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from pina_tff.privacy import norm_bound
 from pina_tff import rng_streams
 from pina_tff.training import models as tm
 
@@ -259,43 +260,14 @@ def zero_nonfinite_rows(vectors):
 def clip_rows(vectors, clip_norm):
   """Scales each row [S, P] to L2 norm at most `clip_norm`; returns (clipped, norms).
 
-  The bound holds exactly, not up to rounding: `enforce_norm_bound` corrects the rows
+  The bound holds exactly, not up to rounding:
+  `pina_tff.privacy.norm_bound.enforce_norm_bound` corrects the rows
   that the float32 scaling leaves an ulp or two above it."""
   norms = tf.norm(vectors, axis=-1)
   if math.isinf(clip_norm):
     return vectors, norms
   factor = tf.minimum(1.0, clip_norm / tf.maximum(norms, 1e-12))
-  return enforce_norm_bound(vectors * factor[:, None], clip_norm), norms
-
-
-#: Shrink factor of `enforce_norm_bound`'s steps (exact in float32; 8 ulp at 1.0, more
-#: than the rounding of a float32 scaling).
-_SHRINK = 1.0 - 2.0**-20
-
-
-def enforce_norm_bound(rows, bound: float, max_steps: int = 64):
-  """Rows [S, P] (float32) with L2 norm <= ``bound`` exactly.
-
-  Scaling a row by clip/norm in float32 can leave its norm an ulp or two above the
-  clip (about half of the clipped rows do). A row is over the bound when its norm
-  computed in float64 from its float32 entries (exact to ~1e-16) or in float32
-  (`tf.norm`) exceeds float32(bound); such rows are multiplied by (1 - 2^-20) until
-  neither does (one step in practice), and a row still over after ``max_steps`` is
-  zeroed. Rows within the bound are returned bit for bit."""
-  bound32 = tf.constant(bound, tf.float32)
-  bound64 = tf.cast(bound32, tf.float64)
-
-  def over(r):
-    n64 = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(r, tf.float64)), axis=-1))
-    return tf.logical_or(n64 > bound64, tf.norm(r, axis=-1) > bound32)
-
-  def body(i, r):
-    return i + 1, tf.where(over(r)[:, None], r * _SHRINK, r)
-
-  _, rows = tf.while_loop(
-      lambda i, r: tf.logical_and(i < max_steps, tf.reduce_any(over(r))), body,
-      (tf.constant(0), rows))
-  return tf.where(over(rows)[:, None], tf.zeros_like(rows), rows)
+  return norm_bound.enforce_norm_bound(vectors * factor[:, None], clip_norm), norms
 
 
 def shard_update(model, spec: LocalSpec, cluster_params: Mapping[str, tf.Tensor],

@@ -40,6 +40,28 @@ def test_clip_l2():
   np.testing.assert_allclose(out, [[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]], rtol=1e-6)
 
 
+def test_clip_l2_bound_holds_exactly_in_float32():
+  """Scaling by clip/norm in float32 leaves about half of the clipped sketches an ulp
+  above S1 (computed here by the plain scaling, the reference); clip_l2 must leave
+  none above, in float64 norms of its float32 entries, and change the others by at
+  most a few ulp. Sketch shapes: [S, 2 d] and one vector."""
+  rng = np.random.default_rng(7)
+  for clip in (1.0, 0.7, 3.3):
+    v = (rng.normal(size=(4000, 128)) * rng.uniform(0.5, 20, size=(4000, 1))
+         ).astype(np.float32)
+    plain = v * np.minimum(1.0, np.float32(clip) / np.linalg.norm(v, axis=-1,
+                                                                     keepdims=True))
+    plain = plain.astype(np.float32)
+    over_plain = np.linalg.norm(plain.astype(np.float64), axis=-1) > np.float32(clip)
+    assert over_plain.sum() > 100  # the bug this guards against is real
+    out = sketch.clip_l2(tf.constant(v), clip).numpy()
+    norms = np.linalg.norm(out.astype(np.float64), axis=-1)
+    assert (norms <= np.float32(clip)).all(), norms.max() - clip
+    np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-7)
+    one = sketch.clip_l2(tf.constant(v[0]), clip).numpy()
+    assert np.linalg.norm(one.astype(np.float64)) <= np.float32(clip)
+
+
 def test_noise_has_calibrated_variance_on_every_coordinate_including_zeros():
   p, k, clip, z, n = 32, 3, 2.0, 0.7, 20000
   rng = np.random.default_rng(1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pina_tff.privacy import norm_bound
 from pina_tff import config as config_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
@@ -95,7 +96,7 @@ def test_enforce_norm_bound_fixes_only_rows_over_the_bound():
   norms = np.linalg.norm(raw, axis=-1, keepdims=True).astype(np.float32)
   scaled = raw * (np.float32(bound) / norms)
   rows = np.concatenate([scaled, 0.5 * scaled]).astype(np.float32)
-  out = local.enforce_norm_bound(tf.constant(rows), bound).numpy()
+  out = norm_bound.enforce_norm_bound(tf.constant(rows), bound).numpy()
   n64_in = np.linalg.norm(rows.astype(np.float64), axis=-1)
   n32_in = tf.norm(tf.constant(rows), axis=-1).numpy()
   over = (n64_in > float(np.float32(bound))) | (n32_in > np.float32(bound))
