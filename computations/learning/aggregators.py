@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -64,6 +65,11 @@ class AggregatorSpec:
     seeded_ddp: for 'ddp', `seeded_ddp.SeededDdpSumFactory` (every draw keyed; the
       aggregation's weight must be each client's int64[2] key, as our client work
       sends it) instead of TFF's factory (any weight, unseeded draws).
+    secure_sums: whether the runtime that runs the aggregation can run secure-sum
+      intrinsics (the simulation runtime on one service); False: the same mechanisms
+      as plain, mergeable sums. None: ask the installed context
+      (`computations.runtime.context.secure_sums_supported`) when the factory is
+      built; the program passes it explicitly.
   """
   kind: str = "ddp"
   noise_multiplier: float = 0.0
@@ -73,6 +79,13 @@ class AggregatorSpec:
   num_shards: int = 1
   ddp_bits: int = 20
   seeded_ddp: bool = False
+  secure_sums: Optional[bool] = None
+
+  def runs_secure_sums(self) -> bool:
+    """`secure_sums`, or the installed context's answer where it is None."""
+    if self.secure_sums is not None:
+      return self.secure_sums
+    return context.secure_sums_supported()
 
   def __post_init__(self):
     if self.kind not in AGGREGATORS:
@@ -198,17 +211,17 @@ def build_sum_factory(spec: AggregatorSpec) -> tff.aggregators.UnweightedAggrega
   """
   shard_clip = spec.shard_size * spec.clip_norm
   if spec.kind == "ddp" and spec.seeded_ddp:
-    return seeded_ddp.SeededDdpSumFactory(spec)
+    return seeded_ddp.SeededDdpSumFactory(spec, secure_sum=spec.runs_secure_sums())
   if spec.kind == "ddp":
     # Secure sums run only unsplit in the simulation runtime; across several workers
     # (or on the native runtime) the same mechanism runs as plain modular sums.
-    if context.secure_sums_supported():
+    if spec.runs_secure_sums():
       return EffectiveDdpSumFactory(spec)
     return mergeable_ddp.MergeableDdpSumFactory(spec)
   if spec.kind == "central":
     return SeededGaussianSumFactory(shard_clip, spec.noise_multiplier * spec.clip_norm)
   if spec.kind == "secure_sum":
-    if not context.secure_sums_supported():
+    if not spec.runs_secure_sums():
       return ClippedSumFactory(shard_clip)
     return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(shard_clip),
                                             lower_bound_threshold=-float(shard_clip))

@@ -49,8 +49,8 @@ def normality_rule(cfg, aggregator: agg.AggregatorSpec) -> scaling_lib.Normality
 
 
 def stage0_spec(cfg, *, z0: float, shard_size: int, n_max: int,
-                diagnostics: bool = True, num_shards: int | None = None
-                ) -> lp.ProcessSpec:
+                diagnostics: bool = True, num_shards: int | None = None,
+                secure_sums: bool | None = None) -> lp.ProcessSpec:
   """Head warm-up: DP-FedAvg on the head only, through the same DP aggregator.
 
   Stage 0 borrows from stage 2 its aggregator kind, DDP bit width, server learning
@@ -67,6 +67,8 @@ def stage0_spec(cfg, *, z0: float, shard_size: int, n_max: int,
     num_shards: TFF clients per round, constant over the stage (the program pads
       Poisson cohorts to it so the distributed-DP noise shares stay the same); default
       ceil(cohort / shard_size). The denominator is the expected cohort qP = cohort.
+    secure_sums: whether the runtime runs secure-sum intrinsics
+      (`aggregators.AggregatorSpec.secure_sums`; None: the installed context's answer).
 
   Returns:
     The stage-0 `ProcessSpec` (one model, head keys only, no scaling).
@@ -84,14 +86,16 @@ def stage0_spec(cfg, *, z0: float, shard_size: int, n_max: int,
                                     shard_size=shard_size,
                                     num_shards=num_shards or _shards_for_expected_cohort(s0.cohort,
                                                                          shard_size),
-                                    ddp_bits=cfg.stage2.ddp_bits, seeded_ddp=True),
+                                    ddp_bits=cfg.stage2.ddp_bits, seeded_ddp=True,
+                                    secure_sums=secure_sums),
       shard_size=shard_size, n_max=n_max, scaling_mode="none",
       server_learning_rate=cfg.stage2.server_lr, simulation_diagnostics=diagnostics)
 
 
 def stage2_spec(cfg, *, z2: float, shard_size: int, n_max: int, num_true_clusters: int,
                 expected_local_steps: float = 1.0, diagnostics: bool = True,
-                num_shards: int | None = None) -> lp.ProcessSpec:
+                num_shards: int | None = None,
+                secure_sums: bool | None = None) -> lp.ProcessSpec:
   """The stage-2 process of `cfg.method` (its `pina_tff.method_table` entry).
 
   Args:
@@ -104,6 +108,7 @@ def stage2_spec(cfg, *, z2: float, shard_size: int, n_max: int, num_true_cluster
     expected_local_steps: FedNova's server-side multiplier (ignored otherwise).
     diagnostics: release the simulation diagnostics.
     num_shards: as in :func:`stage0_spec`.
+    secure_sums: as in :func:`stage0_spec`.
 
   Returns:
     The stage-2 `ProcessSpec`.
@@ -125,7 +130,7 @@ def stage2_spec(cfg, *, z2: float, shard_size: int, n_max: int, num_true_cluster
       noise_multiplier=0.0 if ldp else z2,
       clip_norm=s2.clip, expected_clients=s2.cohort, shard_size=shard_size,
       num_shards=num_shards or _shards_for_expected_cohort(s2.cohort, shard_size),
-      ddp_bits=s2.ddp_bits, seeded_ddp=True)
+      ddp_bits=s2.ddp_bits, seeded_ddp=True, secure_sums=secure_sums)
   scaling = s2.scaling if method.pina_scaling else "none"
   return lp.ProcessSpec(
       local=local_spec, aggregator=aggregator, shard_size=shard_size, n_max=n_max,

@@ -159,7 +159,8 @@ class RunLogic:
     if p.t0 > 0:
       spec0 = methods.stage0_spec(p.cfg, z0=p.report.z0, shard_size=p.layout0.shard_size,
                                   n_max=p.pop.n_max_train, diagnostics=p.diagnostics,
-                                  num_shards=p.layout0.num_shards)
+                                  num_shards=p.layout0.num_shards,
+                                  secure_sums=p.secure_sums)
       proc0 = lp.build_process(p.pop.model, spec0, reader=self.data.reader)
       base = rt.init_trainable(p.pop.model.config, p.cfg.seed, st["head_kernel"],
                                st["head_bias"])

@@ -14,6 +14,7 @@ from computations.data import resident_data
 from computations.data import round_data as rd
 from computations.learning import learning_process as lp
 from computations.learning import methods
+from computations.runtime import context
 from pina_tff import config as config_lib
 from pina_tff import method_table
 from pina_tff.errors import ConfigError
@@ -81,6 +82,8 @@ class Plan:
   layout1: rd.StageLayout
   layout2: rd.StageLayout
   spec2: lp.ProcessSpec
+  #: Whether the installed runtime runs secure-sum intrinsics (one simulation service).
+  secure_sums: bool
   #: Key of the cohort schedule: cfg.seed in simulation mode, the secret key of the
   #: run's private state in secure mode (never logged or written elsewhere).
   cohort_key: int = dataclasses.field(default=0, repr=False)
@@ -130,6 +133,8 @@ def make_plan(cfg, pop, options: ProgramOptions, cohort_key: int) -> Plan:
   cohort schedule (the seed, or secure mode's secret key)."""
   rd.check_transport(options.shard_transport)
   check_oracle(cfg, pop)
+  # Asked once, of the context the caller installed; every builder gets the answer.
+  secure_sums = context.secure_sums_supported()
   report = calibrate(cfg, cohort_key)
   t0, t2 = cfg.stage0_rounds, cfg.stage2.rounds
   layout0 = stage_layout(cfg, cohort_key, 0, t0, pop.size, cfg.stage0.cohort,
@@ -145,12 +150,13 @@ def make_plan(cfg, pop, options: ProgramOptions, cohort_key: int) -> Plan:
                               num_true_clusters=pop.num_true_clusters,
                               expected_local_steps=expected_steps,
                               diagnostics=options.simulation_diagnostics,
-                              num_shards=layout2.num_shards)
+                              num_shards=layout2.num_shards,
+                              secure_sums=secure_sums)
   return Plan(cfg=cfg, pop=pop, options=options, report=report,
               accounting_plan=accounting.plan_from_config(cfg, cohort_key),
               num_models=method_table.num_models(cfg.method, cfg.num_clusters),
               t0=t0, t2=t2, layout0=layout0, layout1=layout1, layout2=layout2,
-              spec2=spec2, cohort_key=cohort_key)
+              spec2=spec2, secure_sums=secure_sums, cohort_key=cohort_key)
 
 
 def config_for_population(cfg, clients_dir: str):

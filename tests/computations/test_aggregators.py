@@ -155,3 +155,27 @@ def test_spec_validation():
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_secure_sums_is_an_argument_not_the_installed_context(secure, monkeypatch):
+  """What a builder is told about the runtime wins over the installed context (here
+  the context's answer is forced to the opposite): 'secure_sum' and seeded 'ddp'
+  build the secure (True) or the mergeable (False) form; None asks the context."""
+  def built(spec):
+    factory = agg.build_sum_factory(spec)
+    if isinstance(factory, agg.seeded_ddp.SeededDdpSumFactory):
+      return "secure" if factory.secure_sum else "plain"
+    return ("secure" if isinstance(factory, tff.aggregators.SecureSumFactory)
+            else "plain")
+
+  want = "secure" if secure else "plain"
+  for kind, extra in (("secure_sum", {}), ("ddp", {"seeded_ddp": True,
+                                                  "noise_multiplier": 1.0})):
+    spec = agg.AggregatorSpec(kind=kind, clip_norm=1.0, expected_clients=4,
+                              secure_sums=secure, **extra)
+    monkeypatch.setattr(context, "secure_sums_supported", lambda: not secure)
+    assert built(spec) == want, kind
+    asked = agg.AggregatorSpec(kind=kind, clip_norm=1.0, expected_clients=4, **extra)
+    assert built(asked) == ("plain" if secure else "secure"), kind
+    monkeypatch.undo()
