@@ -135,7 +135,7 @@ flags.DEFINE_bool("restart", False, "Start over in a --root_dir that holds an ea
 
 # Config field -> the flag that sets it (--cohort, --client_lr, --clip and
 # --local_epochs set stage 0's field too).
-_FLAG_FIELDS = (
+FLAG_FIELDS = (
     (("method",), "method"), (("num_clusters",), "num_clusters"), (("seed",), "seed"),
     (("privacy", "delta"), "delta"), (("privacy", "threat_model"), "threat_model"),
     (("privacy", "sampling"), "sampling"), (("privacy", "noise_mode"), "noise_mode"),
@@ -167,8 +167,8 @@ def _lay_over(base: dict, top: dict) -> None:
 
 
 def _given_flags(flag_values) -> list:
-  """The run-config flags given on the command line, in _FLAG_FIELDS order."""
-  names = [f for _, f in _FLAG_FIELDS] + ["epsilon"]
+  """The run-config flags given on the command line, in FLAG_FIELDS order."""
+  names = [f for _, f in FLAG_FIELDS] + ["epsilon"]
   return list(dict.fromkeys(n for n in names if getattr(flag_values, n) is not None))
 
 
@@ -195,7 +195,7 @@ def build_config(flag_values, facts: population_lib.DataFacts) -> config_lib.Run
         file_fields.update(f"{key}.{k}" for k in value)
       else:
         file_fields.add(key)
-  for path, flag in _FLAG_FIELDS:
+  for path, flag in FLAG_FIELDS:
     value = getattr(flag_values, flag)
     if value is not None:
       presets.set_field(base, path, value)
@@ -213,7 +213,7 @@ def _attribute(message: str, flag_values, file_fields) -> str:
   """`message` prefixed with the flag or config file that set the field it names."""
   if message.startswith("--"):
     return message
-  for path, flag in _FLAG_FIELDS:
+  for path, flag in FLAG_FIELDS:
     dotted = ".".join(path)
     if getattr(flag_values, flag) is not None and message.startswith(dotted):
       return f"--{flag}: {message}"

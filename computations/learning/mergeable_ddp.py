@@ -63,7 +63,7 @@ def fwht(x: tf.Tensor) -> tf.Tensor:
   return x / tf.cast(math.sqrt(d), x.dtype)
 
 
-def _signs(seed: tf.Tensor, d: int) -> tf.Tensor:
+def rotation_signs(seed: tf.Tensor, d: int) -> tf.Tensor:
   """The rotation's random signs (±1, float32[d]) of the stateless ``seed``."""
   bits = tf.random.stateless_uniform([d], seed=seed, minval=0, maxval=2, dtype=tf.int32)
   return tf.cast(2 * bits - 1, tf.float32)
@@ -144,7 +144,7 @@ class MergeableDdpSumFactory(tff.aggregators.UnweightedAggregationFactory):
                                spec.num_shards, dim, spec.ddp_bits)
     self.nominal_multiplier = params["z_nominal"]
     self.ddp_parameters = params
-    encode, decode = _codec(value_type, dim, params,
+    encode, decode = codec(value_type, dim, params,
                             clip=float(spec.shard_size * spec.clip_norm),
                             modulus=2 ** spec.ddp_bits)
     def body(state, value):
@@ -163,7 +163,7 @@ def rotate_and_scale(value, seed, dim: int, d: int, clip: float, scale: float,
   flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1])
                     for v in tf.nest.flatten(value)], axis=0)
   x = tf.clip_by_norm(tf.pad(flat, [[0, d - dim]]), clip)
-  return fwht(x * _signs(seed, d)) * tf.constant(scale, tf.float32)
+  return fwht(x * rotation_signs(seed, d)) * tf.constant(scale, tf.float32)
 
 
 def build_decode(dim: int, params: dict, modulus: int, traced: dict):
@@ -177,7 +177,7 @@ def build_decode(dim: int, params: dict, modulus: int, traced: dict):
     centered = tf.math.floormod(total, modulus)
     centered = tf.where(centered >= modulus // 2, centered - modulus, centered)
     x = tf.cast(centered, tf.float32) / tf.constant(scale, tf.float32)
-    x = fwht(x) * _signs(seed, d)
+    x = fwht(x) * rotation_signs(seed, d)
     like = tf.nest.flatten(traced["structure"])
     parts = tf.split(x[:dim], [int(np.prod(v.shape)) for v in like])
     return tf.nest.pack_sequence_as(
@@ -187,7 +187,7 @@ def build_decode(dim: int, params: dict, modulus: int, traced: dict):
   return decode
 
 
-def _codec(value_type, dim: int, params: dict, clip: float, modulus: int):
+def codec(value_type, dim: int, params: dict, clip: float, modulus: int):
   """(encode, decode) TFF computations of the mechanism (module docstring, steps 1-5).
 
   Args:

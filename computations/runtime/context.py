@@ -42,6 +42,7 @@ import signal
 import threading
 from typing import Iterator, Optional, Sequence
 
+from computations.runtime import executor_contexts
 from computations.runtime import workers as workers_lib
 from pina_tff.runtime import verbosity
 from pina_tff.errors import ConfigError
@@ -193,7 +194,7 @@ def tff_context(*, device: str = "cpu", num_workers: int = 1,
           num_workers, device=device, verbose=verbose,
           max_concurrent_computation_calls=max_concurrent_computation_calls))
       pids = [p for p in workers_lib.started_pids() if p not in before]
-    context, close = workers_lib.execution_context(
+    context, close = executor_contexts.execution_context(
         addresses, secure_sums_in_clear=runtime == "simulation",
         default_num_clients=default_num_clients, num_subrounds=num_subrounds)
     stack.callback(close)

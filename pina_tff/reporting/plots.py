@@ -106,7 +106,7 @@ def convergence_round(x, y) -> float:
   return float(x[off[-1] + 1]) if len(off) else float(x[0])
 
 
-def _plot_methods(ax, records, methods, column, prepend_init=False) -> int:
+def plot_methods(ax, records, methods, column, prepend_init=False) -> int:
   """One line per method: the run, or the mean over its runs with a min-max band.
   Returns the number of methods drawn."""
   n = 0
@@ -162,7 +162,7 @@ def plot_accuracy_curves(records: Sequence[res.RunRecord], out_png: str, dataset
   sel = res.select(records, dataset=dataset, epsilon=epsilon)
   methods = sorted({r.method for r in sel}, key=res.method_sort_key)
   fig, (ax,) = _new_figure(1, width_per_panel=7.5, height=5.0)
-  if not _plot_methods(ax, sel, methods, "test_accuracy"):
+  if not plot_methods(ax, sel, methods, "test_accuracy"):
     raise errors.DataError(
         f"plot_accuracy_curves: expected stage-2 test_accuracy rows for dataset "
         f"{dataset!r}, {res.format_epsilon(res.parse_epsilon(epsilon))}; found none in "
@@ -185,9 +185,9 @@ def plot_clustering_curves(records: Sequence[res.RunRecord], out_png: str, datas
   """
   sel = res.select(records, dataset=dataset, epsilon=epsilon)
   fig, (ax_a, ax_b) = _new_figure(2)
-  n_a = _plot_methods(ax_a, sel, CLUSTERING_METHODS, "clustering_accuracy",
+  n_a = plot_methods(ax_a, sel, CLUSTERING_METHODS, "clustering_accuracy",
                       prepend_init=True)
-  n_b = _plot_methods(ax_b, sel, CONVERGENCE_METHODS, "test_accuracy")
+  n_b = plot_methods(ax_b, sel, CONVERGENCE_METHODS, "test_accuracy")
   if n_b:
     _mark_convergence(ax_b, sel, CONVERGENCE_METHODS)
   if not (n_a or n_b):

@@ -93,10 +93,21 @@ def make_shard_dir() -> str:
 def remove_shard_dir(path: str) -> None:
   """Removes a shard directory this process made and releases its owner lock."""
   shutil.rmtree(path, ignore_errors=True)
+  release_owner_lock(path)
+
+
+def release_owner_lock(path: str) -> None:
+  """Releases this process's owner lock of shard directory ``path`` (kept on disk): a
+  sweep may then remove it, as after its owner's death."""
   fd = _owner_fds.pop(path, None)
   if fd is not None:
     with contextlib.suppress(OSError):
       os.close(fd)
+
+
+def holds_owner_lock(path: str) -> bool:
+  """Whether this process holds the owner lock of shard directory ``path``."""
+  return path in _owner_fds
 
 
 def _owner_holds_lock(path: str) -> bool:

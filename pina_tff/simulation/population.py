@@ -223,8 +223,8 @@ def ensure_embeddings(clients_dir: str, seed: int = 0,
   return emb_dir
 
 
-def _check_embeddings(emb_dir: str, manifest: dict, config: bb.BackboneConfig,
-                      inputs: np.ndarray) -> None:
+def check_embeddings(emb_dir: str, manifest: dict, config: bb.BackboneConfig,
+                     inputs: np.ndarray) -> None:
   """DataError unless the embeddings have the backbone's shape, a known dtype and
   finite values (bytes of another shape or dtype read as these give garbage)."""
   where = os.path.join(emb_dir, schema.MANIFEST_NAME)
@@ -253,7 +253,7 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
     weights_file = os.path.join(emb_dir, weights_file)
   cache.verify_weights(weights_file, manifest.get("weights_sha256"),
                        weights_lib.sha256_file, os.path.join(emb_dir, schema.MANIFEST_NAME))
-  _check_embeddings(emb_dir, manifest, config, data.inputs)
+  check_embeddings(emb_dir, manifest, config, data.inputs)
   model = bb.build_vit(config)
   weights_lib.load_backbone_weights(model, weights_file)
   tail_config, frozen = split.extract_tail_weights(model)

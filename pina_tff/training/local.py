@@ -133,7 +133,7 @@ def per_client_normal(seeds, shape, stream, stddev):
       tf.cast(seeds, tf.int64), fn_output_signature=tf.float32)
 
 
-def _epoch_permutations(mask, epochs, shuffle, seeds):
+def epoch_permutations(mask, epochs, shuffle, seeds):
   """Per-epoch example orders [E, S, N]; padding examples always go last."""
   n = tf.shape(mask)[1]
   base = tf.broadcast_to(tf.cast(tf.range(n), tf.float32), tf.shape(mask))
@@ -171,7 +171,7 @@ def local_train(model, spec: LocalSpec, init_params, features, labels, mask, see
   # per-client RNG loop over the shard).
   full_batch = batches_per_epoch == 1
   perms = (None if full_batch else
-           _epoch_permutations(mask, spec.local_epochs, spec.shuffle, seed))
+           epoch_permutations(mask, spec.local_epochs, spec.shuffle, seed))
   train_keys = [k for k in model.param_keys if k in spec.train_keys]
   frozen = {k: v for k, v in init_params.items() if k not in train_keys}
   total_steps = spec.local_epochs * batches_per_epoch

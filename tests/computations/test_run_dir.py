@@ -127,14 +127,14 @@ def test_sweep_keeps_a_shard_dir_whose_owner_lock_is_held(tmp_path, monkeypatch)
   monkeypatch.setattr(sweep, "pid_alive", lambda pid: False)  # every pid "looks dead"
   held = sweep.make_shard_dir()  # this process holds its owner lock
   released = sweep.make_shard_dir()
-  fd = sweep._owner_fds.pop(released)  # pylint: disable=protected-access
-  os.close(fd)  # as if its owner had died: the kernel drops the lock
+  assert sweep.holds_owner_lock(released)
+  sweep.release_owner_lock(released)  # as if its owner had died: the lock is gone
   removed = sweep.sweep_dead_shard_dirs()
   assert removed == [os.path.basename(released)]
   assert os.path.isdir(held) and not os.path.exists(released)
   sweep.remove_shard_dir(held)
   assert not os.path.exists(held)
-  assert held not in sweep._owner_fds  # pylint: disable=protected-access
+  assert not sweep.holds_owner_lock(held)
 
 
 def test_output_paths(tmp_path):

@@ -19,6 +19,7 @@ from computations.runtime import context
 from computations.learning import mergeable_ddp
 from computations.program import program
 from computations.learning import seeded_ddp
+from computations.runtime import executor_contexts
 from computations.runtime import workers
 from pina_tff import config as config_lib
 from pina_tff import rng_streams
@@ -106,7 +107,7 @@ def test_context_closed_at_once_leaves_no_grpc_polling_thread(addresses):
 
   assert not polling_threads()
   for n in (1, 2):
-    _, close = workers.execution_context(addresses[:n])
+    _, close = executor_contexts.execution_context(addresses[:n])
     try:
       assert not polling_threads()
     finally:
@@ -114,7 +115,7 @@ def test_context_closed_at_once_leaves_no_grpc_polling_thread(addresses):
 
 
 def test_unsubscribed_stub_is_ready_asks_the_port(addresses):
-  stub_cls = workers._unsubscribed_stub_class()  # pylint: disable=protected-access
+  stub_cls = executor_contexts.unsubscribed_stub_class()
   with grpc.insecure_channel(addresses[0]) as channel:
     assert stub_cls(channel, addresses[0]).is_ready
   with grpc.insecure_channel("127.0.0.1:1") as channel:
@@ -235,8 +236,8 @@ def test_rotation_signs_are_random_plus_minus_one():
   independent across coordinates and seeds (a constant sign vector would make the
   rotation, hence the rounding error's spread, data-dependent)."""
   d = 4096
-  a = mergeable_ddp._signs(np.array([5, 6], np.int64), d).numpy()  # pylint: disable=protected-access
-  b = mergeable_ddp._signs(np.array([5, 7], np.int64), d).numpy()  # pylint: disable=protected-access
+  a = mergeable_ddp.rotation_signs(np.array([5, 6], np.int64), d).numpy()  # pylint: disable=protected-access
+  b = mergeable_ddp.rotation_signs(np.array([5, 7], np.int64), d).numpy()  # pylint: disable=protected-access
   assert set(np.unique(a)) == {-1.0, 1.0}
   assert abs(a.mean()) < 5 / np.sqrt(d) and abs((a * b).mean()) < 5 / np.sqrt(d)
 
@@ -247,7 +248,7 @@ def test_ddp_codec_uses_the_whole_centered_modular_range():
   is only a random sign; no noise; scale s = 0.45·m)."""
   modulus = 2 ** 20
   params = dict(padded_dim=1, scale=0.45 * modulus, noise_scale_int=0)
-  encode, decode = mergeable_ddp._codec(  # pylint: disable=protected-access
+  encode, decode = mergeable_ddp.codec(  # pylint: disable=protected-access
       tff.TensorType(np.float32, [1]), 1, params, clip=10.0, modulus=modulus)
   with context.tff_context():
     for seed in (np.array([1, 2], np.int64), np.array([3, 4], np.int64)):

@@ -103,7 +103,7 @@ def check_one_base_of_defaults(tmp_dir):
   from pipelines import presets  # pylint: disable=g-import-not-at-top
   from pipelines import simulate  # pylint: disable=g-import-not-at-top
   facts = types.SimpleNamespace(dataset="digits", num_clients=NUM_CLIENTS, model_width=64)
-  given = {f: None for _, f in simulate._FLAG_FIELDS}  # pylint: disable=protected-access
+  given = {f: None for _, f in simulate.FLAG_FIELDS}
   given.update(epsilon=None, preset=None, config=None)
 
   def build(**over):
@@ -120,8 +120,7 @@ def check_one_base_of_defaults(tmp_dir):
   assert by_file == by_flags == dataclasses.replace(
       base, stage2=dataclasses.replace(base.stage2, rounds=7),
       privacy=dataclasses.replace(base.privacy, epsilon=2.0))
-  # pylint: disable-next=protected-access
-  fields = simulate._FLAG_FIELDS + ((("privacy", "epsilon"), "epsilon"),)
+  fields = simulate.FLAG_FIELDS + ((("privacy", "epsilon"), "epsilon"),)
   stated = 0
   for path, flag in fields:
     if "default" in flags.FLAGS[flag].help and flag != "delta":  # delta: a rule

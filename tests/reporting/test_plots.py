@@ -119,7 +119,7 @@ def test_seed_grid_plots_mean_and_band(tmp_path):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure()
   ax = fig.subplots()
-  assert plots._plot_methods(ax, results.select(recs, epsilon=2), ("pina",),
+  assert plots.plot_methods(ax, results.select(recs, epsilon=2), ("pina",),
                              "clustering_accuracy", prepend_init=True) == 1
   (line,) = ax.get_lines()
   runs = results.select(recs, epsilon=2, method="pina")

@@ -103,16 +103,16 @@ def test_bad_cached_embeddings_are_refused(tmp_path):
   config = bb.get_config("digits_tiny", image_shape=(8, 8, 1), num_classes=10)
   good_shape = list(config.embedding_shape)
   ok = np.zeros([2] + good_shape, np.float16)
-  population._check_embeddings(str(tmp_path), _manifest(good_shape), config, ok)  # pylint: disable=protected-access
+  population.check_embeddings(str(tmp_path), _manifest(good_shape), config, ok)
   bad_shape = [good_shape[0] + 1] + good_shape[1:]
   with pytest.raises(DataError, match="embedding_shape"):
-    population._check_embeddings(str(tmp_path), _manifest(bad_shape), config, ok)  # pylint: disable=protected-access
+    population.check_embeddings(str(tmp_path), _manifest(bad_shape), config, ok)
   with pytest.raises(DataError, match="embedding_dtype"):
-    population._check_embeddings(str(tmp_path), _manifest(good_shape, "int8"), config, ok)  # pylint: disable=protected-access
+    population.check_embeddings(str(tmp_path), _manifest(good_shape, "int8"), config, ok)
   nan = ok.copy()
   nan[0, 0, 0] = np.nan
   with pytest.raises(DataError, match="non-finite"):
-    population._check_embeddings(str(tmp_path), _manifest(good_shape), config, nan)  # pylint: disable=protected-access
+    population.check_embeddings(str(tmp_path), _manifest(good_shape), config, nan)
 
 
 if __name__ == "__main__":

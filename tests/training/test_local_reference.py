@@ -230,7 +230,7 @@ def test_epoch_order_keeps_real_examples_first_and_padding_last(shuffle):
   n = 6
   mask = np.array([[1.0] * k + [0.0] * (n - k) for k in range(1, n + 1)], np.float32)
   seeds = np.stack([np.zeros(n), np.arange(n)], 1).astype(np.int32)
-  perms = local._epoch_permutations(tf.constant(mask), 3, shuffle, tf.constant(seeds)
+  perms = local.epoch_permutations(tf.constant(mask), 3, shuffle, tf.constant(seeds)
                                     ).numpy()
   for e in range(3):
     for s, k in enumerate(range(1, n + 1)):
