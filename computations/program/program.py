@@ -116,14 +116,15 @@ def _run_locked(cfg, clients_dir, root_dir, options, log, population=None) -> di
   # state; simulation mode: the seed.
   cohort_key = run_dir_lib.cohort_key(root_dir, cfg.privacy.noise_mode, cfg.seed)
   plan = plan_lib.make_plan(cfg, pop, options, cohort_key)
-  logic, stop = _run_logic(plan, root_dir, log)
+  logic, stop, choice_accuracy = _run_logic(plan, root_dir, log)
   if stop is not None:
     return stop
   # ε as the server saw it: the calibrated noise accounted with every computation
   # that ran more than once (a round re-run after a kill).
   report = accounting.reaccount(plan.report, logic.accounting_plan(),
                                 cfg.privacy.local_delta)
-  summary = summary_lib.summary(plan, report, logic.state.values)
+  summary = summary_lib.summary(plan, report, logic.state.values,
+                                choice_accuracy=choice_accuracy)
   write_json_atomic(os.path.join(root_dir, "summary.json"), summary)
   return summary
 
@@ -145,7 +146,7 @@ def _program_state(plan, root_dir: str, log) -> ps.ProgramState:
 
 def _run_logic(plan, root_dir: str, log):
   """Builds the platform pieces, hands them to the logic, runs it and closes them.
-  Returns (logic, stop result or None)."""
+  Returns (logic, stop result or None, `_choice_accuracy` of a finished run)."""
   cfg = plan.cfg
   state = _program_state(plan, root_dir, log)
   csv, tensorboard = release_lib.release_managers(root_dir)
@@ -163,11 +164,26 @@ def _run_logic(plan, root_dir: str, log):
     logic = logic_lib.RunLogic(plan=plan, state=state, release=release,
                                executions=ps.ExecutionLog(root_dir), data=data,
                                evaluator=evaluator, progress=progress, log=log)
-    return logic, logic.execute()
+    stop = logic.execute()
+    return logic, stop, (None if stop is not None else
+                         _choice_accuracy(plan, state, data.reader is not None))
   finally:
     progress.close()
     data.close()
     tensorboard.close()
+
+
+def _choice_accuracy(plan, state, resident: bool) -> Optional[float]:
+  """A ceiling's final models scored as every other method is scored: each client
+  with the model its training loss picks (the oracle itself is scored with its true
+  cluster's model, a rule no other method can use). None for the other methods and
+  without diagnostics. A simulation diagnostic on every client's data, outside ε."""
+  if not (plan.diagnostics and method_table.get(plan.cfg.method).true_clusters):
+    return None
+  choose = evaluation.Evaluator(plan.pop, plan.num_models, resident=resident,
+                                split=plan.cfg.eval_split, score_true=False)
+  accuracy, _ = choose({k: np.asarray(v) for k, v in state.values["weights"].items()})
+  return float(accuracy)
 
 
 def _quiet_logs() -> None:

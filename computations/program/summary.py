@@ -13,6 +13,7 @@ round and the released metrics that ε does not cover.
 from __future__ import annotations
 
 import collections
+from typing import Optional
 import math
 
 from computations.program import release
@@ -145,7 +146,8 @@ def client_precision(cfg, spec2) -> dict:
   return out
 
 
-def summary(plan, report, st) -> collections.OrderedDict:
+def summary(plan, report, st, choice_accuracy: Optional[float] = None
+            ) -> collections.OrderedDict:
   """summary.json of a finished run.
 
   Args:
@@ -153,6 +155,8 @@ def summary(plan, report, st) -> collections.OrderedDict:
       spec, shard layouts, diagnostics).
     report: the run's `PrivacyReport` as the server saw it (repeats counted).
     st: the final program state values (`computations.program.program_state`).
+    choice_accuracy: a ceiling's (the oracle's) final accuracy with the loss-based
+      choice every other method is scored with (None for the others).
   """
   cfg, pop, spec2 = plan.cfg, plan.pop, plan.spec2
   layout, shapes, diagnostics = plan.layout_summary(), plan.shapes, plan.diagnostics
@@ -175,6 +179,7 @@ def summary(plan, report, st) -> collections.OrderedDict:
       final_accuracy=float(st["final_accuracy"]),
       clustering_accuracy=(float(st["final_clustering_accuracy"])
                            if pop.num_true_clusters > 1 and num_models > 1 else None),
+      accuracy_with_loss_based_choice=choice_accuracy,
       init_clustering_accuracy=(float(st["init_clustering_accuracy"])
                                 if method.uses_stage1 else None),
       init_centroid_cosine=(float(st["init_centroid_cosine"])

@@ -31,6 +31,7 @@ import pytest
 
 from computations.runtime import context
 from computations.learning import learning_process as lp
+from computations.program import evaluation
 from computations.program import program
 from computations.program import program_state
 from computations.learning import stage1 as stage1_lib
@@ -297,6 +298,35 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
 
 
 # ------------------------------------------------------- the program's small pieces
+def test_the_oracle_is_also_scored_with_the_loss_based_choice(digits_clients_dir, tff_ctx,
+                                                             tmp_path, uninterrupted):
+  """The oracle's summary gives its final models' accuracy both ways: with each
+  client's true cluster's model (final_accuracy) and with the model its training loss
+  picks (accuracy_with_loss_based_choice), each equal to the evaluator run here on the
+  final checkpoint's models; other methods have no such field (None)."""
+  pop = population_lib.load_population(digits_clients_dir, 1, 0)
+  clusters = pop.num_true_clusters
+  cfg = dataclasses.replace(_cfg(method="oracle", t0=0, t2=2), num_clusters=clusters)
+  root = tmp_path / "oracle"
+  summary = program.run_simulation(cfg, digits_clients_dir, str(root), _opts(),
+                                   log=lambda m: None)
+  import asyncio  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  shapes = pop.model.param_shapes()
+  template = program_state.state_template(
+      shapes, clusters, tm.vector_size(shapes, tm.LORA_KEYS + tm.HEAD_KEYS))
+  state, _ = asyncio.run(tff.program.FileProgramStateManager(
+      str(root / "checkpoints")).load_latest(template))
+  params = {k: np.asarray(v) for k, v in state["weights"].items()}
+  by_truth, _ = evaluation.Evaluator(pop, clusters, split=cfg.eval_split,
+                                     score_true=True)(params)
+  by_choice, _ = evaluation.Evaluator(pop, clusters, split=cfg.eval_split,
+                                      score_true=False)(params)
+  assert summary["final_accuracy"] == pytest.approx(by_truth, abs=1e-6)
+  assert summary["accuracy_with_loss_based_choice"] == pytest.approx(by_choice, abs=1e-6)
+  assert uninterrupted[1]["accuracy_with_loss_based_choice"] is None  # PINA
+
+
 def test_client_seeds_are_128_bit_keys_distinct_per_stage_round_and_client():
   """'simulation' client keys: int64 [n, 2], the CLIENT_KEY stream of (seed, stage,
   round, client) (reference: SeedSequence built here by hand), all distinct."""

@@ -320,3 +320,24 @@ def test_grid_section_from_grid_json(tmp_path):
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def test_ceiling_scored_by_the_loss_based_choice_gets_its_own_row(tmp_path):
+  """An oracle run whose summary has `accuracy_with_loss_based_choice` adds a row
+  with that value's mean ± std under the accuracy table (never bold); grids without
+  it have no such row."""
+  for seed, (acc, choice) in enumerate(((0.70, 0.66), (0.72, 0.68))):
+    run = str(tmp_path / "g" / "d" / "oracle" / f"seed_{seed}")
+    fakes.write_run(run, "oracle", "d", 8, acc, seed=seed)
+    _set_summary(run, accuracy_with_loss_based_choice=choice)
+  fakes.write_run(str(tmp_path / "g" / "d" / "ifca"), "ifca", "d", 8, 0.6, seed=0)
+  md = results.results_markdown(results.collect_runs(str(tmp_path / "g")), date="d")
+  acc = _table_rows(md, "Final test accuracy (%)")
+  (col,) = list(acc["IFCA"])
+  v = np.array([66.0, 68.0])
+  assert acc["Oracle, scored by the loss-based choice"][col] == \
+      f"{v.mean():.1f} ± {np.std(v, ddof=1):.1f} (2)"
+  assert acc["Oracle"][col] == "71.0 ± 1.4 (2)" and acc["IFCA"][col] == "**60.0**"
+  fakes.write_run(str(tmp_path / "h" / "o"), "oracle", "d", 8, 0.7, seed=0)
+  md = results.results_markdown(results.collect_runs(str(tmp_path / "h")), date="d")
+  assert "loss-based choice" not in md
