@@ -230,6 +230,35 @@ def validate(cfg: RunConfig) -> RunConfig:
   """
   if not isinstance(cfg, RunConfig):
     raise ConfigError(f"expected a RunConfig, found {type(cfg).__name__}.")
+  key = _fingerprint(cfg)
+  if key is not None and key in _VALIDATED:
+    return cfg  # checked already in this process (the CLI, then the program)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    _run_checks(cfg)
+  for w in caught:  # passed on to the caller's filters
+    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+  if key is not None and not caught:
+    _VALIDATED.add(key)
+  return cfg
+
+
+#: Canonical JSON of every config `validate` passed without a warning in this
+#: process: a config handed on by several layers (pina-simulate, pina-grid, the
+#: program's `resolve`) is checked once. Equal values, equal verdict.
+_VALIDATED: set = set()
+
+
+def _fingerprint(cfg: RunConfig) -> Optional[str]:
+  """The config's canonical JSON, or None if it cannot be written (then no memo)."""
+  try:
+    return json.dumps(to_dict(cfg), sort_keys=True, allow_nan=True)
+  except (TypeError, ValueError):
+    return None
+
+
+def _run_checks(cfg: RunConfig) -> None:
+  """`validate`'s checks, in its order."""
   _check_stage_choices(cfg)
   _check_stage_bounds(cfg)
   _check_privacy_choices(cfg.privacy)
@@ -245,7 +274,6 @@ def validate(cfg: RunConfig) -> RunConfig:
   _check_training(cfg)
   _check_noise_sources(cfg)
   _check_ranges(cfg)
-  return cfg
 
 
 def _check_stage_choices(cfg: RunConfig) -> None:

@@ -141,3 +141,33 @@ def test_config_is_frozen():
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def test_a_config_is_checked_once_per_process(monkeypatch):
+  """validate runs its checks once per config value (pina-simulate validates, then the
+  program's resolve); a different value is checked again; an invalid one raises every
+  time; one that warns is checked (and warns) every time."""
+  calls = []
+  real = C._run_checks  # pylint: disable=protected-access
+  monkeypatch.setattr(C, "_run_checks", lambda c: calls.append(c) or real(c))
+  monkeypatch.setattr(C, "_VALIDATED", set())
+  cfg = C.RunConfig(seed=12345)
+  C.validate(cfg)
+  C.validate(C.RunConfig(seed=12345))  # an equal value
+  assert len(calls) == 1
+  C.resolve(cfg, population=cfg.population)  # resolve's validate: memo
+  assert len(calls) == 1
+  C.validate(dataclasses.replace(cfg, seed=12346))
+  assert len(calls) == 2
+  bad = dataclasses.replace(cfg, num_clusters=0)
+  for _ in range(2):
+    with pytest.raises(ConfigError):
+      C.validate(bad)
+  assert len(calls) == 4
+  warns = dataclasses.replace(cfg, privacy=dataclasses.replace(
+      cfg.privacy, delta=0.5, local_delta=1e-6,
+      allow_delta_above_inverse_population=True))
+  for _ in range(2):
+    with pytest.warns(UserWarning):
+      C.validate(warns)
+  assert len(calls) == 6
