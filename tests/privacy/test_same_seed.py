@@ -5,8 +5,9 @@ Two runs of PINA at ε = 8 with `aggregator='ddp'` (the seeded distributed DP,
 `computations.learning.seeded_ddp`, in stages 0 and 2, and the local-DP sketches of stage 1)
 and the same seed write identical `metrics.csv` and `summary.json` files apart from
 the wall-clock fields (`wall_s`, `wall_clock_s`); a run with another seed gives other
-metrics. (Central DP: tests/privacy/test_program_privacy.py; the seeded DDP against
-TFF's and its keys: tests/privacy/test_seeded_ddp.py.)
+metrics. The same for IFCA+LDP (each client's local-DP noise from its key). (Central
+DP: tests/privacy/test_program_privacy.py; the seeded DDP against TFF's and its keys:
+tests/privacy/test_seeded_ddp.py.)
 
 The runs read the population's embeddings directory directly, so a run with another
 seed does not rebuild the shared backbone cache (which is keyed by the seed).
@@ -38,9 +39,9 @@ def tff_ctx():
     yield ctx
 
 
-def _cfg(seed=0):
+def _cfg(seed=0, method="pina"):
   return config_lib.RunConfig(
-      method="pina", num_clusters=2, population=24, seed=seed, model_width=64,
+      method=method, num_clusters=2, population=24, seed=seed, model_width=64,
       privacy=config_lib.PrivacyConfig(epsilon=8.0),
       stage0=config_lib.Stage0Config(enabled=True, rounds=1, cohort=10, clip=0.5),
       stage1=config_lib.Stage1Config(num_sketch_clients=20, top_k=8),
@@ -94,6 +95,19 @@ def test_another_seed_gives_other_metrics(run):
   assert [r["train_loss"] for r in rows_c] != [r["train_loss"] for r in rows_a]
   assert summary_c["config"]["seed"] == 1 and summary_a["config"]["seed"] == 0
   assert summary_c["noise_reproducible"] is True
+
+
+def test_local_dp_same_seed_gives_identical_metrics_and_summary(run):
+  """IFCA+LDP: every client adds its own Gaussian noise (local DP) from its key;
+  the same seed repeats it exactly, another seed does not."""
+  rows_a, summary_a = run("ldp_a", method="ifca_ldp")
+  rows_b, summary_b = run("ldp_b", method="ifca_ldp")
+  rows_c, _ = run("ldp_seed1", method="ifca_ldp", seed=1)
+  assert rows_a == rows_b and summary_a == summary_b
+  assert summary_a["noise_reproducible"] is True
+  assert summary_a["noise_multipliers"]["z2"] > 0
+  assert summary_a["local_epsilon_ifca_ldp"] not in (None, "inf")
+  assert [r["train_loss"] for r in rows_c] != [r["train_loss"] for r in rows_a]
 
 
 if __name__ == "__main__":
