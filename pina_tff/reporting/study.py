@@ -95,10 +95,12 @@ def study_markdown(runs: Sequence[StudyRun], labels: Optional[Sequence[str]] = N
   head = "| label | " + " | ".join(results_lib.format_epsilon(e) for e in eps) + " |"
   rule = "|---|" + "---:|" * len(eps)
 
-  def table(title, value, scale=100.0, digits=1):
+  def table(title, value, scale=100.0, digits=1, only_present=False):
     vals = cell_values(runs, value)
     lines = [f"### {title}", "", head, rule]
     for lab in labels:
+      if only_present and not any((lab, e) in vals for e in eps):
+        continue
       cells = [results_lib.format_mean_std([v * scale for v in vals[(lab, e)]], digits)
                if (lab, e) in vals else results_lib.MISSING for e in eps]
       lines.append(f"| {lab} | " + " | ".join(cells) + " |")
@@ -106,6 +108,10 @@ def study_markdown(runs: Sequence[StudyRun], labels: Optional[Sequence[str]] = N
 
   out = [f"Split scored: {', '.join(splits)}. Cells: mean ± sample std (n seeds), %.", ""]
   out += table("Final accuracy (%)", lambda r: r.record.scalar("final_accuracy"))
+  choice = lambda r: r.record.scalar(results_lib.CHOICE_ACCURACY)  # noqa: E731
+  if cell_values(runs, choice):
+    out += table("Ceilings scored with the loss-based choice every method uses (%)",
+                 choice, only_present=True)
   out += table("Final clustering accuracy (%)",
                lambda r: r.record.scalar("clustering_accuracy"))
   for t in rounds:

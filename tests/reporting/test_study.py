@@ -44,6 +44,21 @@ def test_runs_keep_their_variant_label_and_round_values(tmp_path):
   assert f"| pina@b | {want.mean():.1f} ± {np.std(want, ddof=1):.1f} (3) |" in md
   assert "Split scored: val." in md
   assert "| pina@a | 0.200 ± 0.100 (3) | 0.200 ± 0.100 (3) |" in md  # cosine, 3 digits
+  assert "loss-based choice" not in md  # no ceiling run carries it here
+
+
+def test_a_ceiling_scored_with_the_loss_based_choice_gets_its_own_table(tmp_path):
+  root = _grid(tmp_path)
+  for seed, choice in enumerate((0.61, 0.63)):
+    d = os.path.join(root, "fashion_mnist", "oracle", "eps_2", f"seed_{seed}")
+    fakes.write_run(d, "oracle", "fashion_mnist", 2, 0.66, seed=seed)
+    s = json.load(open(os.path.join(d, "summary.json")))
+    s.update(eval_split="val", accuracy_with_loss_based_choice=choice)
+    json.dump(s, open(os.path.join(d, "summary.json"), "w"))
+  md = study.study_markdown(study.collect_study(root))
+  part = md.split("### Ceilings scored with the loss-based choice")[1].split("###")[0]
+  assert "| oracle | 62.0 ± 1.4 (2) | — |" in part
+  assert "| ifca |" not in part and "| pina@a |" not in part
 
 
 def test_choose_best_averages_over_epsilon_and_refuses_test_runs(tmp_path):
