@@ -139,9 +139,6 @@ def test_config_is_frozen():
     C.RunConfig().method = "ifca"
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 def test_a_config_is_checked_once_per_process(monkeypatch):
   """validate runs its checks once per config value (pina-simulate validates, then the
@@ -180,3 +177,7 @@ def test_a_config_is_checked_once_per_process(monkeypatch):
     with pytest.warns(UserWarning):
       C.validate(warns)
     assert len(calls) > before  # checked again
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

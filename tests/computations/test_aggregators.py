@@ -153,9 +153,6 @@ def test_spec_validation():
       agg.FixedDenominatorMeanFactory(tff.aggregators.SumFactory(), bad)
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 @pytest.mark.parametrize("secure", [True, False])
 def test_secure_sums_is_an_argument_not_the_installed_context(secure, monkeypatch):
@@ -179,3 +176,7 @@ def test_secure_sums_is_an_argument_not_the_installed_context(secure, monkeypatc
     asked = agg.AggregatorSpec(kind=kind, clip_norm=1.0, expected_clients=4, **extra)
     assert built(asked) == ("plain" if secure else "secure"), kind
     monkeypatch.undo()
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -318,9 +318,6 @@ def test_grid_section_from_grid_json(tmp_path):
     results.read_grid_info(str(tmp_path / "g"))
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__, "-q"]))
-
 
 def test_ceiling_scored_by_the_loss_based_choice_gets_its_own_row(tmp_path):
   """An oracle run whose summary has `accuracy_with_loss_based_choice` adds a row
@@ -341,3 +338,7 @@ def test_ceiling_scored_by_the_loss_based_choice_gets_its_own_row(tmp_path):
   fakes.write_run(str(tmp_path / "h" / "o"), "oracle", "d", 8, 0.7, seed=0)
   md = results.results_markdown(results.collect_runs(str(tmp_path / "h")), date="d")
   assert "loss-based choice" not in md
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
