@@ -292,7 +292,8 @@ def run(model_name: str = "fmnist", population: int = 10000, cohort: int = 1000,
                                 simulation_diagnostics=diagnostics,
                                 shard_transport=transport)
   with tempfile.TemporaryDirectory(prefix="pina-bench-prog-") as tmp:
-    clients_dir = fake_clients_dir(os.path.join(tmp, "clients"), population)
+    clients_dir = fake_clients_dir(os.path.join(tmp, "clients"), population,
+                                   width=pop.model.config.width)
     root = os.path.join(tmp, "run")
     prof = cProfile.Profile() if profile else None
     t0 = time.perf_counter()

@@ -37,5 +37,14 @@ def test_summary_records_what_ran(runs):
     assert len(r["round_s"]) >= 1 and r["flops_per_round"] > 0
 
 
+def test_the_vit_s16_program_path_runs():
+  """The ViT-S/16-feature path of the program benchmark (model width 384): its fake
+  manifest must name a 384-wide backbone, or the program refuses the data (it once
+  named the FMNIST model's 64 for every model)."""
+  r = program_bench.run(model_name="vit_s16", population=24, cohort=8, clusters=2,
+                        rounds=1, sketch_clients=8, eval_every=1000)
+  assert len(r["round_s"]) >= 1 and r["flops_per_round"] > 0
+
+
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__, "-q"]))
