@@ -32,16 +32,13 @@ import asyncio
 import json
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pina_tff.clustering import metrics as cluster_metrics  # noqa: E402
-
-#: Clients per compiled call (as `computations.program.evaluation.Evaluator.CHUNK`).
-CHUNK = 1024
-
 
 # ----------------------------------------------------------------- core (pure NumPy)
 
@@ -124,10 +121,13 @@ def _matched_models(confusion) -> list:
 
 # ------------------------------------------------------------- TensorFlow side
 
-def client_table(model, weights, select, test, chunk: int = CHUNK):
+def client_table(model, weights, select, test, chunk: Optional[int] = None):
   """(choice int [P], correct [P, C], count [P]) of the C models ``weights`` over
-  packed ``select`` (training) and ``test`` (held-out) arrays, in chunks."""
+  packed ``select`` (training) and ``test`` (held-out) arrays
+  (`evaluation.packed_population`), in the evaluator's chunks (``chunk`` rows:
+  default `evaluation.CHUNK`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from computations.program import evaluation  # pylint: disable=g-import-not-at-top
   from pina_tff.training import local  # pylint: disable=g-import-not-at-top
 
   @tf.function
@@ -135,24 +135,11 @@ def client_table(model, weights, select, test, chunk: int = CHUNK):
     return local.per_client_model_accuracy(model, params, sel, tst)
 
   params = {k: tf.constant(np.asarray(v, np.float32)) for k, v in weights.items()}
-  rows = int(np.shape(select["label"])[0])
-  parts = []
-  for a in range(0, rows, chunk):
-    part = slice(a, min(rows, a + chunk))
-    out = table(params, {k: tf.constant(v[part]) for k, v in select.items()},
-                {k: tf.constant(v[part]) for k, v in test.items()})
-    parts.append([o.numpy() for o in out])
+  select, test = ({k: tf.constant(v) for k, v in arrays.items()}
+                  for arrays in (select, test))
+  parts = [[o.numpy() for o in out] for out in evaluation.in_chunks(
+      table, params, select, test, chunk or evaluation.CHUNK)]
   return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
-
-
-def packed_population(pop, split: str):
-  """(select, test): the population's training and ``split`` examples packed once, as
-  the evaluator packs them (`Evaluator(resident=False)`)."""
-  from pina_tff.training import shards  # pylint: disable=g-import-not-at-top
-  keys = pop.model.feature_keys
-  select = shards.pack_shard(pop.train, keys, pop.n_max_train)
-  test = shards.pack_shard(pop.held_out(split), keys, pop.n_max_held_out(split))
-  return select, test
 
 
 # ------------------------------------------------------------- run directories
@@ -206,6 +193,7 @@ def check_data(run_dir: str, data_dir: str) -> None:
 def diagnose_run(run_dir: str, data_dir: str, split, populations: dict, log=print
                  ) -> dict:
   """The diagnosis of one run directory, with its checks against the run's summary."""
+  from computations.program import evaluation  # pylint: disable=g-import-not-at-top
   from pina_tff import method_table  # pylint: disable=g-import-not-at-top
   from pina_tff.simulation import population as population_lib  # pylint: disable=g-import-not-at-top
   cfg = read_json(os.path.join(run_dir, "config.json"))
@@ -216,7 +204,7 @@ def diagnose_run(run_dir: str, data_dir: str, split, populations: dict, log=prin
   if key not in populations:
     log(f"loading the population of {data_dir} (lora rank {key[1]}, split {split})")
     pop = population_lib.load_population(embeddings_dir(data_dir), key[1], 0, log)
-    populations[key] = (pop, packed_population(pop, split))
+    populations[key] = (pop, evaluation.packed_population(pop, split))
   pop, (select, test) = populations[key]
   method = method_table.get(cfg["method"])
   num_models = method_table.num_models(cfg["method"], int(cfg["num_clusters"]))

@@ -49,7 +49,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from computations.runtime import context
 from computations.learning import mergeable_ddp
 from computations.learning import seeded_process
 from pina_tff.privacy import ddp as ddp_lib
@@ -67,8 +66,8 @@ class SeededDdpSumFactory(tff.aggregators.WeightedAggregationFactory):
   Args:
     spec: an ``aggregators.AggregatorSpec`` of kind 'ddp'.
     secure_sum: send through ``federated_secure_modular_sum`` (True) or a plain int64
-      ``federated_sum`` (False); None: whichever the installed context runs
-      (``context.secure_sums_supported``), decided at ``create``.
+      ``federated_sum`` (False); None: ``spec.runs_secure_sums()`` (the spec's
+      ``secure_sums``, else the installed context's answer), decided at ``create``.
 
   After ``create``: ``nominal_multiplier`` and ``ddp_parameters`` (``ddp.calibrate``,
   as ``EffectiveDdpSumFactory`` reports them) and ``secure_sum`` (the choice made).
@@ -90,7 +89,7 @@ class SeededDdpSumFactory(tff.aggregators.WeightedAggregationFactory):
                                spec.num_shards, dim, spec.ddp_bits)
     self.nominal_multiplier, self.ddp_parameters = params["z_nominal"], params
     if self.secure_sum is None:
-      self.secure_sum = context.secure_sums_supported()
+      self.secure_sum = spec.runs_secure_sums()
     modulus = 2 ** spec.ddp_bits
     traced = {}
     encode = build_encode(value_type, dim, params,

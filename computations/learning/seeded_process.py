@@ -9,12 +9,13 @@ what the round's randomness is derived from. Only the round's body differs.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+
+from pina_tff import rng_streams
 
 SEED_SHAPE = (2,)
 SEED_TYPE = tff.TensorType(np.int64, SEED_SHAPE)
@@ -23,7 +24,7 @@ SEED_TYPE = tff.TensorType(np.int64, SEED_SHAPE)
 def random_seed() -> np.ndarray:
   """A fresh int64[2] seed from the operating system's entropy (secure noise mode, and
   the default initial state of every seeded process)."""
-  return np.frombuffer(os.urandom(16), dtype=np.int64).copy()
+  return rng_streams.secure_keys(1)[0]
 
 
 def seeded_aggregation_process(value_type, body: Callable,

@@ -25,7 +25,6 @@ from computations.learning import methods
 from computations.program import initial_models as init_lib
 from computations.program import round_loop as loop
 from computations.program import seeds
-from pina_tff import method_table
 from pina_tff import stages
 from pina_tff.models import reduced_tail as rt
 from pina_tff.privacy import accounting
@@ -192,10 +191,9 @@ class RunLogic:
     weights, acc, cosine = init_lib.initial_models(
         self.plan, self.data, self.executions,
         {"head_kernel": st["head_kernel"], "head_bias": st["head_bias"]}, self.log)
-    self.state.record(weights=weights)
-    if method_uses_stage1(self.plan):
-      self.state.record(init_clustering_accuracy=np.float64(acc),
-                        init_centroid_cosine=np.float64(cosine))
+    # NaN diagnostics where stage 1 does not run (as the state template holds them)
+    self.state.record(weights=weights, init_clustering_accuracy=np.float64(acc),
+                      init_centroid_cosine=np.float64(cosine))
     self.state.save(stages.STAGE2, 0)
     return None
 
@@ -225,11 +223,6 @@ class RunLogic:
       self.state.record(final_accuracy=acc, final_clustering_accuracy=clus)
     self.state.save(stages.DONE, p.t2)
     return None
-
-
-def method_uses_stage1(plan) -> bool:
-  """Whether the plan's method starts stage 2 from sketches + k-means."""
-  return method_table.get(plan.cfg.method).init == method_table.INIT_STAGE1
 
 
 def _ordered(params: dict, shapes) -> collections.OrderedDict:

@@ -68,7 +68,7 @@ def calibrate(cfg, cohort_key: Optional[int] = None) -> accounting.PrivacyReport
 class Plan:
   """Everything a run derives once from its config and population (`make_plan`).
 
-  t0, t2: rounds of stages 0 and 2; layout0/1/2: shard layout of each stage (stage 1:
+  t0, t2 (properties): rounds of stages 0 and 2; layout0/1/2: shard layout of each stage (stage 1:
   the sketching clients); spec2: the stage-2 process spec."""
   cfg: config_lib.RunConfig
   pop: population_lib.Population
@@ -76,8 +76,6 @@ class Plan:
   report: accounting.PrivacyReport
   accounting_plan: accounting.AccountingPlan
   num_models: int
-  t0: int
-  t2: int
   layout0: rd.StageLayout
   layout1: rd.StageLayout
   layout2: rd.StageLayout
@@ -87,6 +85,16 @@ class Plan:
   #: Key of the cohort schedule: cfg.seed in simulation mode, the secret key of the
   #: run's private state in secure mode (never logged or written elsewhere).
   cohort_key: int = dataclasses.field(default=0, repr=False)
+
+  @property
+  def t0(self) -> int:
+    """T0: stage-0 rounds that run (`RunConfig.stage0_rounds`)."""
+    return self.cfg.stage0_rounds
+
+  @property
+  def t2(self) -> int:
+    """T2: stage-2 rounds."""
+    return self.cfg.stage2.rounds
 
   @property
   def diagnostics(self) -> bool:
@@ -136,11 +144,10 @@ def make_plan(cfg, pop, options: ProgramOptions, cohort_key: int) -> Plan:
   # Asked once, of the context the caller installed; every builder gets the answer.
   secure_sums = context.secure_sums_supported()
   report = calibrate(cfg, cohort_key)
-  t0, t2 = cfg.stage0_rounds, cfg.stage2.rounds
-  layout0 = stage_layout(cfg, cohort_key, 0, t0, pop.size, cfg.stage0.cohort,
-                         options.shard_size)
-  layout2 = stage_layout(cfg, cohort_key, 2, t2, pop.size, cfg.stage2.cohort,
-                         options.shard_size)
+  layout0 = stage_layout(cfg, cohort_key, 0, cfg.stage0_rounds, pop.size,
+                         cfg.stage0.cohort, options.shard_size)
+  layout2 = stage_layout(cfg, cohort_key, 2, cfg.stage2.rounds, pop.size,
+                         cfg.stage2.cohort, options.shard_size)
   layout1 = rd.StageLayout(shards_lib.default_shard_size(cfg.stage1_clients))
   mean_size = float(np.mean([len(c["label"]) for c in pop.train]))
   expected_steps = cfg.stage2.local_epochs * max(1.0, math.ceil(mean_size /
@@ -155,7 +162,7 @@ def make_plan(cfg, pop, options: ProgramOptions, cohort_key: int) -> Plan:
   return Plan(cfg=cfg, pop=pop, options=options, report=report,
               accounting_plan=accounting.plan_from_config(cfg, cohort_key),
               num_models=method_table.num_models(cfg.method, cfg.num_clusters),
-              t0=t0, t2=t2, layout0=layout0, layout1=layout1, layout2=layout2,
+              layout0=layout0, layout1=layout1, layout2=layout2,
               spec2=spec2, secure_sums=secure_sums, cohort_key=cohort_key)
 
 

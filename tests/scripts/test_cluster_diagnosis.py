@@ -60,7 +60,7 @@ def _reference(pop, weights):
 @pytest.mark.parametrize("score_true", [False, True])
 def test_tables_match_numpy_and_overall_matches_the_evaluator(score_true):
   pop, weights = _population()
-  select, test = cd.packed_population(pop, "val")
+  select, test = evaluation.packed_population(pop, "val")
   choice, correct, count = cd.client_table(pop.model, weights, select, test, chunk=7)
   ref_choice, ref_correct, ref_count = _reference(pop, weights)
   np.testing.assert_array_equal(choice, ref_choice)
