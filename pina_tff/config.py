@@ -41,6 +41,8 @@ SCALINGS = ("none", "min_norm", "normality", "pina")
 NORMALITY_RULES = ("shrink", "restore", "restore_w", "restore_gated")
 #: Stage-1 noise: on every coordinate, or (the paper's literal reading) the kept ones.
 NOISE_POSITIONS = ("protected", "released")
+STAGE1_CENTROIDS = ("kmeans", "dp_lloyd")
+LLOYD_STARTS = ("public", "random")
 #: Held-out split that runs evaluate on: 'val' while settings are chosen, 'test' only in
 #: the runs of a final table (`pina_tff.simulation.population`).
 EVAL_SPLITS = ("val", "test")
@@ -119,6 +121,12 @@ class Stage1Config:
   centroid_norm_bound: None (the paper: centroids used as they are) or a bound b > 0:
   each centroid is scaled to norm <= b before it becomes a LoRA offset
   (`pina_tff.clustering.kmeans_init.bound_centroid_norms`) [project choice].
+  centroids: 'kmeans' (the paper: locally-DP sketches, server k-means) or 'dp_lloyd'
+  (a labelled extension beyond the paper, issue 18: `lloyd_steps` DP Lloyd steps over
+  a secure sum with aggregate noise, `pina_tff.clustering.dp_lloyd`; the same ε
+  against the server, but the sketches are no longer locally DP).
+  lloyd_start: DP Lloyd's first centroids: 'public' (k-means of sketches of
+  pseudo-clients made from the upright public split) or 'random' (random offsets).
   """
   num_sketch_clients: int = 1000
   local_epochs: int = 5
@@ -132,6 +140,9 @@ class Stage1Config:
   spectral_dims: int = 0
   noise_positions: str = "protected"
   centroid_norm_bound: Optional[float] = None
+  centroids: str = "kmeans"
+  lloyd_steps: int = 3
+  lloyd_start: str = "public"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +303,24 @@ def _check_stage_choices(cfg: RunConfig) -> None:
                       "kept sketch entries outside the local-DP guarantee; it is a "
                       "labelled ablation and is refused with privacy.noise_mode="
                       "'secure'.")
+  _check_dp_lloyd(s1)
+
+
+def _check_dp_lloyd(s1: Stage1Config) -> None:
+  """DP Lloyd's choices; it replaces the locally-DP sketch and its server k-means, so
+  the options of those (released positions, spectral step) do not combine with it."""
+  _choice("stage1.centroids", s1.centroids, STAGE1_CENTROIDS)
+  _choice("stage1.lloyd_start", s1.lloyd_start, LLOYD_STARTS)
+  if not (isinstance(s1.lloyd_steps, int) and 1 <= s1.lloyd_steps <= 100):
+    raise _err("stage1.lloyd_steps", "an integer in [1, 100]", s1.lloyd_steps)
+  if s1.centroids == "dp_lloyd" and s1.noise_positions == "released":
+    raise ConfigError("stage1.centroids='dp_lloyd' sends no sketch in the clear, so "
+                      "stage1.noise_positions='released' has no meaning with it; use "
+                      "'protected'.")
+  if s1.centroids == "dp_lloyd" and s1.spectral_dims:
+    raise ConfigError("stage1.spectral_dims is a step before the server's k-means of "
+                      "noisy sketches; stage1.centroids='dp_lloyd' runs no such "
+                      "k-means: set spectral_dims=0.")
 
 
 def _check_stage_bounds(cfg: RunConfig) -> None:

@@ -156,6 +156,10 @@ VARIANTS = {
     "spectral": {"stage1": {"spectral_dims": "C"}},
     "literal": {"stage1": {"noise_positions": "released"}},
     "bound": {"stage1": {"centroid_norm_bound": 1.0}},
+    # a labelled extension beyond the paper: 3 DP Lloyd steps over a secure sum from
+    # k-means of public pseudo-clients' sketches (pina_tff.clustering.dp_lloyd)
+    "dplloyd": {"stage1": {"centroids": "dp_lloyd", "lloyd_steps": 3,
+                           "lloyd_start": "public"}},
     # partial participation: Poisson cohorts of 1,000 expected clients, 3x the rounds
     "poisson1k": {"stage2": {"cohort": 1000, "rounds": 45}},
 }

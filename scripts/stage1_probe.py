@@ -42,10 +42,13 @@ from pina_tff.training import shards  # noqa: E402
 CHUNK = 1000
 
 
-def clean_sketches(pop, base, top_k, clip, epochs, lr, batch):
+def clean_sketches(pop, base, top_k, clip, epochs, lr, batch, parts=None):
   """Noise-free sparsified, clipped sketches of every client [P, P1] (stage 1's
-  local training: LoRA only, head frozen locally)."""
+  local training: LoRA only, head frozen locally). ``parts``: other clients (default
+  the population's); ``top_k=None``: the raw LoRA change, neither sparsified nor
+  clipped."""
   model = pop.model
+  parts = pop.train if parts is None else parts
   spec = local.LocalSpec(num_clusters=1, local_epochs=epochs, batch_size=batch,
                          learning_rate=lr, train_keys=tm.LORA_KEYS,
                          send_keys=tm.LORA_KEYS)
@@ -60,12 +63,15 @@ def clean_sketches(pop, base, top_k, clip, epochs, lr, batch):
                                  tf.cast(shard["seed"], tf.int64))
     delta = tm.flatten({k: final[k] - init[k] for k in tm.LORA_KEYS}, tm.LORA_KEYS,
                        lead_dims=1)
+    if top_k is None:
+      return delta
     return sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
 
   out = []
-  for ids in shards.split_cohort(list(range(pop.size)), CHUNK):
-    shard = shards.pack_shard([pop.train[i] for i in ids], model.feature_keys,
-                              pop.n_max_train, client_seeds=[(7, i) for i in ids])
+  n_max = max(len(p["label"]) for p in parts)
+  for ids in shards.split_cohort(list(range(len(parts))), CHUNK):
+    shard = shards.pack_shard([parts[i] for i in ids], model.feature_keys,
+                              n_max, client_seeds=[(7, i) for i in ids])
     out.append(sketch({k: tf.constant(v) for k, v in shard.items()}).numpy()[:len(ids)])
   return np.concatenate(out).astype(np.float64)
 

@@ -14,6 +14,7 @@ from computations.learning import aggregators as agg
 from computations.learning import learning_process as lp
 from pina_tff import method_table
 from pina_tff.aggregation import scaling as scaling_lib
+from pina_tff.clustering import dp_lloyd
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import precision as precision_lib
@@ -31,6 +32,22 @@ def _aggregator_kind(kind: str, noise_multiplier: float) -> str:
   (exact, and deterministic).
   """
   return "secure_sum" if kind == "ddp" and noise_multiplier == 0 else kind
+
+
+def stage1_lloyd_aggregator(cfg, *, z_step: float, shard_size: int, num_shards: int,
+                            secure_sums: bool | None = None) -> agg.AggregatorSpec:
+  """DP Lloyd's secure sum (`pina_tff.clustering.dp_lloyd`, stage1.centroids =
+  'dp_lloyd'): stage 2's aggregator kind and DDP bit width, noise multiplier z_step =
+  z1·√L per step, clip √2·S1 (a client's sketch and its count), no denominator (the
+  server divides per-slot sums by per-slot counts).
+
+  Privacy: std z_step·√2·S1 per coordinate of each step's sums; L steps compose to the
+  Gaussian(z1) the accountant charges for stage 1 against the server."""
+  return agg.AggregatorSpec(
+      kind=_aggregator_kind(cfg.stage2.aggregator, z_step), noise_multiplier=z_step,
+      clip_norm=dp_lloyd.sensitivity(cfg.stage1.clip), expected_clients=1,
+      shard_size=shard_size, num_shards=num_shards, ddp_bits=cfg.stage2.ddp_bits,
+      seeded_ddp=True, secure_sums=secure_sums)
 
 
 def aggregate_noise_std(aggregator: agg.AggregatorSpec) -> float:

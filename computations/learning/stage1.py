@@ -27,6 +27,7 @@ from pina_tff import rng_streams
 from pina_tff.privacy import sketch as sk
 from pina_tff.training import local
 from pina_tff.training import models as tm
+from pina_tff.training import sketching
 
 
 def build_sketch_computation(model, spec: local.LocalSpec, *, top_k: int, clip: float,
@@ -57,23 +58,14 @@ def build_sketch_computation(model, spec: local.LocalSpec, *, top_k: int, clip: 
   """
   weights_type = cw.cluster_weights_type(model, 1)
   data_type = cw.client_data_type(model, shard_size, n_max, reader)
-  sketch_keys = tm.LORA_KEYS
-  size = tm.vector_size(model.param_shapes(), sketch_keys)
+  size = tm.vector_size(model.param_shapes(), tm.LORA_KEYS)
   sk.validate_top_k(top_k, size)
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_sketch(weights, dataset):
     shard = cw.read_shard(dataset, reader)
-    s = shard["label"].shape[0]
-    features = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
-    init = {k: tf.repeat(v, s, axis=0) for k, v in weights.trainable.items()}
-    feats = model.precompute(init, features, spec.train_keys)
-    final, _ = local.local_train(model, spec, init, feats, shard["label"], shard["mask"],
-                                 shard["seed"])
-    delta = tm.flatten({k: final[k] - init[k] for k in sketch_keys}, sketch_keys,
-                       lead_dims=1)
-    delta, nonfinite = local.zero_nonfinite_rows(delta)
-    clipped = sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
+    clipped, nonfinite = sketching.shard_sketches(model, spec, weights.trainable, shard,
+                                                  top_k=top_k, clip=clip)
     noise = local.per_client_normal(shard["seed"], [size], rng_streams.SKETCH_NOISE,
                                      noise_multiplier * clip)
     if noise_on_kept_only:

@@ -15,18 +15,25 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from computations.learning import aggregators as agg
 from computations.learning import learning_process as lp
+from computations.learning import lloyd as lloyd_lib
+from computations.learning import methods
 from computations.learning import stage1 as stage1_lib
 from computations.program import seeds
 from pina_tff import method_table
 from pina_tff import rng_streams
 from pina_tff import stages
+from pina_tff.clustering import dp_lloyd
 from pina_tff.clustering import kmeans_init as kmeans_lib
 from pina_tff.clustering import metrics as cluster_metrics
+from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
+from pina_tff.simulation import population as population_lib
 from pina_tff.simulation import sampling as sampling_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
+from pina_tff.training import sketching
 
 
 def initial_models(plan, data, executions, head: dict, log: Callable[[str], None]):
@@ -50,7 +57,9 @@ def initial_models(plan, data, executions, head: dict, log: Callable[[str], None
   init = {k: np.repeat(v[None], p.num_models, axis=0) for k, v in base.items()}
   offsets, acc, cosine = None, math.nan, math.nan
   method = method_table.get(p.cfg.method)
-  if method.init == method_table.INIT_STAGE1:
+  if method.init == method_table.INIT_STAGE1 and p.cfg.stage1.centroids == "dp_lloyd":
+    offsets, acc, cosine = lloyd_centroids(p, data, executions, base, log)
+  elif method.init == method_table.INIT_STAGE1:
     offsets, acc, cosine = sketch_centroids(p, data, executions, base, log)
   elif method.init == method_table.INIT_RANDOM:
     offsets = random_offsets(p.cfg, p.pop.model.config.lora_size, p.num_models)
@@ -132,3 +141,72 @@ def sketch_centroids(plan, data, executions, base, log: Callable[[str], None]):
       f"cosine of the centroids to the true clusters' noise-free mean sketches: "
       f"{np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
   return centroids, acc, cosine
+
+
+def lloyd_start(plan, base) -> np.ndarray:
+  """DP Lloyd's first centroids [C, P1] (no privacy cost): k-means of the server's
+  sketches of public pseudo-clients (`stage1.lloyd_start='public'`; as many examples
+  each as the clients' mean, rounded) or the random offsets of PINA+RI ('random')."""
+  cfg, pop, s1 = plan.cfg, plan.pop, plan.cfg.stage1
+  if s1.lloyd_start == "random":
+    return random_offsets(cfg, pop.model.config.lora_size, plan.num_models)
+  if pop.embeddings_dir is None:
+    raise ConfigError("stage1.lloyd_start='public' needs a population loaded from "
+                      "embedded data with a public split; this one was built in memory "
+                      "(use stage1.lloyd_start='random').")
+  per_client = max(1, int(round(np.mean([len(c["label"]) for c in pop.train]))))
+  parts = population_lib.public_clients(pop.embeddings_dir, pop.model, per_client,
+                                        cfg.seed)
+  x = sketching.public_sketches(pop.model, _sketch_spec(cfg), base, parts,
+                                top_k=s1.top_k, clip=s1.clip, seed=cfg.seed)
+  cents, _ = kmeans_lib.kmeans_init(x, plan.num_models, cfg.seed,
+                                    n_init=s1.kmeans_restarts)
+  return cents.astype(np.float64)
+
+
+def _lloyd_client_data(plan, results, step: int) -> list:
+  """Each TFF client's step input: its clipped sketches (kept at the clients), mask
+  and distributed-DP key (run-seeded, or os.urandom in secure mode)."""
+  cfg = plan.cfg
+  keys = seeds.client_keys(cfg.seed, stages.STAGE1, step, range(len(results)),
+                           cfg.privacy.noise_mode)
+  return [collections.OrderedDict(sketch=np.asarray(r["sketch"], np.float32),
+                                  client_mask=np.asarray(r["client_mask"], np.float32),
+                                  key=keys[i]) for i, r in enumerate(results)]
+
+
+def lloyd_centroids(plan, data, executions, base, log: Callable[[str], None]):
+  """Stage 1 as DP Lloyd steps over a secure sum (labelled extension,
+  `pina_tff.clustering.dp_lloyd`). Returns (centroids, NaN, mean matched cosine)."""
+  cfg, pop, s1 = plan.cfg, plan.pop, plan.cfg.stage1
+  ids = sampling_lib.sketch_cohort(plan.cohort_key, pop.size, cfg.stage1_clients)
+  z_step = dp_lloyd.step_noise_multiplier(plan.report.z1, s1.lloyd_steps)
+  log(f"stage 1 (DP Lloyd, labelled extension): {cfg.stage1_clients} clients keep their "
+      f"sketches (top-k={s1.top_k}, clip={s1.clip}); {s1.lloyd_steps} steps over a secure "
+      f"sum with z={z_step:.3f} each (the Gaussian(z1={plan.report.z1:.3f}) of stage 1; "
+      f"no local DP), from {s1.lloyd_start} centroids")
+  executions.start(stages.KEYS[stages.STAGE1], 1)
+  results = _sketcher(plan, data, base, ids)(0.0)
+  spec = methods.stage1_lloyd_aggregator(cfg, z_step=z_step,
+                                         shard_size=plan.layout1.shard_size,
+                                         num_shards=len(results),
+                                         secure_sums=plan.secure_sums)
+  step, state = lloyd_lib.build_lloyd_step(
+      num_clusters=plan.num_models, sketch_size=pop.model.config.lora_size,
+      shard_size=plan.layout1.shard_size, clip=s1.clip, aggregator=spec)
+  cents = lloyd_start(plan, base)
+  stream = rng_streams.DDP_ROTATION if spec.kind == "ddp" else rng_streams.CENTRAL_NOISE
+  for l in range(1, s1.lloyd_steps + 1):
+    if agg.has_noise_seed(spec):
+      state = seeds.noise_seed(cfg, stages.STAGE1, l, stream)
+    sums = step(state, cents.astype(np.float32), _lloyd_client_data(plan, results, l))
+    cents, counts = dp_lloyd.centroids_from_sums(np.asarray(sums), cents, s1.clip)
+    log(f"stage 1: DP Lloyd step {l}: noisy counts {np.round(counts).astype(int).tolist()}")
+  if not plan.diagnostics:
+    return cents, math.nan, math.nan
+  clean = stage1_lib.collect_sketches(results)
+  cosines = cluster_metrics.centroid_cosines(cents, clean, pop.true_clusters[ids])
+  cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else math.nan
+  log(f"stage 1: cosine of the DP Lloyd centroids to the true clusters' noise-free mean "
+      f"sketches: {np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
+  return cents, math.nan, cosine

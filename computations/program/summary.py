@@ -138,6 +138,21 @@ def privacy_fields(cfg, report, spec2, layout, shapes, diagnostics: bool) -> dic
                                 if diagnostics else {}))
 
 
+def stage1_guarantee(cfg) -> str:
+  """What protects stage 1's messages, in words (summary.json `stage1_guarantee`)."""
+  s1 = cfg.stage1
+  if s1.centroids == "dp_lloyd":
+    return (f"DP Lloyd ({s1.lloyd_steps} steps, labelled extension beyond the paper): "
+            "sketches stay on the clients; the server sees only per-centroid sums and "
+            f"counts through the stage-2 aggregator ({cfg.stage2.aggregator}) with noise "
+            "z1*sqrt(L) per step, which composes to stage 1's Gaussian(z1) against the "
+            "server; no local DP (local_epsilon1 is None)")
+  if s1.noise_positions == "released":
+    return ("local DP on the kept entries only: their positions are released outside "
+            "epsilon (labelled ablation)")
+  return "local DP: every coordinate of each sketch noised on the client (z1)"
+
+
 def client_precision(cfg, spec2) -> dict:
   """What the stage-2 client work ran in: the requested stage2.precision, the compute
   dtype of the process that ran, and the CPU's native bfloat16 flags."""
@@ -186,6 +201,7 @@ def summary(plan, report, st, choice_accuracy: Optional[float] = None
                             if method.uses_stage1 else None),
       stage1_positions_released_outside_epsilon=(
           cfg.stage1.noise_positions == "released" if method.uses_stage1 else None),
+      stage1_guarantee=stage1_guarantee(cfg) if method.uses_stage1 else None,
       wall_clock_s=float(st["elapsed"]), privacy=_public_report(cfg, report),
       config=config_lib.to_dict(cfg),
       **privacy_fields(cfg, report, spec2, layout, shapes, diagnostics))

@@ -145,6 +145,10 @@ class AccountingPlan:
       Gaussian(z)^n, and under amplification PoissonSampled(q, Gaussian(z/sqrt(n)))
       (the n copies share the one Poisson cohort). Calibration ignores them (the noise
       is fixed before anything runs); :func:`account` counts them.
+    stage1_local_dp: whether stage 1's sketches leave the clients locally DP (the
+      paper); False for DP Lloyd (`pina_tff.clustering.dp_lloyd`: L steps over a
+      secure sum with noise z1·√L each compose to the same Gaussian(z1) against the
+      server, but no local ε1 holds).
   """
   population: int
   stage0_rounds: int = 0
@@ -157,6 +161,7 @@ class AccountingPlan:
   seed: Optional[int] = None
   stage1_clients: Optional[int] = None
   executions: Tuple[Tuple[str, int, int], ...] = ()
+  stage1_local_dp: bool = True
 
   def active_stages(self) -> List[str]:
     out = []
@@ -500,7 +505,7 @@ def resolve_budget_split(plan: AccountingPlan,
 def _local_epsilons(plan, zs, local_delta, accountant):
   eps1 = (local_epsilon(zs["stage1"], local_delta, accountant,
                         count=max(r[1] for r in plan.client_rows()))
-          if plan.stage1_enabled else None)
+          if plan.stage1_enabled and plan.stage1_local_dp else None)
   eps2 = None
   if plan.stage2_local_dp and plan.stage2_rounds > 0:
     eps2 = local_epsilon(zs["stage2"], local_delta, accountant,
@@ -607,8 +612,8 @@ def _no_dp_report(plan: AccountingPlan, split: Dict[str, float], delta: float,
       stage_epsilons={s: (math.inf if s in active else 0.0) for s in STAGES},
       stage_epsilon_targets={s: (math.inf if s in active else 0.0) for s in STAGES},
       budget_split=split,
-      local_epsilon1=math.inf if plan.stage1_enabled else None,
-      local_delta1=local_delta if plan.stage1_enabled else None,
+      local_epsilon1=math.inf if plan.stage1_enabled and plan.stage1_local_dp else None,
+      local_delta1=local_delta if plan.stage1_enabled and plan.stage1_local_dp else None,
       local_epsilon2=(math.inf if plan.stage2_local_dp and plan.stage2_rounds > 0
                       else None),
       max_participations={"stage0": k0, "stage2": k2}, plan=dataclasses.asdict(plan),
@@ -742,7 +747,8 @@ def plan_from_config(cfg, cohort_key: Optional[int] = None) -> AccountingPlan:
       stage2_local_dp=method.local_noise,
       sampling=cfg.privacy.sampling,
       seed=int(cfg.seed if cohort_key is None else cohort_key),
-      stage1_clients=cfg.stage1_clients)
+      stage1_clients=cfg.stage1_clients,
+      stage1_local_dp=cfg.stage1.centroids != "dp_lloyd")
 
 
 def calibrate_from_config(cfg, cohort_key: Optional[int] = None,

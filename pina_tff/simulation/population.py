@@ -51,6 +51,9 @@ class Population:
   true_clusters: np.ndarray
   num_true_clusters: int
   val: Optional[list] = None
+  #: The embeddings directory it was loaded from (None: built in memory); server
+  #: computations on its public split (`public_clients`) read it.
+  embeddings_dir: Optional[str] = None
 
   @property
   def size(self) -> int:
@@ -285,4 +288,40 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
                     model=tm.ViTTailModel(tail_config, frozen), head=head,
                     train=train, test=test, val=val,
                     true_clusters=np.asarray(data.clusters, np.int64),
-                    num_true_clusters=max(1, len(known)))
+                    num_true_clusters=max(1, len(known)), embeddings_dir=emb_dir)
+
+
+def public_clients(emb_dir: str, model: tm.ViTTailModel, examples_per_client: int,
+                   seed: int = 0, batch_size: int = 512) -> list:
+  """Pseudo-clients made from the upright public split (held by no client), for
+  server-side computations on public data only (no privacy cost): the public
+  examples' embeddings, reduced to tail features, permuted with ``seed`` and grouped
+  ``examples_per_client`` at a time (the last, short group dropped). Same layout as
+  `Population.train`, with true_cluster -1.
+
+  Raises:
+    DataError: no embeddings with a public split (embed the data first: the
+      population's loader does so).
+  """
+  from pina_tff.models import beam_embed  # pylint: disable=g-import-not-at-top
+  manifest = schema.read_manifest(emb_dir, schema.EMBEDDINGS_FORMAT)
+  public = manifest.get("public")
+  if not public:
+    raise DataError(f"{emb_dir}: no embedded public split; the public basis and DP "
+                    "Lloyd's public start need one (prepare data with a public split)")
+  if examples_per_client < 1:
+    raise DataError(f"examples per public pseudo-client must be >= 1, "
+                    f"found {examples_per_client}")
+  rec = beam_embed.read_embeddings(emb_dir, public["path"])
+  emb, labels = rec["embedding"].astype(np.float32), rec["label"].astype(np.int32)
+  order = np.random.default_rng([seed, 2]).permutation(len(labels))
+  feats = [rt.reduce_block_input(model.config, model.frozen, emb[order[i:i + batch_size]])
+           for i in range(0, len(order), batch_size)]
+  x_base = np.concatenate([f["x_base"].numpy() for f in feats])
+  z = np.concatenate([f["z"].numpy() for f in feats])
+  lab = labels[order]
+  n = len(lab) // examples_per_client
+  return [{"x_base": x_base[i * examples_per_client:(i + 1) * examples_per_client],
+           "z": z[i * examples_per_client:(i + 1) * examples_per_client],
+           "label": lab[i * examples_per_client:(i + 1) * examples_per_client],
+           "true_cluster": -1} for i in range(n)]

@@ -33,6 +33,11 @@ class ViTTailModel:
     self._frozen_np = {k: np.asarray(frozen[k], np.float32) for k in rt.FROZEN_KEYS}
 
   @property
+  def frozen(self) -> dict[str, np.ndarray]:
+    """The frozen tail weights {name: float32 array} (copies)."""
+    return {k: v.copy() for k, v in self._frozen_np.items()}
+
+  @property
   def param_keys(self) -> tuple[str, ...]:
     return rt.TRAINABLE_KEYS
 

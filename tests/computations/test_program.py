@@ -297,6 +297,50 @@ def test_each_stage_is_built_with_its_own_calibrated_noise(digits_clients_dir, t
   assert math.isfinite(summary["final_accuracy"])
 
 
+def test_dp_lloyd_stage1_costs_the_same_epsilon_without_local_dp(
+    digits_clients_dir, tff_ctx, tmp_path, monkeypatch):
+  """stage1.centroids='dp_lloyd' (labelled extension): one noise-free sketch pass (the
+  sketches stay at the clients), L Lloyd steps through the stage-2 aggregator kind
+  with z1·√L and clip √2·S1, the same server ε as the paper's stage 1 with the same
+  z1, and no local ε1 in the summary."""
+  from computations.learning import lloyd  # pylint: disable=g-import-not-at-top
+  from pina_tff.clustering import dp_lloyd  # pylint: disable=g-import-not-at-top
+  sketches, steps = [], []
+  real_sketch, real_step = stage1_lib.build_sketch_computation, lloyd.build_lloyd_step
+
+  def spy_sketch(model, spec, **kw):
+    sketches.append(kw["noise_multiplier"])
+    return real_sketch(model, spec, **kw)
+
+  def spy_step(**kw):
+    steps.append(kw["aggregator"])
+    return real_step(**kw)
+
+  monkeypatch.setattr(stage1_lib, "build_sketch_computation", spy_sketch)
+  monkeypatch.setattr(lloyd, "build_lloyd_step", spy_step)
+  base = _cfg(epsilon=8.0, t0=1, t2=1, aggregator="ddp")
+  cfg = dataclasses.replace(base, stage1=dataclasses.replace(
+      base.stage1, centroids="dp_lloyd", lloyd_steps=3, lloyd_start="public"))
+  summary = program.run_simulation(cfg, digits_clients_dir, str(tmp_path / "dpl"),
+                                   _opts(), log=lambda m: None)
+  z1 = summary["noise_multipliers"]["z1"]
+  assert z1 == plan_lib.calibrate(config_lib.validate(base)).z1 > 0
+  assert sketches == [0.0]
+  (spec,) = steps
+  assert spec.kind == "ddp" and spec.noise_multiplier == pytest.approx(z1 * 3 ** 0.5)
+  assert spec.clip_norm == pytest.approx(dp_lloyd.sensitivity(CLIP1))
+  kmeans = plan_lib.calibrate(config_lib.validate(base))
+  assert summary["epsilon_achieved"] == pytest.approx(kmeans.epsilon_achieved, rel=1e-9)
+  assert summary["local_epsilon1"] is None
+  assert "DP Lloyd" in summary["stage1_guarantee"]
+  assert math.isfinite(summary["init_centroid_cosine"])
+  with pytest.raises(ConfigError, match="lloyd_start='random'"):
+    pop = population_lib.load_population(digits_clients_dir, 1, 0)
+    pop = dataclasses.replace(pop, embeddings_dir=None)
+    program.run_simulation(cfg, digits_clients_dir, str(tmp_path / "mem"), _opts(),
+                           log=lambda m: None, population=pop)
+
+
 # ------------------------------------------------------- the program's small pieces
 def test_the_oracle_is_also_scored_with_the_loss_based_choice(digits_clients_dir, tff_ctx,
                                                              tmp_path, uninterrupted):
