@@ -127,6 +127,9 @@ class Stage1Config:
   against the server, but the sketches are no longer locally DP).
   lloyd_start: DP Lloyd's first centroids: 'public' (k-means of sketches of
   pseudo-clients made from the upright public split) or 'random' (random offsets).
+  public_basis_dims: r > 0 [project choice, spec stage 1 step 9]: each client sends
+  clip(V·Δ, S1) + noise, r numbers, in a public basis V (PCA of the sketches of
+  public pseudo-clients, `pina_tff.clustering.public_basis`); same local DP; 0: off.
   """
   num_sketch_clients: int = 1000
   local_epochs: int = 5
@@ -143,6 +146,7 @@ class Stage1Config:
   centroids: str = "kmeans"
   lloyd_steps: int = 3
   lloyd_start: str = "public"
+  public_basis_dims: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +321,14 @@ def _check_dp_lloyd(s1: Stage1Config) -> None:
     raise ConfigError("stage1.centroids='dp_lloyd' sends no sketch in the clear, so "
                       "stage1.noise_positions='released' has no meaning with it; use "
                       "'protected'.")
+  if not (isinstance(s1.public_basis_dims, int) and s1.public_basis_dims >= 0):
+    raise _err("stage1.public_basis_dims", "an integer >= 0", s1.public_basis_dims)
+  if s1.public_basis_dims and (s1.centroids == "dp_lloyd"
+                               or s1.noise_positions == "released"):
+    raise ConfigError("stage1.public_basis_dims > 0 sends coordinates in a public basis "
+                      "(no private positions, no sketch for DP Lloyd); it combines with "
+                      "neither stage1.centroids='dp_lloyd' nor "
+                      "stage1.noise_positions='released'.")
   if s1.centroids == "dp_lloyd" and s1.spectral_dims:
     raise ConfigError("stage1.spectral_dims is a step before the server's k-means of "
                       "noisy sketches; stage1.centroids='dp_lloyd' runs no such "

@@ -156,6 +156,8 @@ VARIANTS = {
     "spectral": {"stage1": {"spectral_dims": "C"}},
     "literal": {"stage1": {"noise_positions": "released"}},
     "bound": {"stage1": {"centroid_norm_bound": 1.0}},
+    # a public basis of r = 8 directions (PCA of public pseudo-clients' LoRA changes)
+    "basis8": {"stage1": {"public_basis_dims": 8}},
     # a labelled extension beyond the paper: 3 DP Lloyd steps over a secure sum from
     # k-means of public pseudo-clients' sketches (pina_tff.clustering.dp_lloyd)
     "dplloyd": {"stage1": {"centroids": "dp_lloyd", "lloyd_steps": 3,

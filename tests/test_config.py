@@ -71,6 +71,8 @@ def test_one_epsilon_parser_for_every_spelling_of_infinity(text):
     ({"stage1.centroids": "dp_lloyd", "stage1.noise_positions": "released"},
      "no meaning with it"),
     ({"stage1.centroids": "dp_lloyd", "stage1.spectral_dims": 2}, "spectral_dims=0"),
+    ({"stage1.public_basis_dims": -1}, "stage1.public_basis_dims"),
+    ({"stage1.public_basis_dims": 4, "stage1.centroids": "dp_lloyd"}, "combines with"),
     ({"privacy.epsilon": -1.0}, "privacy.epsilon"),
     ({"privacy.delta": 0.0}, "privacy.delta"),
     ({"privacy.delta": 1.0}, "privacy.delta"),

@@ -32,7 +32,8 @@ from pina_tff.training import sketching
 
 def build_sketch_computation(model, spec: local.LocalSpec, *, top_k: int, clip: float,
                              noise_multiplier: float, shard_size: int, n_max: int,
-                             reader=None, noise_on_kept_only: bool = False):
+                             reader=None, noise_on_kept_only: bool = False,
+                             basis=None):
   """Federated computation (weights@SERVER, shards@CLIENTS) -> sketches@CLIENTS.
 
   Args:
@@ -48,10 +49,14 @@ def build_sketch_computation(model, spec: local.LocalSpec, *, top_k: int, clip: 
     noise_on_kept_only: the paper's literal reading, a labelled ablation: noise only
       on the kept (non-zero) entries, so the positions of the kept entries are released
       outside local DP (`stage1.noise_positions='released'`).
+    basis: None (the paper's sketch) or a public basis V [r, P1] (orthonormal rows,
+      computed from public data only; `stage1.public_basis_dims`): each client sends
+      clip(V·Δ, S1) + N(0, (z1·S1)² I_r), r numbers; the same (ε1, δ1)-local DP.
 
   Returns:
     A federated computation whose result per TFF client is
-    OrderedDict(sketch=float32[S, P1], client_mask=float32[S]), placed @CLIENTS.
+    OrderedDict(sketch=float32[S, P1] (float32[S, r] with a basis),
+    client_mask=float32[S]), placed @CLIENTS.
 
   Raises:
     ConfigError: top_k out of [1, P1/2] (`pina_tff.privacy.sketch.validate_top_k`).
@@ -60,12 +65,14 @@ def build_sketch_computation(model, spec: local.LocalSpec, *, top_k: int, clip: 
   data_type = cw.client_data_type(model, shard_size, n_max, reader)
   size = tm.vector_size(model.param_shapes(), tm.LORA_KEYS)
   sk.validate_top_k(top_k, size)
+  if basis is not None:
+    size = int(np.shape(basis)[0])
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_sketch(weights, dataset):
     shard = cw.read_shard(dataset, reader)
     clipped, nonfinite = sketching.shard_sketches(model, spec, weights.trainable, shard,
-                                                  top_k=top_k, clip=clip)
+                                                  top_k=top_k, clip=clip, basis=basis)
     noise = local.per_client_normal(shard["seed"], [size], rng_streams.SKETCH_NOISE,
                                      noise_multiplier * clip)
     if noise_on_kept_only:

@@ -27,6 +27,7 @@ from pina_tff import stages
 from pina_tff.clustering import dp_lloyd
 from pina_tff.clustering import kmeans_init as kmeans_lib
 from pina_tff.clustering import metrics as cluster_metrics
+from pina_tff.clustering import public_basis as public_basis_lib
 from pina_tff.errors import ConfigError
 from pina_tff.models import reduced_tail as rt
 from pina_tff.simulation import population as population_lib
@@ -90,21 +91,45 @@ def _sketch_spec(cfg) -> local.LocalSpec:
 
 
 def _sketcher(plan, data, base, ids):
-  """noise multiplier -> the sketch computation's results over clients ``ids``. One set
-  of client keys for every pass: the diagnostic pass must sketch the same local
-  training (in secure mode each call would draw fresh keys)."""
+  """(noise multiplier, public basis or None) -> the sketch computation's results over
+  clients ``ids``. One set of client keys for every pass: the diagnostic pass must
+  sketch the same local training (in secure mode each call would draw fresh keys)."""
   cfg, pop, s1 = plan.cfg, plan.pop, plan.cfg.stage1
   keys = seeds.client_keys(cfg.seed, stages.STAGE1, 0, ids, cfg.privacy.noise_mode)
   weights = lp.model_weights({k: v[None] for k, v in base.items()})
 
-  def sketch_results(noise_multiplier: float):
+  def sketch_results(noise_multiplier: float, basis=None):
     comp = stage1_lib.build_sketch_computation(
         pop.model, _sketch_spec(cfg), top_k=s1.top_k, clip=s1.clip,
         noise_multiplier=noise_multiplier, shard_size=plan.layout1.shard_size,
         n_max=pop.n_max_train, reader=data.reader,
-        noise_on_kept_only=s1.noise_positions == "released")
+        noise_on_kept_only=s1.noise_positions == "released", basis=basis)
     return comp(weights, data.round_data(stages.STAGE1, 0, ids, keys))
   return sketch_results
+
+
+def _public_parts(plan) -> list:
+  """Pseudo-clients of the upright public split (server side, no privacy cost), as
+  many examples each as the clients' mean, rounded."""
+  cfg, pop = plan.cfg, plan.pop
+  if pop.embeddings_dir is None:
+    raise ConfigError("stage 1's public start and public basis need a population "
+                      "loaded from embedded data with a public split; this one was "
+                      "built in memory (use stage1.lloyd_start='random', "
+                      "stage1.public_basis_dims=0).")
+  per_client = max(1, int(round(np.mean([len(c["label"]) for c in pop.train]))))
+  return population_lib.public_clients(pop.embeddings_dir, pop.model, per_client,
+                                       cfg.seed)
+
+
+def public_basis_of(plan, base) -> np.ndarray:
+  """The public basis V [r, P1] (`stage1.public_basis_dims` = r): PCA of the raw LoRA
+  changes of the public pseudo-clients (public data only: no privacy cost)."""
+  cfg, s1 = plan.cfg, plan.cfg.stage1
+  raw = sketching.public_sketches(plan.pop.model, _sketch_spec(cfg), base,
+                                  _public_parts(plan), top_k=None, clip=s1.clip,
+                                  seed=cfg.seed)
+  return public_basis_lib.pca_basis(raw, s1.public_basis_dims)
 
 
 def sketch_centroids(plan, data, executions, base, log: Callable[[str], None]):
@@ -113,12 +138,15 @@ def sketch_centroids(plan, data, executions, base, log: Callable[[str], None]):
   cfg, pop, s1, z1 = plan.cfg, plan.pop, plan.cfg.stage1, plan.report.z1
   ids = sampling_lib.sketch_cohort(plan.cohort_key, pop.size, cfg.stage1_clients)
   sketch_results = _sketcher(plan, data, base, ids)
+  basis = public_basis_of(plan, base) if s1.public_basis_dims else None
   noise_on = ("kept entries only: positions released outside epsilon"
               if s1.noise_positions == "released" else "every coordinate")
-  log(f"stage 1: {cfg.stage1_clients} clients send sketches (top-k={s1.top_k}, "
+  shape = (f"top-k={s1.top_k}" if basis is None else
+           f"{basis.shape[0]} coordinates in a public basis")
+  log(f"stage 1: {cfg.stage1_clients} clients send sketches ({shape}, "
       f"clip={s1.clip}, z1={z1:.3f}, noise on {noise_on})")
   executions.start(stages.KEYS[stages.STAGE1], 1)
-  results = sketch_results(z1)
+  results = sketch_results(z1, basis)
   sketches = stage1_lib.collect_sketches(results)
   if plan.diagnostics:
     log(f"stage 1: nonfinite_zeroed={stage1_lib.count_nonfinite(results)} "
@@ -126,39 +154,43 @@ def sketch_centroids(plan, data, executions, base, log: Callable[[str], None]):
         "(simulation diagnostic)")
   centroids, labels = kmeans_lib.kmeans_init(
       sketches, cfg.num_clusters, cfg.seed, n_init=s1.kmeans_restarts,
-      post_process_k=s1.top_k if s1.post_process else None,
+      post_process_k=s1.top_k if s1.post_process and basis is None else None,
       spectral_dims=s1.spectral_dims)
+  if basis is not None:
+    centroids = public_basis_lib.lift(centroids, basis).astype(np.float32)
   if s1.centroid_norm_bound is not None:
     centroids = kmeans_lib.bound_centroid_norms(centroids, s1.centroid_norm_bound)
   if not plan.diagnostics:
     return centroids, math.nan, math.nan
-  acc = cluster_metrics.clustering_accuracy(labels, pop.true_clusters[ids])
   # Simulation-only diagnostic: the same clients' noise-free sketches (never sent).
-  clean = sketches if z1 == 0 else stage1_lib.collect_sketches(sketch_results(0.0))
-  cosines = cluster_metrics.centroid_cosines(centroids, clean, pop.true_clusters[ids])
+  clean = (sketches if z1 == 0 and basis is None
+           else stage1_lib.collect_sketches(sketch_results(0.0)))
+  return (centroids,) + _init_diagnostics(pop.true_clusters[ids], labels, centroids,
+                                          clean, log)
+
+
+def _init_diagnostics(true, labels, centroids, clean, log) -> tuple:
+  """(k-means clustering accuracy, mean matched cosine of the centroids to the true
+  clusters' noise-free mean sketches); simulation-only."""
+  acc = cluster_metrics.clustering_accuracy(labels, true)
+  cosines = cluster_metrics.centroid_cosines(centroids, clean, true)
   cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else math.nan
   log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}; "
       f"cosine of the centroids to the true clusters' noise-free mean sketches: "
       f"{np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
-  return centroids, acc, cosine
+  return acc, cosine
 
 
 def lloyd_start(plan, base) -> np.ndarray:
   """DP Lloyd's first centroids [C, P1] (no privacy cost): k-means of the server's
-  sketches of public pseudo-clients (`stage1.lloyd_start='public'`; as many examples
-  each as the clients' mean, rounded) or the random offsets of PINA+RI ('random')."""
-  cfg, pop, s1 = plan.cfg, plan.pop, plan.cfg.stage1
+  sketches of public pseudo-clients (`stage1.lloyd_start='public'`) or the random
+  offsets of PINA+RI ('random')."""
+  cfg, s1 = plan.cfg, plan.cfg.stage1
   if s1.lloyd_start == "random":
-    return random_offsets(cfg, pop.model.config.lora_size, plan.num_models)
-  if pop.embeddings_dir is None:
-    raise ConfigError("stage1.lloyd_start='public' needs a population loaded from "
-                      "embedded data with a public split; this one was built in memory "
-                      "(use stage1.lloyd_start='random').")
-  per_client = max(1, int(round(np.mean([len(c["label"]) for c in pop.train]))))
-  parts = population_lib.public_clients(pop.embeddings_dir, pop.model, per_client,
-                                        cfg.seed)
-  x = sketching.public_sketches(pop.model, _sketch_spec(cfg), base, parts,
-                                top_k=s1.top_k, clip=s1.clip, seed=cfg.seed)
+    return random_offsets(cfg, plan.pop.model.config.lora_size, plan.num_models)
+  x = sketching.public_sketches(plan.pop.model, _sketch_spec(cfg), base,
+                                _public_parts(plan), top_k=s1.top_k, clip=s1.clip,
+                                seed=cfg.seed)
   cents, _ = kmeans_lib.kmeans_init(x, plan.num_models, cfg.seed,
                                     n_init=s1.kmeans_restarts)
   return cents.astype(np.float64)

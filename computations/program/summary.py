@@ -147,6 +147,9 @@ def stage1_guarantee(cfg) -> str:
             f"counts through the stage-2 aggregator ({cfg.stage2.aggregator}) with noise "
             "z1*sqrt(L) per step, which composes to stage 1's Gaussian(z1) against the "
             "server; no local DP (local_epsilon1 is None)")
+  if s1.public_basis_dims:
+    return (f"local DP: {s1.public_basis_dims} coordinates in a public basis (PCA of "
+            "public pseudo-clients' LoRA changes), each noised on the client (z1)")
   if s1.noise_positions == "released":
     return ("local DP on the kept entries only: their positions are released outside "
             "epsilon (labelled ablation)")

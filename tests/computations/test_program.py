@@ -341,6 +341,35 @@ def test_dp_lloyd_stage1_costs_the_same_epsilon_without_local_dp(
                            log=lambda m: None, population=pop)
 
 
+def test_public_basis_sketches_send_r_coordinates_with_the_same_local_dp(
+    digits_clients_dir, tff_ctx, tmp_path, monkeypatch):
+  """stage1.public_basis_dims = r: the released pass sends r coordinates in a basis
+  with orthonormal rows computed from the public split; the noise-free diagnostic
+  pass is the paper's sketch (cosines comparable across variants); the same z1 and
+  local ε1 as without the basis."""
+  calls = []
+  real_sketch = stage1_lib.build_sketch_computation
+
+  def spy_sketch(model, spec, **kw):
+    calls.append((kw["noise_multiplier"], kw["basis"]))
+    return real_sketch(model, spec, **kw)
+
+  monkeypatch.setattr(stage1_lib, "build_sketch_computation", spy_sketch)
+  base = _cfg(epsilon=8.0, t0=1, t2=1, aggregator="ddp")
+  cfg = dataclasses.replace(base, stage1=dataclasses.replace(base.stage1,
+                                                             public_basis_dims=4))
+  summary = program.run_simulation(cfg, digits_clients_dir, str(tmp_path / "pb"),
+                                   _opts(), log=lambda m: None)
+  (z_sent, v), (z_diag, v_diag) = calls
+  assert z_sent == summary["noise_multipliers"]["z1"] > 0 and z_diag == 0.0
+  assert v.shape == (4, 2 * 64) and v_diag is None
+  np.testing.assert_allclose(v @ v.T, np.eye(4), atol=1e-9)
+  plain = plan_lib.calibrate(config_lib.validate(base))
+  assert summary["local_epsilon1"] == pytest.approx(plain.local_epsilon1, rel=1e-9)
+  assert "public basis" in summary["stage1_guarantee"]
+  assert math.isfinite(summary["init_centroid_cosine"])
+
+
 # ------------------------------------------------------- the program's small pieces
 def test_the_oracle_is_also_scored_with_the_loss_based_choice(digits_clients_dir, tff_ctx,
                                                              tmp_path, uninterrupted):

@@ -10,6 +10,7 @@ noise (the raw top-k sketch), clipped without noise, and clipped with noise z1. 
 import numpy as np
 import pytest
 import scipy.stats
+import tensorflow as tf
 
 from computations.learning import client_work as cw
 from computations.runtime import context
@@ -20,9 +21,11 @@ from pina_tff.models import reduced_tail as rt
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from pina_tff.training import shards
+from pina_tff.training import sketching
 
 WIDTH, TOP_K, CLIP, Z1 = 8, 2, 0.3, 1.7
 NUM_CLIENTS, SHARD, N = 40, 20, 5
+R = 3  # public basis dimensions
 
 
 def _model(rng):
@@ -46,11 +49,11 @@ def sketches():
   weights = lp.model_weights({k: v[None] for k, v in init.items()})
   spec = local.LocalSpec(batch_size=N, learning_rate=2.0, local_epochs=2,
                          train_keys=tm.LORA_KEYS + tm.HEAD_KEYS, send_keys=tm.LORA_KEYS)
-  data = []
+  data, packed = [], []
   for chunk in shards.split_cohort(list(range(NUM_CLIENTS)), SHARD):
-    data.append(cw.shard_to_dataset(
-        shards.pack_shard([clients[i] for i in chunk], model.feature_keys, N,
-                          num_slots=SHARD, client_seeds=[(9, i) for i in chunk])))
+    packed.append(shards.pack_shard([clients[i] for i in chunk], model.feature_keys, N,
+                                    num_slots=SHARD, client_seeds=[(9, i) for i in chunk]))
+    data.append(cw.shard_to_dataset(packed[-1]))
   out = {}
   with context.tff_context():
     for name, clip, z, kept in (("raw", 1e6, 0.0, False), ("clipped", CLIP, 0.0, False),
@@ -58,6 +61,19 @@ def sketches():
       comp = stage1.build_sketch_computation(model, spec, top_k=TOP_K, clip=clip,
                                              noise_multiplier=z, shard_size=SHARD, n_max=N,
                                              noise_on_kept_only=kept)
+      out[name] = stage1.collect_sketches(comp(weights, data)).astype(np.float64)
+    # top_k = P1/2 keeps every entry: the raw LoRA change; then a public basis V.
+    basis = np.linalg.qr(rng.standard_normal((2 * WIDTH, R)))[0].T
+    out["basis"] = basis
+    start = {k: tf.constant(v[None]) for k, v in init.items()}
+    out["full"] = np.concatenate([sketching.shard_sketches(
+        model, spec, start, {k: tf.constant(v) for k, v in p.items()}, top_k=None,
+        clip=CLIP)[0].numpy() for p in packed]).astype(np.float64)
+    for name, top_k, clip, z, v in (("basis_clean", TOP_K, CLIP, 0.0, basis),
+                                    ("basis_noisy", TOP_K, CLIP, Z1, basis)):
+      comp = stage1.build_sketch_computation(model, spec, top_k=top_k, clip=clip,
+                                             noise_multiplier=z, shard_size=SHARD,
+                                             n_max=N, basis=v)
       out[name] = stage1.collect_sketches(comp(weights, data)).astype(np.float64)
   return out
 
@@ -111,6 +127,22 @@ def test_noise_on_every_coordinate_is_independent_of_the_sketch(sketches):
   corr = np.corrcoef(noise)[np.triu_indices(NUM_CLIENTS, 1)]
   assert abs(corr.mean()) < 0.1, corr.mean()
   assert abs(noise.mean()) < 6 * Z1 * CLIP / np.sqrt(noise.size)
+
+
+def test_public_basis_sketch_is_the_clipped_projection_plus_noise(sketches):
+  """stage1.public_basis_dims: each client sends clip(V·Δ, S1) + N(0, (z1·S1)² I_r),
+  Δ the raw LoRA change (no sparsification): checked against the raw changes of the
+  same clients and seeds (plain TF, outside TFF) projected and clipped here, and the
+  noise by chi-square over the r coordinates."""
+  full, v = sketches["full"], sketches["basis"]
+  clean, noisy = sketches["basis_clean"], sketches["basis_noisy"]
+  assert clean.shape == noisy.shape == (NUM_CLIENTS, R)
+  y = full @ v.T
+  want = y * np.minimum(1.0, CLIP / np.linalg.norm(y, axis=1))[:, None]
+  assert np.sum(np.linalg.norm(y, axis=1) > CLIP) >= 5, "the clip should bind for some"
+  np.testing.assert_allclose(clean, want, rtol=1e-4, atol=1e-6)
+  ok, info = _chi2_ok(noisy - clean, Z1 * CLIP)
+  assert ok, info
 
 
 def test_top_k_up_to_half_the_sketch_is_accepted():
