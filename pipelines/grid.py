@@ -125,6 +125,8 @@ flags.DEFINE_list("methods", None, "Subset of methods (default: all of them); "
                   "METHOD@VARIANT runs a method with one of the VARIANTS' settings, "
                   "e.g. pina@restore or pina@sketch_all+restore (run directory <method>@<variant>).")
 flags.DEFINE_list("epsilons", None, "Subset of epsilons, e.g. 2,8,inf.")
+flags.DEFINE_list("datasets", None, "Subset of the preset's datasets, e.g. "
+                  "fashion_mnist_c2,fashion_mnist_2k (regimes).")
 flags.DEFINE_integer("seed", 0, "Seed of every run (when --seeds is not given).")
 flags.DEFINE_list("seeds", None, "Seeds of pass 1, e.g. 0,1,2: every cell runs with "
                   "each; the first is the base seed of the best-baseline pick.")
@@ -324,7 +326,7 @@ class GridInterrupted(Exception):
 
 
 @dataclasses.dataclass
-class _GridPlan:
+class GridPlan:
   """The cells of one grid invocation, resolved from the preset and the arguments.
 
   seeds: pass-1 seeds (seeds[0] is the base seed). extra_seeds, extra_epsilons,
@@ -352,15 +354,22 @@ class _GridPlan:
     return per_dataset * len(self.preset["datasets"])
 
 
-def _grid_plan(preset: str, methods, epsilons, seed: int, seeds,
-               extra_seeds: bool) -> _GridPlan:
-  """The `_GridPlan` of `run_grid`'s arguments (defaults from the preset).
+def grid_plan(preset: str, methods, epsilons, seed: int, seeds,
+               extra_seeds: bool, datasets=None) -> GridPlan:
+  """The `GridPlan` of `run_grid`'s arguments (defaults from the preset;
+  ``datasets``: a subset of the preset's datasets).
 
   Raises:
-    ConfigError: an unknown preset, method or variant, or a repeated seed."""
+    ConfigError: an unknown preset, dataset, method or variant, or a repeated seed."""
   if preset not in PRESETS:
     raise config_lib.ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
   p = PRESETS[preset]
+  if datasets:
+    unknown = [d for d in datasets if d not in p["datasets"]]
+    if unknown:
+      raise config_lib.ConfigError(f"--datasets: {unknown} not in preset {preset!r}; "
+                                   f"valid: {', '.join(p['datasets'])}")
+    p = {**p, "datasets": {d: p["datasets"][d] for d in datasets}}
   methods = methods or ALL_METHODS
   for m in methods:
     split_method(m)
@@ -369,7 +378,7 @@ def _grid_plan(preset: str, methods, epsilons, seed: int, seeds,
   if len(set(seeds)) != len(seeds):
     raise config_lib.ConfigError(f"--seeds must not repeat a seed, found {seeds}")
   extra = p.get("extra_seeds") if extra_seeds else None
-  return _GridPlan(
+  return GridPlan(
       preset=p, methods=methods, epsilons=epsilons, seeds=seeds,
       extra_seeds=[s for s in (extra or {}).get("seeds", []) if s not in seeds],
       extra_epsilons=[e for e in (extra or {}).get("epsilons", []) if e in epsilons],
@@ -377,7 +386,7 @@ def _grid_plan(preset: str, methods, epsilons, seed: int, seeds,
       has_baseline=any(m in results_lib.BASELINES for m in methods))
 
 
-def _new_record(output_dir: str, preset: str, plan: _GridPlan, command, eval_split: str,
+def _new_record(output_dir: str, preset: str, plan: GridPlan, command, eval_split: str,
                 overrides) -> _GridRecord:
   """This invocation's grid.json entry (start time, command line, git commit, plan)."""
   return _GridRecord(output_dir, {
@@ -396,7 +405,7 @@ def _new_record(output_dir: str, preset: str, plan: _GridPlan, command, eval_spl
       "best_baselines": {}, "population_load_s": {}, "runs": []})
 
 
-def _cell_config(plan: _GridPlan, dspec: dict, method: str, eps: float, seed: int,
+def _cell_config(plan: GridPlan, dspec: dict, method: str, eps: float, seed: int,
                  eval_split: str, overrides) -> config_lib.RunConfig:
   """The validated config of one cell: the preset's config for the dataset's
   population, the method and its variant, ε, the seed and the overrides."""
@@ -415,7 +424,7 @@ class _GridRunner:
   """Runs the cells of one grid invocation (one pina-simulate run each, finished ones
   skipped) and records each in grid.json."""
 
-  def __init__(self, plan: _GridPlan, record: _GridRecord, output_dir: str,
+  def __init__(self, plan: GridPlan, record: _GridRecord, output_dir: str,
                progress: str, eval_split: str, overrides, log):
     self.plan, self.record, self.output_dir = plan, record, output_dir
     self.progress, self.eval_split, self.overrides, self.log = (
@@ -526,7 +535,8 @@ def _write_outputs(output_dir: str, record: _GridRecord, log) -> list:
 def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons=None,
              seed: int = 0, progress: str = "log", log=None, seeds=None,
              extra_seeds: bool = True, command: str | None = None,
-             eval_split: str = "val", overrides: dict | None = None) -> list:
+             eval_split: str = "val", overrides: dict | None = None,
+             datasets=None) -> list:
   """Runs every (dataset, ε, method, seed) cell, then writes the table, plots, grid.json.
 
   Args:
@@ -536,11 +546,12 @@ def run_grid(preset: str, output_dir: str, data_dir=None, methods=None, epsilons
     command: the command line recorded in grid.json (default: this Python call).
     eval_split: the held-out split every run scores ('val' or 'test').
     overrides: {('section', 'key'): value} set in every run's config (`--set`).
+    datasets: a subset of the preset's datasets (default: all).
   Returns the written plot paths.
   """
   from computations.runtime import context  # pylint: disable=g-import-not-at-top
   log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-  plan = _grid_plan(preset, methods, epsilons, seed, seeds, extra_seeds)
+  plan = grid_plan(preset, methods, epsilons, seed, seeds, extra_seeds, datasets)
   data_dir = data_dir or os.path.join(output_dir, "data")
   record = _new_record(output_dir, preset, plan, command, eval_split, overrides)
   record.write()
@@ -574,7 +585,8 @@ def main(argv):
                       FLAGS.seed, FLAGS.progress, seeds=seeds,
                       extra_seeds=FLAGS.extra_seeds,
                       command="pina-grid " + shlex.join(sys.argv[1:]),
-                      eval_split=FLAGS.eval_split, overrides=parse_overrides(FLAGS.set))
+                      eval_split=FLAGS.eval_split, overrides=parse_overrides(FLAGS.set),
+                      datasets=FLAGS.datasets)
   except GridInterrupted as e:
     signum = e.args[0]
     print(f"stopped by {signals.name(signum)} (checkpoint saved); run the same command "

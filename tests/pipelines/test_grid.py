@@ -145,6 +145,22 @@ def test_variants_overrides_and_eval_split_reach_the_run_config(monkeypatch, tmp
     grid.parse_overrides(["stage2.rounds"])
 
 
+def test_datasets_subset_runs_only_the_named_datasets():
+  """--datasets keeps the preset's order and settings of the named datasets only; an
+  unknown name is a ConfigError that lists the valid ones."""
+  plan = grid.grid_plan("regimes", ["ifca"], None, 0, None, False,
+                        datasets=["fashion_mnist_2k", "fashion_mnist_c2"])
+  assert list(plan.preset["datasets"]) == ["fashion_mnist_2k", "fashion_mnist_c2"]
+  assert plan.preset["datasets"]["fashion_mnist_2k"] == (
+      grid.PRESETS["regimes"]["datasets"]["fashion_mnist_2k"])
+  assert len(grid.PRESETS["regimes"]["datasets"]) == 3  # the preset is not changed
+  with pytest.raises(config_lib.ConfigError, match="valid: fashion_mnist_c2"):
+    grid.grid_plan("regimes", ["ifca"], None, 0, None, False, datasets=["cifar10"])
+  got = grid.variant_settings("dplloyd+basis8", 10000, 4)
+  assert got == {"stage1": {"centroids": "dp_lloyd", "lloyd_steps": 3,
+                            "lloyd_start": "public", "public_basis_dims": 8}}
+
+
 def test_resume_skips_finished_runs_and_loads_nothing(monkeypatch, tmp_path):
   h = Harness(monkeypatch, tmp_path, extra={"seeds": [1], "epsilons": [8.0]},
               epsilons=(8.0,))
