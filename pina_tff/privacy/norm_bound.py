@@ -25,7 +25,8 @@ def enforce_norm_bound(rows, bound: float, max_steps: int = 64):
 
   Cost: the over-the-bound test of the current rows is carried through the loop, so
   each version of the rows is tested once (twice per round of the loop before issue
-  22, and once more after it; the same tests on the same rows, so the same result)."""
+  22, and once more after it), and the final zeroing runs only when a row is left
+  over: the same tests on the same rows, so the same result bit for bit."""
   bound32 = tf.constant(bound, tf.float32)
   bound64 = tf.cast(bound32, tf.float64)
 
@@ -40,4 +41,7 @@ def enforce_norm_bound(rows, bound: float, max_steps: int = 64):
   _, rows, is_over = tf.while_loop(
       lambda i, r, is_over: tf.logical_and(i < max_steps, tf.reduce_any(is_over)), body,
       (tf.constant(0), rows, over(rows)))
-  return tf.where(is_over[..., None], tf.zeros_like(rows), rows)
+  # Rows still over are zeroed; when none is (the usual case) the rows pass as they are.
+  return tf.cond(tf.reduce_any(is_over),
+                 lambda: tf.where(is_over[..., None], tf.zeros_like(rows), rows),
+                 lambda: rows)

@@ -28,14 +28,16 @@ def _reference(rows, bound: float, max_steps: int):
   return tf.where(over(r)[..., None], tf.zeros_like(r), r).numpy(), steps
 
 
-def _rows(bound: float) -> np.ndarray:
+def _rows(bound: float, very_far: bool = True) -> np.ndarray:
   rng = np.random.default_rng(4)
   raw = rng.standard_normal((300, 257)).astype(np.float32)
   norms = np.linalg.norm(raw, axis=-1, keepdims=True).astype(np.float32)
   scaled = raw * (np.float32(bound) / norms)            # some an ulp or two over
   far = raw[:20] * (np.float32(bound) * np.float32(1 + 2e-6) / norms[:20])  # ~2 steps
-  very_far = raw[20:30] * (np.float32(1.5 * bound) / norms[20:30])  # never in 64 steps
-  return np.concatenate([scaled, 0.5 * scaled, far, very_far]).astype(np.float32)
+  far_out = raw[20:30] * (np.float32(1.5 * bound) / norms[20:30])  # never in 64 steps
+  very_far = far_out if very_far else None
+  parts = [scaled, 0.5 * scaled, far] + ([very_far] if very_far is not None else [])
+  return np.concatenate(parts).astype(np.float32)
 
 
 @pytest.mark.parametrize("max_steps", [64, 1, 0])
@@ -54,3 +56,15 @@ def test_enforce_norm_bound_equals_the_stepwise_rule(max_steps):
   if max_steps == 64:
     assert steps >= 2
     assert ((got != rows).any(axis=-1) & ~zeroed).sum() > 20
+
+
+def test_enforce_norm_bound_with_no_row_left_over():
+  """Every row brought within the bound (the usual case: no final zeroing runs)."""
+  bound = 0.1
+  rows = _rows(bound, very_far=False)
+  want, steps = _reference(rows, bound, 64)
+  got = tf.function(lambda r: norm_bound.enforce_norm_bound(r, bound))(
+      tf.constant(rows)).numpy()
+  np.testing.assert_array_equal(got, want)
+  assert 2 <= steps < 64 and got.any(axis=-1).all()
+  assert ((got != rows).any(axis=-1)).sum() > 20
