@@ -2,6 +2,8 @@
 fixed-cost cuts and the process pina-simulate builds now give the same state and
 metrics every round, bit for bit, and every path is timed."""
 
+import pytest
+
 from benchmarks import fixed_cost
 
 
@@ -11,3 +13,7 @@ def test_fixed_cost_before_and_after_agree_and_are_timed():
   assert all(len(v) == 2 and min(v) > 0 for v in res["round_s"].values())
   assert set(res["median_s"]) == {"before", "after", "plain"}
   assert res["before_over_after"] > 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

@@ -26,6 +26,7 @@ from computations.learning import aggregators as agg
 from computations.learning import client_work as cw
 from computations.learning import learning_process as lp
 from computations.runtime import context
+from pina_tff import config as config_lib
 from pina_tff.training import local
 from pina_tff.training import models as tm
 from tests.computations import _fl_helpers as fl
@@ -123,11 +124,25 @@ def _rows(path):
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
 
 
+def _program_cfg():
+  """A small DP run of PINA (as tests/computations/test_program.py's): stages 0-2,
+  seeded distributed DP at epsilon 8, C = 3, clipping in every stage."""
+  return config_lib.RunConfig(
+      method="pina", num_clusters=C, population=24, seed=0, model_width=64,
+      privacy=config_lib.PrivacyConfig(epsilon=8.0),
+      stage0=config_lib.Stage0Config(enabled=True, rounds=1, cohort=8, lr=0.1, clip=0.7),
+      stage1=config_lib.Stage1Config(num_sketch_clients=20, local_epochs=1, lr=0.5,
+                                     top_k=8, clip=0.6, kmeans_restarts=2),
+      stage2=config_lib.Stage2Config(
+          rounds=2, cohort=10, batch_size=16, client_lr=0.3, clip=0.4, server_lr=0.8,
+          server_momentum=0.5, warm_rounds=1, scaling="pina", aggregator="ddp"))
+
+
 def test_program_metrics_equal_the_per_tensor_reference(digits_clients_dir, tff_ctx,
                                                         tmp_path, monkeypatch):
   from computations.program import program  # pylint: disable=g-import-not-at-top
-  from tests.computations import test_program as tp  # pylint: disable=g-import-not-at-top
-  cfg = tp._cfg(epsilon=8.0, t0=1, t2=2, aggregator="ddp")  # pylint: disable=protected-access
+  cfg = _program_cfg()
+  opts = program.ProgramOptions(shard_size=5, checkpoint_every=1, progress="none")
   real_build = lp.build_process
   built = []
 
@@ -143,7 +158,7 @@ def test_program_metrics_equal_the_per_tensor_reference(digits_clients_dir, tff_
   for name, build in (("packed", spy_build), ("reference", reference_build)):
     monkeypatch.setattr(lp, "build_process", build)
     root = tmp_path / name
-    runs[name] = program.run_simulation(cfg, digits_clients_dir, str(root), tp._opts(),  # pylint: disable=protected-access
+    runs[name] = program.run_simulation(cfg, digits_clients_dir, str(root), opts,
                                         log=lambda m: None)
     runs[name + "_rows"] = _rows(root / "metrics.csv")
   assert built == [True, True, True, True]  # stage 0 and stage 2 of each run
@@ -151,7 +166,11 @@ def test_program_metrics_equal_the_per_tensor_reference(digits_clients_dir, tff_
   # The diagnostics reach metrics.csv (train_loss = loss_sum / num_clients, count_c).
   last = runs["packed_rows"][-1]
   assert math.isfinite(float(last["train_loss"]))
-  assert sum(float(last[f"count_{c}"]) for c in range(tp.C)) > 0
+  assert sum(float(last[f"count_{c}"]) for c in range(C)) > 0
   for key in ("final_accuracy", "clustering_accuracy", "epsilon_achieved"):
     a, b = runs["packed"][key], runs["reference"][key]
     assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), key
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))

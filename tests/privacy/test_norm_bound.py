@@ -68,3 +68,7 @@ def test_enforce_norm_bound_with_no_row_left_over():
   np.testing.assert_array_equal(got, want)
   assert 2 <= steps < 64 and got.any(axis=-1).all()
   assert ((got != rows).any(axis=-1)).sum() > 20
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__, "-q"]))
