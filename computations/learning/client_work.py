@@ -97,7 +97,8 @@ def ddp_key(shard) -> tf.Tensor:
 def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_max: int,
                             simulation_diagnostics: bool = True,
                             feature_dtype=np.float32,
-                            reader=None) -> tff.learning.templates.ClientWorkProcess:
+                            reader=None, packed_diagnostics: bool = True
+                            ) -> tff.learning.templates.ClientWorkProcess:
   """ClientWorkProcess running `pina_tff.training.local.shard_update` per TFF client.
 
   Args:
@@ -116,10 +117,16 @@ def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_
   aggregators ignore the weight (the mean's denominator is the public M); the key
   stays at the client. Measurements: summed simulation diagnostics, or empty. With `reader`,
   each TFF client's dataset holds what the reader turns into the shard (row numbers
-  of a resident population) instead of the shard itself.
+  of a resident population) instead of the shard itself. With `packed_diagnostics`
+  (default) the diagnostics travel to the server as one float32 vector and are
+  unpacked there (`DiagnosticsPacking`): the same sums bit for bit and the same
+  measurement type, at one tensor per client instead of eight in TFF's runtime;
+  False sums them tensor by tensor (the reference path).
   """
   weights_type = cluster_weights_type(model, spec.num_clusters)
   data_type = client_data_type(model, shard_size, n_max, reader, feature_dtype)
+
+  packing = DiagnosticsPacking() if packed_diagnostics else None
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_update(weights, dataset):
@@ -127,7 +134,19 @@ def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_
     update, diag = local.shard_update(model, spec, weights.trainable, shard)
     result = tff.learning.templates.ClientResult(update=update,
                                                  update_weight=ddp_key(shard))
-    return result, collections.OrderedDict(sorted(diag.items()))
+    diag = collections.OrderedDict(sorted(diag.items()))
+    return result, (packing.pack(diag) if packing else diag)
+
+  return _client_work_process(client_update, weights_type, data_type,
+                              simulation_diagnostics, packing)
+
+
+def _client_work_process(client_update, weights_type, data_type,
+                         simulation_diagnostics: bool, packing=None
+                         ) -> tff.learning.templates.ClientWorkProcess:
+  """The ClientWorkProcess around `client_update` (result, diagnostics): the
+  diagnostics summed at the server (unpacked there with `packing`), or none."""
+  unpack = packing.unpack_computation() if packing and simulation_diagnostics else None
 
   @tff.federated_computation()
   def init_fn():
@@ -139,10 +158,51 @@ def build_shard_client_work(model, spec: local.LocalSpec, *, shard_size: int, n_
   def next_fn(state, weights, data):
     out = tff.federated_map(client_update, (weights, data))
     result = out[0]
-    if simulation_diagnostics:
+    if simulation_diagnostics and unpack is not None:
+      measurements = tff.federated_map(unpack, tff.federated_sum(out[1]))
+    elif simulation_diagnostics:
       measurements = tff.federated_sum(out[1])
     else:
       measurements = tff.federated_value((), tff.SERVER)
     return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+class DiagnosticsPacking:
+  """The client's float32 diagnostics {name: tensor} as one flat float32 vector, and
+  back at the server.
+
+  TFF's runtime sums a structure tensor by tensor (one accumulate and one transfer
+  per tensor and client); the packed vector is summed in one. The sum of the
+  concatenation is the concatenation of the sums (elementwise float32 additions in
+  the same client order), so the unpacked sums equal the per-tensor sums bit for bit.
+  The layout is recorded when the client computation is traced (`pack`), before
+  `unpack_computation` is built.
+  """
+
+  def __init__(self):
+    self.layout: list[tuple[str, tuple[int, ...]]] = []
+
+  def pack(self, diag) -> tf.Tensor:
+    """Inside the client computation: the values of ``diag`` (float32), flattened and
+    concatenated in its order; records their names and shapes."""
+    self.layout = [(k, tuple(v.shape.as_list())) for k, v in diag.items()]
+    for k, v in diag.items():
+      if v.dtype != tf.float32 or not v.shape.is_fully_defined():
+        raise TypeError(f"diagnostic {k!r}: packing needs a float32 tensor of static "
+                        f"shape, found {v.dtype.name} {v.shape}")
+    return tf.concat([tf.reshape(v, [-1]) for v in diag.values()], axis=0)
+
+  def unpack_computation(self):
+    """The TF computation float32[total] -> OrderedDict {name: tensor} of `layout`."""
+    sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in self.layout]
+    layout = list(self.layout)
+
+    @tff.tensorflow.computation(tff.TensorType(np.float32, (sum(sizes),)))
+    def unpack(flat):
+      parts = tf.split(flat, sizes) if len(sizes) > 1 else [flat]
+      return collections.OrderedDict(
+          (k, tf.reshape(p, shape)) for (k, shape), p in zip(layout, parts))
+
+    return unpack

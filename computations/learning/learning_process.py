@@ -37,6 +37,8 @@ class ProcessSpec:
     server_learning_rate, server_momentum: server SGD(M) per cluster.
     update_multiplier: FedNova's tau_eff (1 otherwise).
     simulation_diagnostics: report simulation-only per-cluster counts and confusion.
+    packed_diagnostics: sum them as one packed vector (default; the same sums bit for
+      bit, `client_work.DiagnosticsPacking`); False: tensor by tensor (reference).
   """
   local: local.LocalSpec
   aggregator: agg.AggregatorSpec
@@ -49,6 +51,7 @@ class ProcessSpec:
   server_momentum: float = 0.0
   update_multiplier: float = 1.0
   simulation_diagnostics: bool = True
+  packed_diagnostics: bool = True
 
 
 def build_process(model, spec: ProcessSpec, *,
@@ -86,7 +89,8 @@ def build_process(model, spec: ProcessSpec, *,
   work = cw.build_shard_client_work(model, spec.local, shard_size=spec.shard_size,
                                     n_max=spec.n_max,
                                     simulation_diagnostics=spec.simulation_diagnostics,
-                                    reader=reader)
+                                    reader=reader,
+                                    packed_diagnostics=spec.packed_diagnostics)
   update_type = work.next.type_signature.result.result.member.update
   weight_type = work.next.type_signature.result.result.member.update_weight
   aggregator = agg.build_cslot_aggregator(spec.aggregator).create(update_type, weight_type)

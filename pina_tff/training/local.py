@@ -253,7 +253,9 @@ def zero_nonfinite_rows(vectors):
   (so TFF 0.87's zeroing aggregator lets a NaN update through). Returns (clean rows,
   float [S] 1.0 where a row was zeroed)."""
   finite = tf.reduce_all(tf.math.is_finite(vectors), axis=-1)
-  clean = tf.where(finite[:, None], vectors, tf.zeros_like(vectors))
+  # The rows pass as they are when all are finite (the usual case: no [S, P] select).
+  clean = tf.cond(tf.reduce_all(finite), lambda: vectors,
+                  lambda: tf.where(finite[:, None], vectors, tf.zeros_like(vectors)))
   return clean, 1.0 - tf.cast(finite, vectors.dtype)
 
 

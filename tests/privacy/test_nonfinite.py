@@ -27,6 +27,21 @@ def test_zero_nonfinite_rows_matches_numpy():
   assert np.all(np.linalg.norm(clipped.numpy(), axis=1) <= 1.0 + 1e-6)
 
 
+@pytest.mark.parametrize("with_bad_row", [True, False])
+def test_zero_nonfinite_rows_in_graph_mode_both_ways(with_bad_row):
+  """In the client computation's graph mode, with and without a non-finite row (the
+  rows pass unchanged when all are finite): the NumPy rule, bit for bit."""
+  rng = np.random.default_rng(2)
+  v = rng.standard_normal((40, 33)).astype(np.float32)
+  if with_bad_row:
+    v[7, 5], v[30, 0] = np.nan, -np.inf
+  clean, zeroed = tf.function(local.zero_nonfinite_rows)(tf.constant(v))
+  bad = ~np.isfinite(v).all(axis=1)
+  assert bad.any() == with_bad_row
+  np.testing.assert_array_equal(clean.numpy(), np.where(bad[:, None], 0.0, v))
+  np.testing.assert_array_equal(zeroed.numpy(), bad.astype(np.float32))
+
+
 @pytest.mark.parametrize("bad_value", [np.inf, np.nan])
 @pytest.mark.parametrize("ldp", [0.0, 0.5])
 def test_a_nonfinite_client_contributes_zeros_and_is_counted(bad_value, ldp):
