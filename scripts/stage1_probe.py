@@ -32,48 +32,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pina_tff.clustering import kmeans_init as kmeans_lib  # noqa: E402
 from pina_tff.clustering import metrics  # noqa: E402
 from pina_tff.models import reduced_tail as rt  # noqa: E402
-from pina_tff.privacy import sketch as sk  # noqa: E402
 from pina_tff.simulation import population as population_lib  # noqa: E402
 from pina_tff.simulation import sampling  # noqa: E402
 from pina_tff.training import local  # noqa: E402
 from pina_tff.training import models as tm  # noqa: E402
 from pina_tff.training import shards  # noqa: E402
+from pina_tff.training import sketching  # noqa: E402
 
 CHUNK = 1000
 
 
 def clean_sketches(pop, base, top_k, clip, epochs, lr, batch, parts=None):
   """Noise-free sparsified, clipped sketches of every client [P, P1] (stage 1's
-  local training: LoRA only, head frozen locally). ``parts``: other clients (default
-  the population's); ``top_k=None``: the raw LoRA change, neither sparsified nor
-  clipped."""
-  model = pop.model
-  parts = pop.train if parts is None else parts
+  local training: LoRA only, head frozen locally; `pina_tff.training.sketching`, the
+  program's own client work). ``parts``: other clients (default the population's);
+  ``top_k=None``: the raw LoRA change, neither sparsified nor clipped."""
   spec = local.LocalSpec(num_clusters=1, local_epochs=epochs, batch_size=batch,
                          learning_rate=lr, train_keys=tm.LORA_KEYS,
                          send_keys=tm.LORA_KEYS)
-
-  @tf.function
-  def sketch(shard):
-    feats = {k: tf.cast(shard[k], tf.float32) for k in model.feature_keys}
-    s = tf.shape(shard["label"])[0]
-    init = {k: tf.repeat(tf.constant(v[None]), s, axis=0) for k, v in base.items()}
-    work = model.precompute(init, feats, spec.train_keys)
-    final, _ = local.local_train(model, spec, init, work, shard["label"], shard["mask"],
-                                 tf.cast(shard["seed"], tf.int64))
-    delta = tm.flatten({k: final[k] - init[k] for k in tm.LORA_KEYS}, tm.LORA_KEYS,
-                       lead_dims=1)
-    if top_k is None:
-      return delta
-    return sk.clip_l2(sk.sparsify_top_k(delta, top_k), clip)
-
-  out = []
-  n_max = max(len(p["label"]) for p in parts)
-  for ids in shards.split_cohort(list(range(len(parts))), CHUNK):
-    shard = shards.pack_shard([parts[i] for i in ids], model.feature_keys,
-                              n_max, client_seeds=[(7, i) for i in ids])
-    out.append(sketch({k: tf.constant(v) for k, v in shard.items()}).numpy()[:len(ids)])
-  return np.concatenate(out).astype(np.float64)
+  return sketching.public_sketches(pop.model, spec, base,
+                                   pop.train if parts is None else parts,
+                                   top_k=top_k, clip=clip, seed=7, chunk=CHUNK)
 
 
 def first_choice_accuracy(pop, base, offsets):
@@ -101,8 +80,9 @@ def first_choice_accuracy(pop, base, offsets):
   return metrics.clustering_accuracy(np.concatenate(choice), pop.true_clusters)
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def common_arguments(doc: str) -> argparse.ArgumentParser:
+  """The probes' shared flags: data, clusters, sketch noise and local training."""
+  ap = argparse.ArgumentParser(description=doc.split("\n")[0])
   ap.add_argument("--clients_dir", required=True)
   ap.add_argument("--num_clusters", type=int, default=4)
   ap.add_argument("--z1", default="0,2.028,7.16", help="sketch noise multipliers")
@@ -113,6 +93,11 @@ def main():
   ap.add_argument("--lr", type=float, default=1.0)
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--seed", type=int, default=0)
+  return ap
+
+
+def main():
+  ap = common_arguments(__doc__)
   ap.add_argument("--contrast", default="1", help="centroid contrast factors alpha: "
                   "init_c = mean_j c_j + alpha (c_c - mean_j c_j)")
   ap.add_argument("--bound", default="none", help="centroid norm bounds to try, e.g. "

@@ -23,7 +23,6 @@ mean sketches, the centroids' norms, and stage 2's first loss-based choice from 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -65,17 +64,7 @@ def report(name, pop, base, cents, clean, true, **extra):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--clients_dir", required=True)
-  ap.add_argument("--num_clusters", type=int, default=4)
-  ap.add_argument("--z1", default="0,2.028,7.16", help="sketch noise multipliers")
-  ap.add_argument("--sketch_clients", default="2000,10000")
-  ap.add_argument("--top_k", type=int, default=16)
-  ap.add_argument("--clip", type=float, default=1.0)
-  ap.add_argument("--epochs", type=int, default=5)
-  ap.add_argument("--lr", type=float, default=1.0)
-  ap.add_argument("--batch", type=int, default=16)
-  ap.add_argument("--seed", type=int, default=0)
+  ap = probe.common_arguments(__doc__)
   ap.add_argument("--dims", default="4,8,16", help="public basis dimensions r")
   ap.add_argument("--steps", default="1,3,5", help="DP Lloyd steps L")
   ap.add_argument("--public_examples", type=int, default=5,

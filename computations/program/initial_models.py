@@ -232,7 +232,8 @@ def lloyd_centroids(plan, data, executions, base, log: Callable[[str], None]):
     if agg.has_noise_seed(spec):
       state = seeds.noise_seed(cfg, stages.STAGE1, l, stream)
     sums = step(state, cents.astype(np.float32), _lloyd_client_data(plan, results, l))
-    cents, counts = dp_lloyd.centroids_from_sums(np.asarray(sums), cents, s1.clip)
+    cents, counts = dp_lloyd.centroids_from_sums(np.asarray(sums), cents, s1.clip,
+                                                 dp_lloyd.min_count(z_step))
     log(f"stage 1: DP Lloyd step {l}: noisy counts {np.round(counts).astype(int).tolist()}")
   if not plan.diagnostics:
     return cents, math.nan, math.nan

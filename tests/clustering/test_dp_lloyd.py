@@ -71,6 +71,28 @@ def test_empty_slot_keeps_its_previous_centroid():
   np.testing.assert_allclose(cents[1], prev[1])
 
 
+def test_a_slot_with_a_count_inside_the_noise_keeps_its_centroid():
+  """min_count = max(1, 3·z_L·√2): a slot whose noisy count is below it keeps its
+  previous centroid instead of a noisy sum divided by a count near zero."""
+  assert dp_lloyd.min_count(0.0) == 1.0
+  assert dp_lloyd.min_count(2.0) == pytest.approx(3 * 2.0 * math.sqrt(2))
+  prev = np.zeros((2, 3))
+  sums = np.array([[10.0, 0.0, 0.0, 100 * CLIP], [5.0, 5.0, 5.0, 8.0 * CLIP]])
+  cents, _ = dp_lloyd.centroids_from_sums(sums, prev, CLIP, dp_lloyd.min_count(2.0))
+  np.testing.assert_allclose(cents, [[0.1, 0.0, 0.0], [0.0, 0.0, 0.0]])
+  cents, _ = dp_lloyd.centroids_from_sums(sums, prev, CLIP, 1.0)
+  np.testing.assert_allclose(cents[1], [5 / 8] * 3)
+  # simulate applies the floor of its own noise multiplier: a lone client's slot stays
+  rng = np.random.default_rng(5)
+  x = np.vstack([np.full((60, 2), 0.3), [[-0.3, -0.3]]])
+  init = np.array([[0.3, 0.3], [-0.3, -0.3]])
+  got, counts = dp_lloyd.simulate(x, init, steps=1, clip=CLIP, noise_multiplier=0.5,
+                                  rng=rng)
+  assert counts[0][1] < dp_lloyd.min_count(0.5) < counts[0][0]  # this seed's draw
+  np.testing.assert_array_equal(got[1], init[1])
+  assert not np.array_equal(got[0], init[0])
+
+
 def test_step_noise_has_the_stated_std():
   """One simulated step is (clean sums + N(0, (z_L·√2·S1)²)) / noisy counts, with the
   generator's draws in order: rebuilt here from the mechanism's definition."""
@@ -87,7 +109,8 @@ def test_step_noise_has_the_stated_std():
     clean[c, :-1] += row
     clean[c, -1] += CLIP
   noisy = clean + np.random.default_rng(0).normal(0.0, sigma, clean.shape)
-  want = noisy[:, :-1] / (noisy[:, -1:] / CLIP)
+  count = noisy[:, -1:] / CLIP
+  want = np.where(count < 3 * zl * math.sqrt(2), init, noisy[:, :-1] / count)
   got, counts = dp_lloyd.simulate(x, init, steps=1, clip=CLIP, noise_multiplier=zl,
                                   rng=np.random.default_rng(0))
   np.testing.assert_allclose(counts[0], noisy[:, -1] / CLIP, atol=1e-12)
