@@ -1,7 +1,7 @@
 """Prints a grid's study tables by cell label (METHOD@VARIANT kept apart).
 
   .venv/bin/python scripts/study_table.py GRID_DIR [--labels=a,b,...] \
-      [--choose=pina@restore,pina@none,...] [--rounds=1,2,5]
+      [--choose=pina@restore,pina@none,...] [--rounds=1,2,5] [--plot=DIR]
 
 --choose applies `pina_tff.reporting.study.choose_best` (validation runs only) to the
 listed candidates and prints the pick with each candidate's score.
@@ -24,11 +24,16 @@ def main() -> int:
                   "(every dataset's runs are pooled without it)")
   ap.add_argument("--choose", default="")
   ap.add_argument("--rounds", default="1,2,5")
+  ap.add_argument("--plot", default=None, help="a directory: per-ε figures of the "
+                  "labels' clustering and accuracy per round (study_<dataset>_eps_<ε>.png)")
   a = ap.parse_args()
   try:
     runs = study.collect_study(a.grid_dir, a.dataset)
     labels = [x for x in a.labels.split(",") if x] or None
     print(study.study_markdown(runs, labels, [int(r) for r in a.rounds.split(",")]))
+    if a.plot:
+      for png in study.plot_study(runs, labels, a.plot):
+        print(f"figure: {png}")
     if a.choose:
       best, scores = study.choose_best(runs, a.choose.split(","))
       print("### Choice (mean over epsilon of the mean final validation accuracy)\n")

@@ -275,3 +275,38 @@ def make_all_plots(records: Sequence[res.RunRecord], out_dir: str) -> list:
     if pina:
       paths.append(plot_normality(pina[0], os.path.join(out_dir, f"normality_{stem}.png")))
   return paths
+
+
+def plot_label_curves(groups: dict, out_png: str, title: str) -> str:
+  """Two panels for a study's cells at one ε: clustering accuracy (%) and accuracy (%)
+  per stage-2 round, one line per cell label (variants of one method kept apart,
+  e.g. 'pina@dplloyd+restore' and 'pina@restore'), mean over seeds with a min-max band.
+
+  Args:
+    groups: {label: [RunRecord, ...]} in legend order.
+    out_png: where to write the figure.
+    title: the panels' title suffix (dataset, ε).
+
+  Raises:
+    DataError: no run of any label has stage-2 rows.
+  """
+  fig, axes = _new_figure(2)
+  colors = matplotlib.colormaps["tab10"].colors
+  drawn = 0
+  for ax, column, ylabel in ((axes[0], "clustering_accuracy", "clustering accuracy (%)"),
+                             (axes[1], "test_accuracy", "held-out accuracy (%)")):
+    for i, (label, records) in enumerate(groups.items()):
+      series = [sr for r in records if (sr := _series(r, column)) is not None]
+      if not series:
+        continue
+      x, mean, lo, hi = seed_band(series)
+      ax.plot(x, mean, color=colors[i % len(colors)], linewidth=1.8,
+              label=f"{label} (mean of {len(series)})" if len(series) > 1 else label)
+      if len(series) > 1:
+        ax.fill_between(x, lo, hi, color=colors[i % len(colors)], alpha=0.15, linewidth=0)
+      drawn += 1
+    _finish_accuracy_axis(ax, ylabel, title)
+    ax.set_xlabel("stage-2 round")
+  if not drawn:
+    raise errors.DataError(f"plot_label_curves: no stage-2 rows for labels {list(groups)}")
+  return _save(fig, out_png)

@@ -163,3 +163,23 @@ def paired_differences(runs: Sequence[StudyRun], a: str, b: str
     if a in v and b in v:
       diffs.setdefault(e, []).append(v[a] - v[b])
   return {e: results_lib.mean_std(d) for e, d in diffs.items()}
+
+
+def plot_study(runs: Sequence[StudyRun], labels: Optional[Sequence[str]],
+               out_dir: str) -> List[str]:
+  """One `plots.plot_label_curves` figure per (dataset, ε) of `runs`, the labels in
+  the given order (default: sorted). Returns the written paths."""
+  from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
+  labels = list(labels) if labels else sorted({r.label for r in runs})
+  out = []
+  for ds in sorted({r.record.dataset for r in runs}):
+    for eps in sorted({r.epsilon for r in runs if r.record.dataset == ds}):
+      groups = {lab: [r.record for r in runs if r.label == lab and r.epsilon == eps
+                      and r.record.dataset == ds] for lab in labels}
+      groups = {k: v for k, v in groups.items() if v}
+      if not groups:
+        continue
+      name = f"study_{ds}_eps_{'inf' if math.isinf(eps) else f'{eps:g}'}.png"
+      title = f"{results_lib.dataset_name(ds)}, {results_lib.format_epsilon(eps)}"
+      out.append(plots.plot_label_curves(groups, os.path.join(out_dir, name), title))
+  return out

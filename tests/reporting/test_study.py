@@ -47,6 +47,31 @@ def test_runs_keep_their_variant_label_and_round_values(tmp_path):
   assert "loss-based choice" not in md  # no ceiling run carries it here
 
 
+def test_plot_study_draws_one_figure_per_epsilon_with_the_labels_apart(tmp_path,
+                                                                      monkeypatch):
+  """One figure per (dataset, ε), the labels kept apart (each with its own seeds'
+  runs, in the order given); nothing to draw is a DataError."""
+  from pina_tff.errors import DataError  # pylint: disable=g-import-not-at-top
+  from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
+  runs = study.collect_study(_grid(tmp_path))
+  drawn = []
+  real = plots.plot_label_curves
+
+  def spy(groups, out_png, title):
+    drawn.append((title, {k: len(v) for k, v in groups.items()}))
+    return real(groups, out_png, title)
+
+  monkeypatch.setattr(plots, "plot_label_curves", spy)
+  pngs = study.plot_study(runs, ["pina@b", "ifca"], str(tmp_path / "fig"))
+  assert [os.path.basename(p) for p in pngs] == ["study_fashion_mnist_eps_2.png",
+                                                 "study_fashion_mnist_eps_8.png"]
+  assert all(os.path.getsize(p) > 10_000 for p in pngs)
+  assert drawn == [("Fashion-MNIST, ε=2", {"pina@b": 3, "ifca": 3}),
+                   ("Fashion-MNIST, ε=8", {"pina@b": 3, "ifca": 3})]
+  with pytest.raises(DataError, match="no stage-2 rows"):
+    plots.plot_label_curves({"x": []}, str(tmp_path / "none.png"), "t")
+
+
 def test_a_ceiling_scored_with_the_loss_based_choice_gets_its_own_table(tmp_path):
   root = _grid(tmp_path)
   for seed, choice in enumerate((0.61, 0.63)):
