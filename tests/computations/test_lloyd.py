@@ -75,16 +75,21 @@ def test_noise_free_step_equals_the_numpy_mechanism(tff_ctx):
   assert got[:, -1].sum() == pytest.approx(sum(REAL) * CLIP, rel=1e-6)
 
 
-def test_central_noise_has_the_stated_std(tff_ctx):
-  rng = np.random.default_rng(1)
+def _noise(kind, z, data_seed, seeds):
+  """(step, centroids, data, the step's results minus the clean sums over `seeds`)."""
+  rng = np.random.default_rng(data_seed)
   data, x = _data(rng)
   cents = rng.standard_normal((C, P1)).astype(np.float32) * 0.3
-  z = 1.7
   clean = dp_lloyd.slot_contributions(x, cents.astype(np.float64), CLIP).sum(axis=0)
-  step, _ = _step("central", z)
-  noise = np.concatenate([
-      (np.asarray(step(np.array([3, s], np.int64), cents, data)) - clean).ravel()
-      for s in range(12)])
+  step, _ = _step(kind, z)
+  noise = np.concatenate([(np.asarray(step(np.array([5, s], np.int64), cents, data))
+                           - clean).ravel() for s in seeds])
+  return step, cents, data, noise
+
+
+def test_central_noise_has_the_stated_std(tff_ctx):
+  z = 1.7
+  _, _, _, noise = _noise("central", z, 1, range(12))
   sigma = z * dp_lloyd.sensitivity(CLIP)
   stat = float(np.sum(noise ** 2) / sigma ** 2)
   lo, hi = scipy.stats.chi2.ppf([1e-6, 1 - 1e-6], noise.size)
@@ -92,18 +97,11 @@ def test_central_noise_has_the_stated_std(tff_ctx):
 
 
 def test_seeded_ddp_repeats_and_has_calibrated_noise(tff_ctx):
-  rng = np.random.default_rng(2)
-  data, x = _data(rng)
-  cents = rng.standard_normal((C, P1)).astype(np.float32) * 0.3
   z = 2.0
-  clean = dp_lloyd.slot_contributions(x, cents.astype(np.float64), CLIP).sum(axis=0)
-  step, _ = _step("ddp", z)
+  step, cents, data, noise = _noise("ddp", z, 2, range(8))
   seed = np.array([5, 1], np.int64)
-  a = np.asarray(step(seed, cents, data))
-  b = np.asarray(step(seed, cents, data))
-  np.testing.assert_array_equal(a, b)
-  noise = np.concatenate([(np.asarray(step(np.array([5, s], np.int64), cents, data))
-                           - clean).ravel() for s in range(8)])
+  np.testing.assert_array_equal(np.asarray(step(seed, cents, data)),
+                                np.asarray(step(seed, cents, data)))
   sigma = z * dp_lloyd.sensitivity(CLIP)
   # effective multiplier z after rounding: the empirical std is within 25 % of it
   assert 0.75 * sigma < float(np.std(noise)) < 1.25 * sigma
