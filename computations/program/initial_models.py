@@ -173,12 +173,18 @@ def _init_diagnostics(true, labels, centroids, clean, log) -> tuple:
   """(k-means clustering accuracy, mean matched cosine of the centroids to the true
   clusters' noise-free mean sketches); simulation-only."""
   acc = cluster_metrics.clustering_accuracy(labels, true)
+  log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}")
+  return acc, _centroid_cosine(true, centroids, clean, "the centroids", log)
+
+
+def _centroid_cosine(true, centroids, clean, what: str, log) -> float:
+  """Mean matched cosine of ``centroids`` to the true clusters' noise-free mean
+  sketches (NaN when no cluster is known); logged per cluster. Simulation-only."""
   cosines = cluster_metrics.centroid_cosines(centroids, clean, true)
   cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else math.nan
-  log(f"stage 1: k-means clustering accuracy on the sketching clients: {acc:.3f}; "
-      f"cosine of the centroids to the true clusters' noise-free mean sketches: "
+  log(f"stage 1: cosine of {what} to the true clusters' noise-free mean sketches: "
       f"{np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
-  return acc, cosine
+  return cosine
 
 
 def lloyd_start(plan, base) -> np.ndarray:
@@ -237,9 +243,6 @@ def lloyd_centroids(plan, data, executions, base, log: Callable[[str], None]):
     log(f"stage 1: DP Lloyd step {l}: noisy counts {np.round(counts).astype(int).tolist()}")
   if not plan.diagnostics:
     return cents, math.nan, math.nan
-  clean = stage1_lib.collect_sketches(results)
-  cosines = cluster_metrics.centroid_cosines(cents, clean, pop.true_clusters[ids])
-  cosine = float(np.nanmean(cosines)) if np.isfinite(cosines).any() else math.nan
-  log(f"stage 1: cosine of the DP Lloyd centroids to the true clusters' noise-free mean "
-      f"sketches: {np.round(cosines, 3).tolist()} (mean {cosine:.3f})")
-  return cents, math.nan, cosine
+  return cents, math.nan, _centroid_cosine(pop.true_clusters[ids], cents,
+                                           stage1_lib.collect_sketches(results),
+                                           "the DP Lloyd centroids", log)

@@ -14,6 +14,7 @@ from sklearn.cluster import KMeans
 
 from pina_tff.errors import ConfigError
 from pina_tff.privacy.sketch import keep_top_2k_magnitudes
+from pina_tff.privacy.sketch import scale_rows_to_norm
 
 
 def kmeans_init(sketches: np.ndarray, num_clusters: int, seed: int, n_init: int = 10,
@@ -77,10 +78,6 @@ def bound_centroid_norms(centroids: np.ndarray, bound: float) -> np.ndarray:
   them by the sketch clip S1 keeps the start on the scale of a clipped sketch (the
   random init of PINA+RI has norm ≈ S1). Server post-processing: no privacy cost.
   """
-  c = np.asarray(centroids, np.float64)
   if not bound > 0:
     raise ConfigError(f"centroid norm bound must be > 0, found {bound}.")
-  norms = np.linalg.norm(c, axis=-1, keepdims=True)
-  factor = np.minimum(1.0, np.divide(bound, norms, out=np.ones_like(norms),
-                                     where=norms > 0))
-  return (c * factor).astype(np.float32)
+  return scale_rows_to_norm(centroids, bound).astype(np.float32)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from pina_tff.errors import ConfigError
+from pina_tff.privacy.sketch import scale_rows_to_norm
 
 
 def pca_basis(public_sketches: np.ndarray, dims: int, center: bool = True) -> np.ndarray:
@@ -36,9 +37,7 @@ def pca_basis(public_sketches: np.ndarray, dims: int, center: bool = True) -> np
 def project(deltas: np.ndarray, basis: np.ndarray, clip: float) -> np.ndarray:
   """Client side: y = clip(V·Δ, S1) for each row of ``deltas`` [M, P1]: [M, r]."""
   y = np.asarray(deltas, np.float64) @ np.asarray(basis, np.float64).T
-  norms = np.linalg.norm(y, axis=1, keepdims=True)
-  return y * np.minimum(1.0, np.divide(clip, norms, out=np.ones_like(norms),
-                                       where=norms > 0))
+  return scale_rows_to_norm(y, clip)
 
 
 def lift(coords: np.ndarray, basis: np.ndarray) -> np.ndarray:

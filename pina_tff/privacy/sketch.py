@@ -112,3 +112,12 @@ def keep_top_2k_magnitudes(noisy: np.ndarray, k: int) -> np.ndarray:
   out = np.zeros_like(x)
   np.put_along_axis(out, idx, np.take_along_axis(x, idx, axis=-1), axis=-1)
   return out
+
+
+def scale_rows_to_norm(rows: np.ndarray, bound: float) -> np.ndarray:
+  """NumPy, server side: each row (last axis) scaled to L2 norm <= ``bound``,
+  directions kept, zero rows left zero; float64. (The clients' clip is `clip_l2`.)"""
+  x = np.asarray(rows, np.float64)
+  norms = np.linalg.norm(x, axis=-1, keepdims=True)
+  return x * np.minimum(1.0, np.divide(bound, norms, out=np.ones_like(norms),
+                                       where=norms > 0))

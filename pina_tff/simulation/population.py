@@ -263,15 +263,7 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
   tail_config = dataclasses.replace(tail_config, lora_rank=lora_rank)
   head = split.extract_head_weights(model)
   _log(f"reducing {len(data.labels)} cached embeddings to tail features", log)
-  xs, zs = [], []
-  for start in range(0, len(data.labels), batch_size):
-    feats = rt.reduce_block_input(tail_config, frozen,
-                                  data.inputs[start:start + batch_size].astype(np.float32))
-    xs.append(feats["x_base"].numpy())
-    zs.append(feats["z"].numpy())
-  x_base = np.concatenate(xs) if xs else np.zeros((0, tail_config.width), np.float32)
-  z = np.concatenate(zs) if zs else np.zeros((0, tail_config.num_heads, tail_config.width),
-                                             np.float32)
+  x_base, z = tail_features(tail_config, frozen, data.inputs, batch_size)
   labels = data.labels.astype(np.int32)
 
   def part(sl, cluster):
@@ -289,6 +281,22 @@ def load_population(clients_dir: str, lora_rank: int = 1, seed: int = 0,
                     train=train, test=test, val=val,
                     true_clusters=np.asarray(data.clusters, np.int64),
                     num_true_clusters=max(1, len(known)), embeddings_dir=emb_dir)
+
+
+def tail_features(config: rt.TailConfig, frozen, inputs, batch_size: int = 512
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """Last-block inputs [N, T, d] reduced to the frozen tail features, ``batch_size``
+  examples at a time: (x_base float32 [N, d], z float32 [N, H, d])."""
+  xs, zs = [], []
+  for start in range(0, len(inputs), batch_size):
+    feats = rt.reduce_block_input(config, frozen,
+                                  inputs[start:start + batch_size].astype(np.float32))
+    xs.append(feats["x_base"].numpy())
+    zs.append(feats["z"].numpy())
+  x_base = np.concatenate(xs) if xs else np.zeros((0, config.width), np.float32)
+  z = np.concatenate(zs) if zs else np.zeros((0, config.num_heads, config.width),
+                                             np.float32)
+  return x_base, z
 
 
 def public_clients(emb_dir: str, model: tm.ViTTailModel, examples_per_client: int,
@@ -313,15 +321,11 @@ def public_clients(emb_dir: str, model: tm.ViTTailModel, examples_per_client: in
     raise DataError(f"examples per public pseudo-client must be >= 1, "
                     f"found {examples_per_client}")
   rec = beam_embed.read_embeddings(emb_dir, public["path"])
-  emb, labels = rec["embedding"].astype(np.float32), rec["label"].astype(np.int32)
+  labels = rec["label"].astype(np.int32)
   order = np.random.default_rng([seed, 2]).permutation(len(labels))
-  feats = [rt.reduce_block_input(model.config, model.frozen, emb[order[i:i + batch_size]])
-           for i in range(0, len(order), batch_size)]
-  x_base = np.concatenate([f["x_base"].numpy() for f in feats])
-  z = np.concatenate([f["z"].numpy() for f in feats])
-  lab = labels[order]
-  n = len(lab) // examples_per_client
-  return [{"x_base": x_base[i * examples_per_client:(i + 1) * examples_per_client],
-           "z": z[i * examples_per_client:(i + 1) * examples_per_client],
-           "label": lab[i * examples_per_client:(i + 1) * examples_per_client],
-           "true_cluster": -1} for i in range(n)]
+  x_base, z = tail_features(model.config, model.frozen, rec["embedding"][order],
+                            batch_size)
+  lab, k = labels[order], examples_per_client
+  return [{"x_base": x_base[i * k:(i + 1) * k], "z": z[i * k:(i + 1) * k],
+           "label": lab[i * k:(i + 1) * k], "true_cluster": -1}
+          for i in range(len(lab) // k)]
