@@ -25,8 +25,8 @@ def main() -> int:
   ap.add_argument("--choose", default="")
   ap.add_argument("--rounds", default="1,2,5")
   ap.add_argument("--plot", default=None, help="a directory: per-ε figures of the "
-                  "labels' clustering and accuracy per round (study_<dataset>_eps_<ε>.png); "
-                  "a grid with several datasets of one source (the regimes) needs --dataset")
+                  "labels' clustering and accuracy per round, one per grid dataset directory "
+                  "(study_<directory>_eps_<ε>.png)")
   a = ap.parse_args()
   try:
     runs = study.collect_study(a.grid_dir, a.dataset)

@@ -29,9 +29,12 @@ from pina_tff.reporting import results as results_lib
 
 @dataclasses.dataclass
 class StudyRun:
-  """One finished run and its grid cell label ('pina@restore', 'ifca', ...)."""
+  """One finished run, its grid cell label ('pina@restore', 'ifca', ...) and the
+  grid's dataset directory it sits in ('fashion_mnist_2k': several directories of a
+  grid may hold one source dataset)."""
   label: str
   record: results_lib.RunRecord
+  grid_dataset: str = ""
 
   @property
   def epsilon(self) -> float:
@@ -63,7 +66,7 @@ def collect_study(grid_dir: str, dataset: Optional[str] = None) -> List[StudyRun
   for r in results_lib.collect_runs(grid_dir):
     parts = os.path.relpath(r.run_dir, grid_dir).split(os.sep)
     if dataset is None or parts[0] == dataset:
-      runs.append(StudyRun(label_of(r.run_dir, grid_dir), r))
+      runs.append(StudyRun(label_of(r.run_dir, grid_dir), r, parts[0]))
   return runs
 
 
@@ -167,19 +170,24 @@ def paired_differences(runs: Sequence[StudyRun], a: str, b: str
 
 def plot_study(runs: Sequence[StudyRun], labels: Optional[Sequence[str]],
                out_dir: str) -> List[str]:
-  """One `plots.plot_label_curves` figure per (dataset, ε) of `runs`, the labels in
-  the given order (default: sorted). Returns the written paths."""
+  """One `plots.plot_label_curves` figure per (grid dataset directory, ε) of `runs`,
+  the labels in the given order (default: sorted); runs of different directories are
+  never pooled, even when they hold one source dataset (the regimes). Returns the
+  written paths (study_<directory>_eps_<ε>.png)."""
   from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
   labels = list(labels) if labels else sorted({r.label for r in runs})
   out = []
-  for ds in sorted({r.record.dataset for r in runs}):
-    for eps in sorted({r.epsilon for r in runs if r.record.dataset == ds}):
-      groups = {lab: [r.record for r in runs if r.label == lab and r.epsilon == eps
-                      and r.record.dataset == ds] for lab in labels}
+  for ds in sorted({r.grid_dataset for r in runs}):
+    here = [r for r in runs if r.grid_dataset == ds]
+    for eps in sorted({r.epsilon for r in here}):
+      groups = {lab: [r.record for r in here if r.label == lab and r.epsilon == eps]
+                for lab in labels}
       groups = {k: v for k, v in groups.items() if v}
       if not groups:
         continue
       name = f"study_{ds}_eps_{'inf' if math.isinf(eps) else f'{eps:g}'}.png"
-      title = f"{results_lib.dataset_name(ds)}, {results_lib.format_epsilon(eps)}"
+      source = results_lib.dataset_name(here[0].record.dataset)
+      title = (f"{source}{'' if ds == here[0].record.dataset else f' ({ds})'}, "
+               f"{results_lib.format_epsilon(eps)}")
       out.append(plots.plot_label_curves(groups, os.path.join(out_dir, name), title))
   return out

@@ -49,8 +49,9 @@ def test_runs_keep_their_variant_label_and_round_values(tmp_path):
 
 def test_plot_study_draws_one_figure_per_epsilon_with_the_labels_apart(tmp_path,
                                                                       monkeypatch):
-  """One figure per (dataset, ε), the labels kept apart (each with its own seeds'
-  runs, in the order given); nothing to draw is a DataError."""
+  """One figure per (grid dataset directory, ε), the labels kept apart (each with its
+  own seeds' runs, in the order given), two directories of one source dataset never
+  pooled; nothing to draw is a DataError."""
   from pina_tff.errors import DataError  # pylint: disable=g-import-not-at-top
   from pina_tff.reporting import plots  # pylint: disable=g-import-not-at-top
   runs = study.collect_study(_grid(tmp_path))
@@ -70,6 +71,17 @@ def test_plot_study_draws_one_figure_per_epsilon_with_the_labels_apart(tmp_path,
                    ("Fashion-MNIST, ε=8", {"pina@b": 3, "ifca": 3})]
   with pytest.raises(DataError, match="no stage-2 rows"):
     plots.plot_label_curves({"x": []}, str(tmp_path / "none.png"), "t")
+  # A second grid directory of the same source dataset (the regimes) is never pooled.
+  root = tmp_path / "grid"
+  fakes.write_run(str(root / "fashion_mnist_2k" / "ifca" / "eps_2" / "seed_0"), "ifca",
+                  "fashion_mnist", 2, 0.7, 0.6)
+  drawn.clear()
+  pngs = study.plot_study(study.collect_study(str(root)), ["ifca"], str(tmp_path / "f2"))
+  assert [os.path.basename(p) for p in pngs] == ["study_fashion_mnist_eps_2.png",
+                                                 "study_fashion_mnist_eps_8.png",
+                                                 "study_fashion_mnist_2k_eps_2.png"]
+  assert drawn == [("Fashion-MNIST, ε=2", {"ifca": 3}), ("Fashion-MNIST, ε=8", {"ifca": 3}),
+                   ("Fashion-MNIST (fashion_mnist_2k), ε=2", {"ifca": 1})]
 
 
 def test_a_ceiling_scored_with_the_loss_based_choice_gets_its_own_table(tmp_path):
